@@ -1,0 +1,6 @@
+"""Thin V3 node classes. Each module lists its nodes in NODES; this is the one registry."""
+from . import preprocessor_nodes
+
+NODE_CLASSES = [
+    *preprocessor_nodes.NODES,
+]

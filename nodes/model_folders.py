@@ -1,0 +1,18 @@
+"""The pack's model folders inside ComfyUI's models directory (folder_paths names)."""
+import os
+
+import folder_paths
+
+# name -> subfolder of ComfyUI's models dir. LLLite files are also read from core's
+# "controlnet" folder, where most users already keep them.
+PACK_FOLDERS = {
+    "lllite": "lllite",
+    "preprocessors": "preprocessors",
+}
+
+
+def register_model_folders() -> None:
+    for name, sub in PACK_FOLDERS.items():
+        path = os.path.join(folder_paths.models_dir, sub)
+        if name not in folder_paths.folder_names_and_paths or path not in folder_paths.get_folder_paths(name):
+            folder_paths.add_model_folder_path(name, path)

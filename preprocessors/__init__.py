@@ -1,0 +1,1 @@
+"""Guide-image preprocessors: classical maps and learned detectors, plain PyTorch."""

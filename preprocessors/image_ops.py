@@ -1,0 +1,54 @@
+"""Small image helpers shared by the preprocessors. Images are (B, C, H, W) floats in 0..1."""
+import torch
+import torch.nn.functional as F
+
+# ITU-R BT.601 luma, the weights OpenCV's RGB2GRAY uses, so 0-255 thresholds mean the same.
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def to_rgb(x: torch.Tensor) -> torch.Tensor:
+    """Accept grey (1), grey+alpha (2), RGB (3) or RGBA (4) channels; return RGB."""
+    c = x.shape[1]
+    if c == 1:
+        return x.expand(-1, 3, -1, -1)
+    if c == 2:
+        return x[:, :1].expand(-1, 3, -1, -1)
+    if c == 3:
+        return x
+    if c == 4:
+        return x[:, :3]
+    raise ValueError(f"expected an image with 1-4 channels, got {c}")
+
+
+def to_gray(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, 1, H, W) luma."""
+    rgb = to_rgb(x)
+    w = torch.tensor(_LUMA, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
+    return (rgb * w).sum(1, keepdim=True)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur with reflect padding; sigma <= 0 returns x."""
+    if sigma <= 0:
+        return x
+    radius = max(1, int(round(3 * sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-(t * t) / (2 * sigma * sigma))
+    k = k / k.sum()
+    c = x.shape[1]
+    pad = min(radius, x.shape[-1] - 1, x.shape[-2] - 1)
+    if pad < radius:  # tiny images: reflect padding cannot exceed the side, fall back to replicate
+        xp = F.pad(x, (radius, radius, radius, radius), mode="replicate")
+    else:
+        xp = F.pad(x, (radius, radius, radius, radius), mode="reflect")
+    xp = F.conv2d(xp, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(xp, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Resize to (height, width): area when shrinking, bicubic (clamped) when enlarging."""
+    if x.shape[-2:] == (height, width):
+        return x
+    if height <= x.shape[-2] and width <= x.shape[-1]:
+        return F.interpolate(x, size=(height, width), mode="area")
+    return F.interpolate(x, size=(height, width), mode="bicubic", align_corners=False).clamp(0, 1)
