@@ -1,0 +1,1 @@
+"""Training: datasets, the one training loop, optimizers/schedulers, adapters (LoRA, LLLite), saving."""

@@ -1,0 +1,45 @@
+"""The one interface between the training loop and what it trains (LoRA, LLLite, later ControlNet).
+
+The loop never knows which adapter it trains: it attaches it to the frozen model, asks for
+optimizer parameter groups, hands it each batch (so an adapter that needs more than latents
+and text, such as LLLite's guide images, can take it), and asks it to save itself in its
+public file format.
+"""
+from typing import Protocol
+
+import torch
+
+from .data.batch import Batch
+
+
+class TrainableAdapter(Protocol):
+    kind: str  # "lora", "lllite" ... also written into metadata
+    trains_text_encoders: bool  # when True the loop cannot cache text-encoder outputs
+
+    def attach(self, diffusion_model: torch.nn.Module, text_encoders: dict[str, torch.nn.Module]) -> None:
+        """Insert the trainable modules into the (frozen) model; text_encoders maps
+        "te1"/"te2" (SDXL) or "te" (SD1.5) to the encoder modules."""
+
+    def detach(self) -> None:
+        """Remove everything attach() inserted; the model is as before."""
+
+    def param_groups(self, unet_lr: float, text_encoder_lr: float | None) -> list[dict]:
+        """torch.optim parameter groups, each with its own "lr" (block weights applied)."""
+
+    def set_batch(self, batch: Batch) -> None:
+        """Per-step inputs beyond latents and text (guide images); no-op for LoRA."""
+
+    def train(self, mode: bool = True) -> None:
+        """Dropout and other train-only behaviour on/off."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights under the public format's key names (kohya)."""
+
+    def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        """Start from / resume to weights in the public format."""
+
+    def metadata(self) -> dict[str, str]:
+        """Format-specific safetensors metadata (ss_network_* for LoRA, modelspec for LLLite)."""
+
+    def save(self, path: str, dtype: torch.dtype, metadata: dict[str, str]) -> None:
+        """Write the public-format file atomically, metadata merged with self.metadata()."""

@@ -1,0 +1,26 @@
+"""What the data side hands the training loop each step."""
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Batch:
+    """One step's samples, all from one bucket (same latent size).
+
+    latents: (B, 4, h, w) VAE latents already multiplied by the model's scale factor.
+    captions: one caption per sample, after shuffle/keep_tokens/dropout.
+    original_sizes / crop_top_left / target_sizes: (height, width) pixel pairs per sample,
+        SDXL's size conditioning.
+    guides: (B, 3, H, W) guide images in [-1, 1] at the image's pixel size (LLLite /
+        ControlNet); resized, cropped and flipped exactly like their image. None otherwise.
+    is_reg: which samples are regularization images.
+    """
+
+    latents: torch.Tensor
+    captions: list[str]
+    original_sizes: list[tuple[int, int]]
+    crop_top_left: list[tuple[int, int]]
+    target_sizes: list[tuple[int, int]]
+    guides: torch.Tensor | None = None
+    is_reg: list[bool] = field(default_factory=list)
