@@ -1,0 +1,89 @@
+"""One training image (file or in-memory tensor): reading, size, content hash."""
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import DatasetError, name_list
+
+# The extensions sd-scripts accepts, matched case-insensitively.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+ImageSource = Path | torch.Tensor  # a file, or a (3, H, W) float tensor in [0, 1]
+
+
+@dataclass(frozen=True, eq=False)
+class ImageItem:
+    """One image before bucketing.
+
+    name: what error messages and tag statistics call it (the file path, or "images[3]").
+    caption: the caption text from a caption file / list / metadata; None means "use the
+        subset's class tokens".
+    guide: the guide (conditioning) image paired with it, same pixel size, or None.
+    size: (width, height) in pixels.
+    """
+
+    name: str
+    source: ImageSource
+    size: tuple[int, int]
+    caption: str | None = None
+    guide: ImageSource | None = None
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def read_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file header; raises OSError/UnidentifiedImageError if unreadable."""
+    with Image.open(path) as img:
+        return img.size
+
+
+def read_sizes(paths: list[Path]) -> dict[Path, tuple[int, int]]:
+    """Header sizes of image files; every unreadable one is listed in one error."""
+    sizes, unreadable = {}, []
+    for p in paths:
+        try:
+            sizes[p] = read_size(p)
+        except (OSError, UnidentifiedImageError) as e:
+            unreadable.append(f"{p} ({e.__class__.__name__}: {e})")
+    if unreadable:
+        raise DatasetError("Cannot read these images (corrupt or not an image):\n" + name_list(unreadable))
+    return sizes
+
+
+def source_size(source: ImageSource) -> tuple[int, int]:
+    if isinstance(source, torch.Tensor):
+        return int(source.shape[-1]), int(source.shape[-2])
+    return read_size(source)
+
+
+def load_image(source: ImageSource) -> torch.Tensor:
+    """(3, H, W) float32 in [0, 1]. Files are converted to RGB (alpha dropped, grey expanded)."""
+    if isinstance(source, torch.Tensor):
+        return source.float()
+    try:
+        with Image.open(source) as img:
+            arr = np.asarray(img.convert("RGB"))
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise DatasetError(f"Cannot read image {source}: {e}") from e
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def content_hash(source: ImageSource) -> str:
+    """sha256 of the file bytes or of the tensor's values, so a moved or renamed file keeps
+    its cached latents and an edited one does not."""
+    h = hashlib.sha256()
+    if isinstance(source, torch.Tensor):
+        t = source.detach().to("cpu", torch.float32).contiguous()
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes())
+    else:
+        with open(source, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
