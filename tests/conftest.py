@@ -7,11 +7,14 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-COMFYUI_DIR = Path(os.environ.get("COMFYUI_DIR") or REPO / ".comfyui" / "ComfyUI").resolve()
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paths import COMFYUI_DIR, REPO  # noqa: E402
+
 if not (COMFYUI_DIR / "main.py").is_file():
     raise pytest.UsageError(f"No ComfyUI tree at {COMFYUI_DIR}: run the tests with `bash scripts/test.sh` (it sets one up).")
 
+# The checkout itself must not be importable by path: its nodes/ would shadow ComfyUI's nodes.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO]
 sys.path.insert(0, str(COMFYUI_DIR))
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "tests" / "tiny_nodes"))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from paths import REPO
 
 sys.path.insert(0, str(REPO / "scripts"))
 

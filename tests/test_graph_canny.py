@@ -27,7 +27,7 @@ def test_canny_node_in_a_graph(graph, comfy_dirs):
 
 def test_pack_loads_through_comfyui_loader_without_warnings(caplog):
     import nodes
-    from conftest import REPO
+    from paths import REPO
 
     caplog.set_level(logging.WARNING)
     ok = asyncio.run(nodes.load_custom_node(str(REPO)))

@@ -12,7 +12,7 @@ import pytest
 import requests
 from PIL import Image
 
-from conftest import COMFYUI_DIR, REPO
+from paths import COMFYUI_DIR, REPO
 
 pytestmark = pytest.mark.server
 
