@@ -47,7 +47,7 @@ class Bucketer:
 
     def __init__(self, dataset: DatasetConfig):
         self.no_upscale = dataset.enable_bucket and dataset.bucket_no_upscale
-        self.steps = dataset.bucket_reso_steps if dataset.enable_bucket else 8
+        self.steps = dataset.bucket_reso_steps
         self.max_area = dataset.resolution[0] * dataset.resolution[1]
         if not dataset.enable_bucket:
             self.resolutions = [tuple(dataset.resolution)]

@@ -126,8 +126,7 @@ class TrainingData:
                     if min(placement.bucket) <= 0:
                         too_small.append(f"{item.name} ({item.size[0]}x{item.size[1]})")
                         continue
-                    caption = base_caption(item.caption, subset)
-                    entries.append(_Entry(item, subset, d, placement, caption if caption is not None else ""))
+                    entries.append(_Entry(item, subset, d, placement, base_caption(item.caption, subset) or ""))
                 if too_small:
                     raise DatasetError(
                         f"Images smaller than bucket_reso_steps ({ds.bucket_reso_steps} px) with bucket_no_upscale on, "
