@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .image_ops import to_gray
+from .image_ops import shift, to_gray
 
 _SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
 _TAN_22_5 = math.tan(math.radians(22.5))
@@ -20,13 +20,6 @@ def _sobel(gray: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     ky = kx.transpose(-1, -2)
     g = F.pad(gray, (1, 1, 1, 1), mode="replicate")
     return F.conv2d(g, kx), F.conv2d(g, ky)
-
-
-def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
-    """out[y, x] = x[y + dy, x + dx], zero outside."""
-    h, w = x.shape[-2:]
-    p = F.pad(x, (1, 1, 1, 1))
-    return p[..., 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
 
 
 def _non_max_suppression(mag: torch.Tensor, gx: torch.Tensor, gy: torch.Tensor) -> torch.Tensor:
@@ -42,7 +35,7 @@ def _non_max_suppression(mag: torch.Tensor, gx: torch.Tensor, gy: torch.Tensor) 
         (~horizontal & ~vertical & same_sign, (1, 1)),
         (~horizontal & ~vertical & ~same_sign, (1, -1)),
     ):
-        ok = (mag > _shift(mag, -dy, -dx)) & (mag >= _shift(mag, dy, dx))
+        ok = (mag > shift(mag, -dy, -dx)) & (mag >= shift(mag, dy, dx))
         keep |= mask & ok
     return keep
 

@@ -27,6 +27,18 @@ def to_gray(x: torch.Tensor) -> torch.Tensor:
     return (rgb * w).sum(1, keepdim=True)
 
 
+def invert(x: torch.Tensor) -> torch.Tensor:
+    """Negative of the colour channels (alpha dropped): black lines on white <-> white on black."""
+    return 1.0 - to_rgb(x)
+
+
+def shift(x: torch.Tensor, dy: int, dx: int, fill: float = 0.0) -> torch.Tensor:
+    """out[y, x] = x[y + dy, x + dx] for |dy|, |dx| <= 1; `fill` outside the image."""
+    h, w = x.shape[-2:]
+    p = F.pad(x, (1, 1, 1, 1), value=fill)
+    return p[..., 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
+
+
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur with reflect padding; sigma <= 0 returns x."""
     if sigma <= 0:

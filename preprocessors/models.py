@@ -1,0 +1,50 @@
+"""Learned preprocessors stay loaded between runs, under ComfyUI's memory management.
+
+Each network is built once per weight file (keyed by path and the file's mtime/size, so a
+replaced file is reloaded) and wrapped in a ModelPatcher: ComfyUI moves it to the GPU on
+use and offloads it when something else needs the memory. Batches run in chunks on the
+load device with a progress bar; the callers' maps come back on the intermediate device.
+"""
+from typing import Callable
+
+import torch
+
+from .weights import file_version
+
+# Images per forward pass: large enough to keep the device busy, small enough that a
+# batch of 1024x1024 frames does not need all of its activations at once.
+CHUNK = 4
+
+_loaded: dict[str, tuple[tuple, object]] = {}
+
+
+def load_cached(path: str, build: Callable[[str], torch.nn.Module]):
+    """ModelPatcher around build(path), reused while the file is unchanged."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    version = file_version(path)
+    hit = _loaded.get(path)
+    if hit is not None and hit[0] == version:
+        return hit[1]
+    module = build(path).float().eval().requires_grad_(False)
+    patcher = comfy.model_patcher.ModelPatcher(module, load_device=mm.get_torch_device(),
+                                               offload_device=mm.unet_offload_device())
+    _loaded[path] = (version, patcher)
+    return patcher
+
+
+def run_in_chunks(patcher, images: torch.Tensor, fn: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """fn(network, chunk) over the batch on the model's device; one progress step per image."""
+    import comfy.model_management as mm
+    import comfy.utils
+
+    mm.load_model_gpu(patcher)
+    device = patcher.load_device
+    bar = comfy.utils.ProgressBar(images.shape[0])
+    out = []
+    with torch.no_grad():
+        for i, chunk in enumerate(images.split(CHUNK)):
+            out.append(fn(patcher.model, chunk.to(device)).to(mm.intermediate_device()))
+            bar.update_absolute(min((i + 1) * CHUNK, images.shape[0]))
+    return torch.cat(out)

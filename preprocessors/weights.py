@@ -1,0 +1,153 @@
+"""Where preprocessor weights come from: the catalogue of public files, finding the one a
+node names in our "preprocessors" model folder, and the errors users see when it is
+missing or is not the architecture expected. The pack never downloads anything.
+"""
+import os
+from dataclasses import dataclass
+
+import torch
+
+WEIGHT_EXTENSIONS = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
+FOLDER_MARKER = "config.json"  # a transformers model folder (save_pretrained layout)
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    name: str            # file (or folder) name inside models/preprocessors
+    url: str             # where the public file is published
+    architecture: str    # what the loader expects, named in wrong-layout errors
+    licence: str
+
+
+_ANNOTATORS = "https://huggingface.co/lllyasviel/Annotators/resolve/main/"
+
+HED = WeightSpec("ControlNetHED.pth", _ANNOTATORS + "ControlNetHED.pth",
+                 "ControlNetHED_Apache2 (lllyasviel's ControlNet 1.1 HED soft edge)", "Apache-2.0")
+PIDINET = WeightSpec("table5_pidinet.pth", _ANNOTATORS + "table5_pidinet.pth",
+                     "PiDiNet (table5, carv4 with CDCM/CSAM, as in ControlNet 1.1)",
+                     "PiDiNet licence: non-commercial research use")
+MLSD = WeightSpec("mlsd_large_512_fp32.pth", _ANNOTATORS + "mlsd_large_512_fp32.pth",
+                  "MobileV2_MLSD_Large (M-LSD large, as in ControlNet)", "Apache-2.0")
+LINEART = WeightSpec("sk_model.pth", _ANNOTATORS + "sk_model.pth",
+                     "informative-drawings Generator (realistic lineart)", "MIT")
+LINEART_COARSE = WeightSpec("sk_model2.pth", _ANNOTATORS + "sk_model2.pth",
+                            "informative-drawings Generator (realistic lineart)", "MIT")
+DEPTH_ANYTHING_V2_SMALL = WeightSpec(
+    "depth_anything_v2_vits.pth",
+    "https://huggingface.co/depth-anything/Depth-Anything-V2-Small/resolve/main/depth_anything_v2_vits.pth",
+    "Depth Anything V2 (DINOv2 + DPT head; original .pth or a transformers folder)", "Apache-2.0")
+DEPTH_ANYTHING_V2_BASE = WeightSpec(
+    "depth_anything_v2_vitb.pth",
+    "https://huggingface.co/depth-anything/Depth-Anything-V2-Base/resolve/main/depth_anything_v2_vitb.pth",
+    DEPTH_ANYTHING_V2_SMALL.architecture, "CC-BY-NC-4.0")
+DEPTH_ANYTHING_V2_LARGE = WeightSpec(
+    "depth_anything_v2_vitl.pth",
+    "https://huggingface.co/depth-anything/Depth-Anything-V2-Large/resolve/main/depth_anything_v2_vitl.pth",
+    DEPTH_ANYTHING_V2_SMALL.architecture, "CC-BY-NC-4.0")
+DEPTH_ANYTHING_V2_SMALL_HF = WeightSpec(
+    "Depth-Anything-V2-Small-hf", "https://huggingface.co/depth-anything/Depth-Anything-V2-Small-hf",
+    DEPTH_ANYTHING_V2_SMALL.architecture, "Apache-2.0")
+MIDAS_DPT_HYBRID = WeightSpec(
+    "dpt-hybrid-midas", "https://huggingface.co/Intel/dpt-hybrid-midas",
+    "MiDaS DPT-Hybrid (transformers DPTForDepthEstimation folder: config.json + model.safetensors)",
+    "Apache-2.0 (model card; MiDaS code MIT)")
+
+CATALOGUE = (HED, PIDINET, MLSD, LINEART, LINEART_COARSE, DEPTH_ANYTHING_V2_SMALL, DEPTH_ANYTHING_V2_BASE,
+             DEPTH_ANYTHING_V2_LARGE, DEPTH_ANYTHING_V2_SMALL_HF, MIDAS_DPT_HYBRID)
+
+
+class WeightFileMissing(FileNotFoundError):
+    pass
+
+
+class WrongWeightLayout(ValueError):
+    pass
+
+
+def available_weights(dirs: list[str]) -> list[str]:
+    """Weight files and transformers model folders in `dirs`, as names relative to them."""
+    found = set()
+    for root in dirs:
+        if not os.path.isdir(root):
+            continue
+        for here, subdirs, files in os.walk(root, followlinks=True):
+            rel = os.path.relpath(here, root).replace(os.sep, "/")
+            if FOLDER_MARKER in files and rel != ".":
+                found.add(rel)
+                subdirs.clear()  # the files inside a model folder are not choices of their own
+                continue
+            prefix = "" if rel == "." else rel + "/"
+            found.update(prefix + f for f in files if f.lower().endswith(WEIGHT_EXTENSIONS))
+    return sorted(found)
+
+
+def weight_choices(defaults: list[WeightSpec], dirs: list[str]) -> list[str]:
+    """The node's choices: its public files first (listed even when absent, so running the
+    graph reaches the error that says where to get them), then every other file found."""
+    names = [s.name for s in defaults]
+    claimed = {s.name for s in CATALOGUE}
+    return names + [n for n in available_weights(dirs) if n not in names and n not in claimed]
+
+
+def locate(name: str, dirs: list[str]) -> str:
+    """Full path of `name` in the first of `dirs` that has it, else WeightFileMissing saying
+    where it belongs and where it is published."""
+    if os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
+        raise WeightFileMissing(f"'{name}' is not a name inside the preprocessors model folder")
+    for root in dirs:
+        path = os.path.join(root, name)
+        if os.path.exists(path):
+            return path
+    folder = dirs[0] if dirs else "ComfyUI/models/preprocessors"
+    spec = next((s for s in CATALOGUE if s.name == name), None)
+    where = (f" It is published at {spec.url}" + (" (download the whole folder)." if _is_folder_spec(spec) else ".")
+             if spec else "")
+    raise WeightFileMissing(f"Preprocessor weights '{name}' not found: put it in {folder} "
+                            f"(ComfyUI's models/preprocessors folder).{where} Nothing is downloaded automatically.")
+
+
+def _is_folder_spec(spec: WeightSpec) -> bool:
+    return not spec.name.lower().endswith(WEIGHT_EXTENSIONS)
+
+
+def file_version(path: str) -> tuple:
+    """Changes when the file (or any file of a model folder) is replaced: the cache key."""
+    if os.path.isdir(path):
+        stats = [os.stat(os.path.join(here, f)) for here, _, files in os.walk(path) for f in files]
+        return tuple(sorted((s.st_mtime_ns, s.st_size) for s in stats))
+    s = os.stat(path)
+    return (s.st_mtime_ns, s.st_size)
+
+
+def read_state_dict(path: str, architecture: str) -> dict[str, torch.Tensor]:
+    """Tensors of a .pth/.safetensors file, "module." prefixes (DataParallel) removed.
+    Files that hold a {"state_dict": ...} checkpoint are unwrapped."""
+    import comfy.utils
+
+    if os.path.isdir(path):
+        raise WrongWeightLayout(f"{path} is a folder; {architecture} is read from a single weight file")
+    try:
+        sd = comfy.utils.load_torch_file(path, safe_load=True)
+    except Exception as e:
+        raise WrongWeightLayout(f"{path} could not be read as a weight file for {architecture}: {e}") from e
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise WrongWeightLayout(f"{path} does not hold a state dict of tensors; expected {architecture}")
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def require_keys(sd: dict, keys: list[str], architecture: str, path: str) -> None:
+    missing = [k for k in keys if k not in sd]
+    if missing:
+        raise WrongWeightLayout(f"{os.path.basename(path)} is not a {architecture} weight file: "
+                                f"it lacks {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''} "
+                                f"(it has e.g. {', '.join(list(sd)[:3])})")
+
+
+def load_exact(module: torch.nn.Module, sd: dict, architecture: str, path: str) -> torch.nn.Module:
+    """load_state_dict(strict) with the mismatch reported as the wrong architecture."""
+    try:
+        module.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        detail = str(e).split("\n\t", 1)[-1][:400]
+        raise WrongWeightLayout(f"{os.path.basename(path)} does not match {architecture}: {detail}") from e
+    return module
