@@ -1,0 +1,219 @@
+"""Applying LLLite networks to a ComfyUI model through its attn1/attn2 patches.
+
+ComfyUI calls every attn1 patch as `n, context, value = p(n, context, value, extra_options)`
+right before to_q(n), to_k(context), to_v(value) of a transformer block, and attn2 patches
+likewise before attn2's to_q: exactly the inputs kohya's modules wrap. Each patched model
+holds ONE attn1 and ONE attn2 LLLitePatch; applying another LLLite replaces them by patches
+holding all controls, so every LLLite sees the block's original inputs and their deltas are
+summed (parallel, as the A1111 port does), not fed through each other as kohya's node does.
+"""
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+
+from .guide import fit_guide
+from .module import LAYOUTS, LLLiteNetwork, model_family
+
+_TARGETS = {"attn1": ("attn1.to_q", "attn1.to_k", "attn1.to_v"), "attn2": ("attn2.to_q",)}
+_CACHED_SIZES = 2  # guide sizes kept per control (e.g. a base pass and a hires pass)
+
+
+def _grouped(x: torch.Tensor, per_group: torch.Tensor) -> torch.Tensor:
+    """x (B, ...) * per_group (G, ...) where x's batch is B/G consecutive repeats of G items."""
+    g = per_group.shape[0]
+    return (x.view(x.shape[0] // g, g, *x.shape[1:]) * per_group).view(x.shape)
+
+
+class _SizeCache:
+    """Everything derived from the guide for one (device, dtype, picture size): the fitted guide,
+    each module's projected embedding on each token grid, the mask on each grid."""
+
+    def __init__(self, guide: torch.Tensor):
+        self.guide = guide  # (G, 3, H, W) in [-1, 1]
+        self.projected = {}
+        self.masks = {}
+
+
+class LLLiteControl:
+    """One applied LLLite: network, guide image, strength, sigma range and optional mask.
+
+    The master network is never modified; a copy placed on the compute device and dtype is
+    made by .to() (ComfyUI moves patches with the model) or at first use. The embedding of each
+    module is computed once per guide size, device and dtype and reused across steps and runs.
+    """
+
+    def __init__(self, network: LLLiteNetwork, guide: torch.Tensor, strength: float, sigma_start: float,
+                 sigma_end: float, resize_mode: str = "crop", mask: torch.Tensor | None = None, latent_scale: int = 8):
+        self.network = network
+        self.guide = guide  # (G, C, H, W) in 0..1, as given
+        self.strength = float(strength)
+        self.sigma_start, self.sigma_end = float(sigma_start), float(sigma_end)
+        self.resize_mode = resize_mode
+        self.mask = None if mask is None else (mask if mask.ndim == 3 else mask[None]).float()[:, None]
+        self.latent_scale = latent_scale
+        self._placed = None  # (device, dtype, network copy)
+        self._target = (None, None)
+        self._sizes = OrderedDict()  # (device, dtype, H, W) -> _SizeCache
+        self._gate_sigmas = None
+        self._gate_open = False
+
+    # --- device and dtype ---------------------------------------------------------------
+    def to(self, device_or_dtype) -> "LLLiteControl":
+        device, dtype = self._target
+        if isinstance(device_or_dtype, torch.dtype):
+            if not device_or_dtype.is_floating_point or device_or_dtype.itemsize < 2:
+                return self  # fp8 storage: the compute dtype (the input's) decides, at first use
+            dtype = device_or_dtype
+        else:
+            device = torch.device(device_or_dtype)
+            self._sizes = OrderedDict((k, v) for k, v in self._sizes.items() if k[0] == device)
+        self._target = (device, dtype)
+        self._network_on(device, dtype or self._master_dtype())
+        return self
+
+    def _master_dtype(self) -> torch.dtype:
+        return next(self.network.parameters()).dtype
+
+    def _network_on(self, device, dtype) -> LLLiteNetwork:
+        if device is None:
+            device = next(self.network.parameters()).device
+        placed = self._placed
+        if placed is None or placed[0] != device or placed[1] != dtype:
+            placed = self._placed = (device, dtype, self.network.copy_to(device, dtype))
+        return placed[2]
+
+    # --- per call -------------------------------------------------------------------------
+    def active(self, sigmas: torch.Tensor | None) -> bool:
+        """Whether the current sigma lies in [sigma_end, sigma_start]; evaluated once per U-Net
+        call (every block sees the same sigmas tensor), so the host sync happens once."""
+        if sigmas is None:
+            return True
+        if sigmas is not self._gate_sigmas:
+            s = float(sigmas.reshape(-1)[0])
+            self._gate_open = self.sigma_end <= s <= self.sigma_start
+            self._gate_sigmas = sigmas
+        return self._gate_open
+
+    def _size_cache(self, device, dtype, height: int, width: int) -> _SizeCache:
+        key = (device, dtype, height, width)
+        cache = self._sizes.get(key)
+        if cache is None:
+            guide = fit_guide(self.guide.to(device=device, dtype=torch.float32), height, width, self.resize_mode)
+            cache = self._sizes[key] = _SizeCache((guide * 2 - 1).to(dtype))
+            while len(self._sizes) > _CACHED_SIZES:
+                self._sizes.popitem(last=False)
+        return cache
+
+    def _projected(self, cache: _SizeCache, key: str, module, h: int, w: int) -> torch.Tensor:
+        projected = cache.projected.get((key, h, w))
+        if projected is None:
+            projected = cache.projected[(key, h, w)] = module.project_guide(cache.guide, h, w)
+        return projected
+
+    def _scale(self, cache: _SizeCache, h: int, w: int, dtype, device):
+        if self.mask is None:
+            return self.strength
+        scale = cache.masks.get((h, w))
+        if scale is None:
+            m = F.interpolate(self.mask.to(device), size=(h, w), mode="bilinear", align_corners=False)
+            scale = cache.masks[(h, w)] = (m.flatten(1)[..., None] * self.strength).to(dtype)
+        return scale
+
+    def _check_batch(self, what: str, given: int, batch: int, chunks: int) -> None:
+        per_chunk = batch // max(chunks, 1)
+        if given != 1 and (batch % max(chunks, 1) or given != per_chunk):
+            raise ValueError(
+                f"LLLite '{self.network.name}': the {what} has a batch of {given}, the latent batch is "
+                f"{per_chunk}; give one {what} for all, or one per latent."
+            )
+
+    def delta(self, key: str, x: torch.Tensor, extra_options: dict) -> torch.Tensor:
+        """What module `key` adds to x (B, T, C) at this block, strength and mask applied."""
+        module = self._network_on(x.device, x.dtype).module(key)
+        h, w = extra_options["activations_shape"][-2:]
+        lh, lw = extra_options["original_shape"][-2:]
+        if h * w != x.shape[1]:
+            raise ValueError(f"LLLite '{self.network.name}': {x.shape[1]} tokens at {key} but a {h}x{w} grid")
+        cache = self._size_cache(x.device, x.dtype, lh * self.latent_scale, lw * self.latent_scale)
+        chunks = len(extra_options.get("cond_or_uncond") or [0])
+        self._check_batch("guide image", cache.guide.shape[0], x.shape[0], chunks)
+        out = module.delta(x, self._projected(cache, key, module, h, w))
+        scale = self._scale(cache, h, w, x.dtype, x.device)
+        if isinstance(scale, float):
+            return out if scale == 1.0 else out * scale
+        self._check_batch("mask", scale.shape[0], x.shape[0], chunks)
+        return _grouped(out, scale)
+
+
+class LLLitePatch:
+    """The attn1 or attn2 patch of a model: sums the deltas of all its controls on the
+    original inputs of the block's wrapped Linears."""
+
+    def __init__(self, attn: str, controls: tuple):
+        self.attn = attn
+        self.controls = tuple(controls)
+
+    def with_control(self, control: LLLiteControl) -> "LLLitePatch":
+        return LLLitePatch(self.attn, self.controls + (control,))
+
+    def to(self, device_or_dtype) -> "LLLitePatch":
+        for c in self.controls:
+            c.to(device_or_dtype)
+        return self
+
+    def __call__(self, n, context, value, extra_options):
+        block = extra_options.get("block")
+        if block is None:
+            return n, context, value
+        where = (block[0], block[1], extra_options.get("block_index", 0))
+        inputs = [n, context, value]
+        deltas = [None, None, None]
+        for control in self.controls:
+            keys = control.network.by_block.get(where)
+            if not keys or not control.active(extra_options.get("sigmas")):
+                continue
+            for i, target in enumerate(_TARGETS[self.attn]):
+                key = keys.get(target)
+                if key is not None:
+                    d = control.delta(key, inputs[i], extra_options)
+                    deltas[i] = d if deltas[i] is None else deltas[i] + d
+        out = [x if d is None else x + d for x, d in zip(inputs, deltas)]
+        return out[0], out[1], out[2]
+
+
+def model_label(model) -> str:
+    config = model.model.model_config
+    family = model_family(config)
+    shown = LAYOUTS[family].display if family else "unknown-family"
+    return f"'{shown} ({type(config).__name__})'"
+
+
+def apply_lllite(model, network: LLLiteNetwork, guide: torch.Tensor, strength: float = 1.0,
+                 start_percent: float = 0.0, end_percent: float = 1.0, resize_mode: str = "crop",
+                 mask: torch.Tensor | None = None):
+    """A clone of `model` (ModelPatcher) with `network` acting from start_percent to end_percent
+    of the schedule (converted to sigmas with the model's own sampling). guide: (G, C, H, W) in 0..1."""
+    if not 0.0 <= start_percent <= end_percent <= 1.0:
+        raise ValueError(f"need 0 <= start_percent <= end_percent <= 1, got {start_percent} and {end_percent}")
+    network.check_fits(model.model.diffusion_model, model_label(model))
+    patched = model.clone()
+    if strength == 0:
+        return patched
+    sampling = patched.get_model_object("model_sampling")
+    control = LLLiteControl(
+        network, guide.detach(), strength, sampling.percent_to_sigma(start_percent), sampling.percent_to_sigma(end_percent),
+        resize_mode, None if mask is None else mask.detach(), patched.get_model_object("latent_format").spacial_downscale_ratio,
+    )
+    patches = patched.model_options["transformer_options"].setdefault("patches", {})
+    for attn in ("attn1", "attn2"):
+        if not any(t.startswith(attn) for keys in network.by_block.values() for t in keys):
+            continue
+        name = f"{attn}_patch"
+        current = patches.get(name, [])
+        at = next((i for i, p in enumerate(current) if isinstance(p, LLLitePatch)), None)
+        if at is None:
+            patches[name] = current + [LLLitePatch(attn, (control,))]
+        else:  # the clone owns this list; the patch object itself is shared with `model`, so replace it
+            patches[name] = current[:at] + [current[at].with_control(control)] + current[at + 1:]
+    return patched
