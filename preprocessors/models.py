@@ -5,6 +5,7 @@ replaced file is reloaded) and wrapped in a ModelPatcher: ComfyUI moves it to th
 use and offloads it when something else needs the memory. Batches run in chunks on the
 load device with a progress bar; the callers' maps come back on the intermediate device.
 """
+import atexit
 from typing import Callable
 
 import torch
@@ -16,6 +17,9 @@ from .weights import file_version
 CHUNK = 4
 
 _loaded: dict[str, tuple[tuple, object]] = {}
+# Release the patchers while ComfyUI's modules still exist: ModelPatcher.__del__ fails
+# noisily when it runs during interpreter teardown.
+atexit.register(_loaded.clear)
 
 
 def load_cached(path: str, build: Callable[[str], torch.nn.Module]):
