@@ -101,7 +101,9 @@ class LoRAModule(torch.nn.Module):
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         down, up, scale = self._weights()
-        x = x.to(down.dtype)
+        # Cast the small weights to the activations' dtype, not the large activations to the
+        # weights' (autograd still updates the weights in their own dtype).
+        down, up = down.to(x.dtype), up.to(x.dtype)
         lx = F.conv2d(x, down, **self.conv) if self.conv else F.linear(x, down)
         if self.training and self.dropout:
             lx = F.dropout(lx, p=self.dropout)
