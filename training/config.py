@@ -93,6 +93,7 @@ class TrainConfig:
     network_weights: str | None = None
     network_train_unet_only: bool = False
     network_train_text_encoder_only: bool = False
+    cond_emb_dim: int = 32  # ControlNet-LLLite: guide-embedding width (sdxl_train_control_net_lllite.py)
 
     # samples during training
     sample_every_n_steps: int = 0
@@ -100,9 +101,15 @@ class TrainConfig:
     sample_prompts: str | None = None  # a prompts file, or the prompt lines themselves
     sample_sampler: str = "euler_a"
 
+    # held-out evaluation (an adapter's evaluation hook, e.g. LLLite's control gap): at the start,
+    # every n steps and at the end
+    validate_every_n_steps: int = 0
+
     def __post_init__(self):
-        for name in ("optimizer_args", "lr_scheduler_args", "network_args"):
+        for name in ("optimizer_args", "lr_scheduler_args"):
             setattr(self, name, parse_kv_args(getattr(self, name), name))
+        # network_args stay strings: the network parses its own values (block lists "1,2,3")
+        self.network_args = parse_kv_args(self.network_args, "network_args", literal=False)
         self.validate()
 
     def validate(self) -> None:
@@ -153,9 +160,10 @@ IGNORED_KEYS = frozenset({
 })
 
 
-def parse_kv_args(value, what: str = "arguments") -> dict:
+def parse_kv_args(value, what: str = "arguments", literal: bool = True) -> dict:
     """sd-scripts' `key=value` argument lists (`["weight_decay=0.01", "betas=0.9,0.999"]`, or the
-    same as one space-separated string) -> dict; values are Python literals, commas make tuples."""
+    same as one space-separated string) -> dict; values are Python literals, commas make
+    tuples (literal=False: values stay strings)."""
     import ast
 
     if isinstance(value, dict):
@@ -168,6 +176,9 @@ def parse_kv_args(value, what: str = "arguments") -> dict:
         if "=" not in item:
             raise ValueError(f"{what}: {item!r} is not key=value")
         key, raw = item.split("=", 1)
+        if not literal:
+            out[key.strip()] = raw.strip()
+            continue
         parts = [p for p in raw.split(",") if p != ""]
 
         def literal(s):

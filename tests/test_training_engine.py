@@ -1,0 +1,109 @@
+"""The training loop on the tiny SDXL model: learning, exact resume, cancel, divergence,
+mixed precision. A minimal adapter and dataset (training_helpers) stand in for LoRA and the
+data side where the test is about the loop itself."""
+import pytest
+import safetensors.torch
+import torch
+
+import comfy.model_management
+from lllite_kit.training.comfy_bridge import TextConditioner, trainable_model
+from lllite_kit.training.config import TrainConfig
+from lllite_kit.training.engine import TrainHooks, TrainingDiverged, TrainingEngine
+from lllite_kit.training.lora import LoRAAdapter, LoRAConfig
+from lllite_kit.training.state import load_state, state_path_for
+from training_helpers import ListData, TinyAdapter, eval_loss, no_metadata, unit_group_norms
+
+
+@pytest.fixture(scope="module")
+def sdxl(tiny):
+    """The tiny SDXL as a graph hands it over (built under inference mode), made trainable."""
+    with torch.inference_mode():
+        model, clip = tiny.build_model("sdxl", 0), tiny.build_clip("sdxl", 0)
+        unit_group_norms(model)
+    with torch.inference_mode(False):
+        with trainable_model(model) as tm:
+            text = TextConditioner(clip, tm.family)
+            text.precompute(ListData(6).captions)
+            yield tm, text
+
+
+def _engine(tm, text, out, adapter=None, data=None, hooks=None, **options):
+    cfg = TrainConfig(**{"learning_rate": 1e-3, "max_train_steps": 6, "output_name": "t", **options})
+    return TrainingEngine(cfg, tm, text, adapter or TinyAdapter(), data or ListData(), out, no_metadata, hooks=hooks)
+
+
+def test_lora_loss_falls_on_a_tiny_overfit_set(sdxl, tmp_path):
+    tm, text = sdxl
+    data = ListData(n=2, bs=2)
+    adapter = LoRAAdapter(LoRAConfig(dim=4, alpha=4.0, train_text_encoder=False), tm.model_config)
+    adapter.attach(tm.diffusion_model, {})
+    before = eval_loss(tm, text, data)
+    result = _engine(tm, text, tmp_path, adapter, data, learning_rate=1e-2, max_train_steps=12).run()
+    adapter.attach(tm.diffusion_model, {})
+    adapter.train(False)
+    after = eval_loss(tm, text, data)
+    adapter.detach()
+    assert after < 0.9 * before, (before, after)
+    assert len(result.losses) == 12 and result.steps == 12
+    assert result.final_path == tmp_path / "t.safetensors" and result.final_path.is_file()
+    assert state_path_for(result.final_path).is_file()
+
+
+def test_resume_gives_the_uninterrupted_weights(sdxl, tmp_path):
+    """3 batches per epoch with gradient accumulation 2: the state at step 3 sits mid-epoch."""
+    tm, text = sdxl
+    options = dict(max_train_steps=6, save_every_n_steps=3, gradient_accumulation_steps=2, lr_scheduler="cosine",
+                   lr_warmup_steps=2, optimizer_type="AdamW", noise_offset=0.05, min_snr_gamma=5.0)
+    whole = TinyAdapter()
+    full = _engine(tm, text, tmp_path / "a", whole, ListData(n=6), **options).run()
+    assert [p.name for p in full.saved] == ["t-step00000003.safetensors", "t.safetensors"]
+    state = load_state(state_path_for(full.saved[0]))
+    assert (state["step"], state["epoch"], state["batch"]) == (3, 1, 2)
+
+    resumed_adapter = TinyAdapter(seed=99)  # different start: everything must come from the state
+    resumed = _engine(tm, text, tmp_path / "b", resumed_adapter, ListData(n=6), resume=str(state_path_for(full.saved[0])),
+                      **options).run()
+    assert resumed.losses == full.losses
+    for k, v in whole.state_dict().items():
+        assert torch.equal(resumed_adapter.state_dict()[k], v), k
+
+
+def test_cancel_stops_within_a_step_and_keeps_the_last_saved_file(sdxl, tmp_path):
+    tm, text = sdxl
+    seen = []
+
+    def progress(step, total, loss):
+        seen.append(step)
+        if step == 3:
+            comfy.model_management.interrupt_current_processing(True)  # what the Cancel button does
+
+    hooks = TrainHooks(progress=progress, check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted)
+    engine = _engine(tm, text, tmp_path, hooks=hooks, max_train_steps=10, save_every_n_steps=2)
+    with pytest.raises(comfy.model_management.InterruptProcessingException):
+        engine.run()
+    assert seen == [1, 2, 3]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t-step00000002-state.pt", "t-step00000002.safetensors"]
+    assert safetensors.torch.load_file(tmp_path / "t-step00000002.safetensors")
+    assert not tm.diffusion_model.middle_block[1].transformer_blocks[0].attn1.to_out[0]._forward_hooks  # adapter detached
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_saved_files(sdxl, tmp_path):
+    tm, text = sdxl
+    engine = _engine(tm, text, tmp_path, data=ListData(n=4, nan_at=(1, 1)), max_train_steps=10, save_every_n_steps=1)
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at step 4 .*t-step00000003\.safetensors"):
+        engine.run()
+    assert (tmp_path / "t-step00000003.safetensors").is_file() and not (tmp_path / "t.safetensors").exists()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_with_finite_loss(sdxl, tmp_path, precision):
+    tm, text = sdxl
+    tm.compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    try:
+        engine = _engine(tm, text, tmp_path, max_train_steps=2, mixed_precision=precision)
+        result = engine.run()
+        assert (engine.scaler is not None) == (precision == "fp16")
+    finally:
+        tm.compute_dtype = torch.float32
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    assert any(v.abs().sum() > 0 for k, v in engine.adapter.state_dict().items() if k.endswith(".up"))

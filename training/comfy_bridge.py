@@ -1,0 +1,389 @@
+"""The one place that knows ComfyUI's model objects (ModelPatcher, CLIP, VAE). Everything else
+in training/ takes plain tensors and modules from here.
+
+- trainable_model(): the diffusion model made safe for autograd inside a graph (ComfyUI runs
+  nodes under torch.inference_mode(), whose weights autograd refuses to save for backward),
+  loaded on the training device, with its own noise schedule and prediction function.
+- TextConditioner: captions -> cross-attention context and SDXL's pooled output, cached per
+  caption when the text encoders are frozen; SDXL's ADM vector from the size conditioning.
+- latent_encoder(): the VAE as `images in [-1, 1] -> scaled latents`, plus an identity for
+  latent caches.
+- release(): text encoders and VAE off the training device once their outputs are cached.
+"""
+import hashlib
+import logging
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.utils.checkpoint
+
+import comfy.model_base
+import comfy.model_management
+import comfy.model_patcher
+import comfy.model_sampling
+import comfy.sd
+from comfy.ldm.modules.attention import BasicTransformerBlock
+from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock, UNetModel
+
+
+class UnsupportedModel(ValueError):
+    pass
+
+
+def model_family(patcher: comfy.model_patcher.ModelPatcher) -> str:
+    """"sdxl", "sd15" (SD1.x) or "sd2" (SD2.x): the U-Net families this trainer handles."""
+    model = patcher.model
+    if not isinstance(getattr(model, "diffusion_model", None), UNetModel):
+        raise UnsupportedModel(f"training supports SD1.x, SD2.x and SDXL U-Nets; this model is {type(model).__name__}")
+    if isinstance(model, comfy.model_base.SDXL):
+        return "sdxl"
+    if type(model) is comfy.model_base.BaseModel:
+        return "sd2" if model.model_config.unet_config.get("context_dim") == 1024 else "sd15"
+    raise UnsupportedModel(f"training supports SD1.x, SD2.x and SDXL base models; this model is {type(model).__name__}")
+
+
+# -- noise schedule ------------------------------------------------------------------------
+
+class NoiseSchedule:
+    """The model's own discrete schedule (ComfyUI's ModelSamplingDiscrete): sigmas per integer
+    timestep, alphas_cumprod = 1 / (1 + sigma^2), and its prediction type.
+
+    The U-Net input for clean latents x0, noise n and timestep t is
+    sqrt(a_t) x0 + sqrt(1 - a_t) n: exactly ComfyUI's calculate_input(noise_scaling(...)),
+    i.e. what the model sees when it samples."""
+
+    def __init__(self, model_sampling):
+        ms = model_sampling
+        if not isinstance(ms, comfy.model_sampling.ModelSamplingDiscrete) or isinstance(ms, comfy.model_sampling.ModelSamplingDiscreteEDM):
+            raise UnsupportedModel(f"training needs a discrete DDPM noise schedule; the model uses {type(ms).__name__}")
+        if len(ms.sigmas) != ms.num_timesteps:
+            raise UnsupportedModel(f"training needs the full {ms.num_timesteps}-step schedule, the model's has {len(ms.sigmas)} (a distilled sampling patch?)")
+        if isinstance(ms, comfy.model_sampling.V_PREDICTION) and not isinstance(ms, comfy.model_sampling.EDM):
+            self.v_prediction = True
+        elif isinstance(ms, comfy.model_sampling.EPS) and type(ms).calculate_denoised is comfy.model_sampling.EPS.calculate_denoised:
+            self.v_prediction = False
+        else:
+            raise UnsupportedModel(f"training supports epsilon and v-prediction models; this model's sampling is {type(ms).__mro__[1:3]}")
+        self.model_sampling = ms
+        self.sigmas = ms.sigmas.detach().float().cpu().clone()
+        self.alphas_cumprod = 1.0 / (1.0 + self.sigmas**2)
+        self.num_timesteps = len(self.sigmas)
+
+    def _coefs(self, timesteps: torch.Tensor, like: torch.Tensor):
+        a = self.alphas_cumprod.to(like.device)[timesteps].view(-1, *([1] * (like.ndim - 1)))
+        return a.sqrt(), (1 - a).sqrt()
+
+    def noisy_input(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        sa, s1a = self._coefs(timesteps, latents)
+        return sa * latents.float() + s1a * noise
+
+    def target(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """What the model should output: the noise (eps) or the velocity sqrt(a) n - sqrt(1-a) x0."""
+        if not self.v_prediction:
+            return noise
+        sa, s1a = self._coefs(timesteps, latents)
+        return sa * noise - s1a * latents.float()
+
+    @property
+    def prediction_type(self) -> str:
+        return "v" if self.v_prediction else "epsilon"
+
+
+def _discrete_sampling(model_config, v_prediction: bool, zsnr: bool):
+    """A sampling object like core's ModelSamplingDiscrete node makes (eps / v_prediction, zsnr)."""
+    base = comfy.model_sampling.V_PREDICTION if v_prediction else comfy.model_sampling.EPS
+
+    class ModelSamplingTraining(comfy.model_sampling.ModelSamplingDiscrete, base):
+        pass
+
+    return ModelSamplingTraining(model_config, zsnr=zsnr)
+
+
+# -- the diffusion model -------------------------------------------------------------------
+
+def _make_autograd_safe(module: torch.nn.Module) -> None:
+    """Replace inference tensors (created under torch.inference_mode) by ordinary copies with
+    the same values, so autograd can save them for backward. Frozen: no grad."""
+    for m in module.modules():
+        for name, p in list(m._parameters.items()):
+            if p is not None and (p.is_inference() or p.requires_grad):
+                m._parameters[name] = torch.nn.Parameter(p.detach().clone() if p.is_inference() else p.detach(), requires_grad=False)
+        for name, b in list(m._buffers.items()):
+            if b is not None and b.is_inference():
+                m._buffers[name] = b.clone()
+
+
+class _CheckpointedForward:
+    """Gradient checkpointing of one block (torch.utils.checkpoint, non-reentrant, so hooked
+    adapter weights get their gradients). ComfyUI blocks write into transformer_options while
+    they run; the recomputation in backward must see the options as they were at the first
+    call, and the caller must see the writes of the first call."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+        self.original = module.forward
+
+    def __call__(self, *args, **kwargs):
+        if not torch.is_grad_enabled():
+            return self.original(*args, **kwargs)
+        snap_args = [dict(a) if isinstance(a, dict) else a for a in args]
+        snap_kwargs = {k: dict(v) if isinstance(v, dict) else v for k, v in kwargs.items()}
+        first_call = {}
+
+        def run():
+            call_args = [dict(a) if isinstance(a, dict) else a for a in snap_args]
+            call_kwargs = {k: dict(v) if isinstance(v, dict) else v for k, v in snap_kwargs.items()}
+            out = self.original(*call_args, **call_kwargs)
+            first_call.setdefault("args", (call_args, call_kwargs))
+            return out
+
+        out = torch.utils.checkpoint.checkpoint(run, use_reentrant=False)
+        call_args, call_kwargs = first_call["args"]
+        for a, c in zip(args, call_args):
+            if isinstance(a, dict):
+                a.update(c)
+        for k, v in kwargs.items():
+            if isinstance(v, dict):
+                v.update(call_kwargs[k])
+        return out
+
+
+def set_gradient_checkpointing(diffusion_model: torch.nn.Module, enabled: bool) -> int:
+    """Checkpoint every res block and transformer block (what sd-scripts does through
+    diffusers). ComfyUI's own use_checkpoint flag is not used: its checkpoint function only
+    passes the block's own parameters to autograd, so hooked adapter weights would get no
+    gradient. Returns the number of blocks changed."""
+    count = 0
+    for m in diffusion_model.modules():
+        if not isinstance(m, (ResBlock, BasicTransformerBlock)):
+            continue
+        wrapped = isinstance(m.__dict__.get("forward"), _CheckpointedForward)
+        if enabled and not wrapped:
+            m.forward = _CheckpointedForward(m)
+            count += 1
+        elif not enabled and wrapped:
+            del m.forward
+            count += 1
+    return count
+
+
+@dataclass
+class TrainingModel:
+    """The frozen diffusion model ready for training, and how to call it."""
+
+    patcher: comfy.model_patcher.ModelPatcher
+    schedule: NoiseSchedule
+    family: str
+    compute_dtype: torch.dtype  # autocast dtype; float32 means no autocast
+
+    @property
+    def diffusion_model(self) -> torch.nn.Module:
+        return self.patcher.model.diffusion_model
+
+    @property
+    def device(self) -> torch.device:
+        return self.patcher.load_device
+
+    @property
+    def model_config(self):
+        return self.patcher.model.model_config
+
+    def autocast(self):
+        enabled = self.compute_dtype != torch.float32
+        return torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=enabled)
+
+    def predict(self, x_in: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, y: torch.Tensor | None,
+                transformer_options: dict | None = None) -> torch.Tensor:
+        """Raw U-Net output (eps or v, float32) for the already scaled input `x_in`: the call
+        ComfyUI's BaseModel._apply_model makes, minus its conversion to a denoised image."""
+        dtype = self.compute_dtype if self.compute_dtype != torch.float32 else self.patcher.model.get_dtype_inference()
+        dev = self.device
+        with self.autocast():
+            out = self.diffusion_model(
+                x_in.to(dev, dtype), timesteps.to(dev).float(), context=context.to(dev, dtype),
+                y=None if y is None else y.to(dev, dtype), control=None,
+                transformer_options=dict(transformer_options or {}),
+            )
+        return out.float()
+
+    def adm(self, pooled: torch.Tensor | None, original_sizes, crop_top_left, target_sizes) -> torch.Tensor | None:
+        """SDXL's class-embedding input: pooled CLIP-G output + embedded original size, crop and
+        target size ((height, width) pixel pairs per sample), via the model's own encode_adm.
+        None for models without it (SD1.x/2.x)."""
+        if self.family != "sdxl":
+            return None
+        rows = []
+        for i in range(pooled.shape[0]):
+            (oh, ow), (ct, cl), (th, tw) = original_sizes[i], crop_top_left[i], target_sizes[i]
+            rows.append(self.patcher.model.encode_adm(
+                pooled_output=pooled[i:i + 1].float().cpu(), width=ow, height=oh, crop_w=cl, crop_h=ct,
+                target_width=tw, target_height=th))
+        return torch.cat(rows).to(self.device)
+
+    def close(self) -> None:
+        set_gradient_checkpointing(self.diffusion_model, False)
+
+
+def _compute_dtype(mixed_precision: str, weight_dtype: torch.dtype) -> torch.dtype:
+    if mixed_precision == "fp16":
+        return torch.float16
+    if mixed_precision == "bf16":
+        return torch.bfloat16
+    # "no": the model's own precision; a half-precision model is still run under autocast
+    return weight_dtype if weight_dtype in (torch.float16, torch.bfloat16) else torch.float32
+
+
+@contextmanager
+def trainable_model(model: comfy.model_patcher.ModelPatcher, mixed_precision: str = "no", gradient_checkpointing: bool = False,
+                    v_parameterization: bool = False, zero_terminal_snr: bool = False):
+    """Context: the model prepared for training (see TrainingModel); on exit the shared model
+    is as it was (checkpointing removed; weights keep their values).
+
+    Inside a graph ComfyUI runs nodes under torch.inference_mode(); this must be entered
+    under torch.inference_mode(False). Inference-tensor weights are replaced in place by
+    ordinary tensors with the same values (no second copy of the model in memory); a
+    dynamic-VRAM model is rebuilt from its loader (cached_patcher_init), as core's trainer does."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("trainable_model must be used under torch.inference_mode(False)")
+    family = model_family(model)
+    if model.is_dynamic():
+        patcher = model.clone(disable_dynamic=True, force_deepcopy=True)
+    else:
+        patcher = model.clone()
+    if v_parameterization or zero_terminal_snr:
+        v_prediction = v_parameterization or NoiseSchedule(patcher.get_model_object("model_sampling")).v_prediction
+        patcher.add_object_patch("model_sampling", _discrete_sampling(patcher.model.model_config, v_prediction, zero_terminal_snr))
+    schedule = NoiseSchedule(patcher.get_model_object("model_sampling"))
+    # evict everything else (text encoders, VAE, other models) from the training device
+    comfy.model_management.load_models_gpu([patcher], memory_required=1e20, force_full_load=True)
+    diffusion_model = patcher.model.diffusion_model
+    _make_autograd_safe(diffusion_model)
+    diffusion_model.train(False)  # no dropout in the frozen model; adapters switch their own
+    weight_dtype = patcher.model.get_dtype_inference()
+    tm = TrainingModel(patcher, schedule, family, _compute_dtype(mixed_precision, weight_dtype))
+    if gradient_checkpointing:
+        set_gradient_checkpointing(diffusion_model, True)
+    try:
+        yield tm
+    finally:
+        tm.close()
+
+
+def reload_training_model(tm: TrainingModel) -> None:
+    """Put the training model back on its device after sampling or decoding moved things."""
+    comfy.model_management.load_models_gpu([tm.patcher], force_full_load=True)
+
+
+# -- text -------------------------------------------------------------------------------
+
+def text_encoder_modules(clip: comfy.sd.CLIP, family: str) -> dict[str, torch.nn.Module]:
+    """The CLIP transformers by their kohya role: te1 (CLIP-L) / te2 (CLIP-G) on SDXL, te
+    (CLIP-L, or OpenCLIP-H on SD2) on SD1.x/2.x."""
+    csm = clip.cond_stage_model
+    if family == "sdxl":
+        return {"te1": csm.clip_l.transformer, "te2": csm.clip_g.transformer}
+    return {"te": getattr(csm, csm.clip).transformer}
+
+
+def _lcm_repeat(contexts: list[torch.Tensor]) -> torch.Tensor:
+    """Batch contexts of different token lengths (long captions give 77 x k tokens) the way
+    ComfyUI batches conds when sampling: each repeated up to the least common multiple."""
+    lengths = [c.shape[1] for c in contexts]
+    lcm = math.lcm(*lengths)
+    return torch.cat([c.repeat(1, lcm // c.shape[1], 1) for c in contexts])
+
+
+class TextConditioner:
+    """Captions -> (context, pooled). Frozen encoders: outputs are computed without gradients
+    and kept per caption for captions given to precompute() (the fixed captions of a dataset,
+    the sample prompts); `release()` then lets the encoders leave the device. Trained
+    encoders (adapter.trains_text_encoders): every call encodes with gradients."""
+
+    def __init__(self, clip: comfy.sd.CLIP, family: str, trainable: bool = False, clip_skip: int = 1):
+        self.clip = clip.clone()
+        if clip_skip > 1 and family != "sdxl":  # SDXL always uses the penultimate layers
+            self.clip.clip_layer(-clip_skip)
+        self.family = family
+        self.trainable = trainable
+        self.cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        if trainable:
+            if torch.is_inference_mode_enabled():
+                raise RuntimeError("a trainable text encoder must be prepared under torch.inference_mode(False)")
+            _make_autograd_safe(self.clip.cond_stage_model)
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return text_encoder_modules(self.clip, self.family)
+
+    def _encode_one(self, caption: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.clip is None:
+            raise RuntimeError(f"caption {caption!r} was not encoded before the text encoders were released")
+        tokens = self.clip.tokenize(caption)
+        cond, pooled = self.clip.encode_from_tokens(tokens, return_pooled=True)
+        return cond, (pooled if self.family == "sdxl" else None)
+
+    def precompute(self, captions) -> None:
+        with torch.no_grad():
+            for c in captions:
+                if c not in self.cache:
+                    cond, pooled = self._encode_one(c)
+                    self.cache[c] = (cond.detach().cpu(), None if pooled is None else pooled.detach().cpu())
+
+    def encode(self, captions: list[str], device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        outs = []
+        for c in captions:
+            if not self.trainable and c in self.cache:
+                outs.append(self.cache[c])
+            else:
+                with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
+                    outs.append(self._encode_one(c))
+        context = _lcm_repeat([o[0].to(device) for o in outs])
+        pooled = None if outs[0][1] is None else torch.cat([o[1].to(device) for o in outs])
+        return context, pooled
+
+    def release(self) -> None:
+        """Frozen encoders whose every caption is cached: off the device, reference dropped."""
+        if self.trainable or self.clip is None:
+            return
+        unload_from_device(self.clip.patcher)
+        self.clip = None
+
+
+# -- VAE ----------------------------------------------------------------------------------
+
+def vae_identity(vae: comfy.sd.VAE, latent_format) -> str:
+    """A short id of the VAE's weights and the latent scaling, so cached latents are only
+    reused with the VAE (and model family) that made them."""
+    h = hashlib.sha256()
+    h.update(f"{type(latent_format).__name__}:{latent_format.scale_factor}:{getattr(latent_format, 'shift_factor', 0)}".encode())
+    for name, t in sorted(vae.first_stage_model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        flat = t.detach().reshape(-1)
+        # a strided sample of every tensor: cheap on a 160 MB VAE, and any real change shows
+        h.update(flat[:: max(1, flat.numel() // 4096)].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def latent_encoder(vae: comfy.sd.VAE, latent_format):
+    """images (B, 3, H, W) in [-1, 1] -> latents multiplied by the model's scale factor (what
+    the U-Net is trained on), on the CPU."""
+
+    def encode(images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            pixels = ((images.float() + 1.0) / 2.0).clamp(0, 1).movedim(1, -1)
+            latents = vae.encode(pixels)
+            return latent_format.process_in(latents).float().cpu()
+
+    return encode
+
+
+def unload_from_device(patcher) -> None:
+    """Move one model (a CLIP or VAE patcher) off its device through model management."""
+    loaded = comfy.model_management.current_loaded_models
+    for i in range(len(loaded) - 1, -1, -1):
+        m = loaded[i].model
+        if m is not None and (m is patcher or m.is_clone(patcher)) and loaded[i].model_unload():
+            loaded.pop(i)
+    comfy.model_management.soft_empty_cache()

@@ -1,0 +1,349 @@
+"""The one training loop, for every adapter (LoRA now, LLLite and ControlNet next).
+
+It knows nothing of the adapter beyond training/adapter.py's TrainableAdapter, nothing of the
+data beyond TrainingData below, and reaches ComfyUI's model only through comfy_bridge.
+Per optimizer step: noise and timesteps from the engine's own generator, the model's own
+noise schedule, loss (l2/l1/huber/smooth_l1, min-SNR, prior loss weight) under autocast,
+gradient accumulation, fp16 loss scaling, clipping, optimizer and scheduler. Saves every
+N steps/epochs through adapter.save() with a resumable state beside each file; a resumed
+run continues exactly as the uninterrupted run would have.
+"""
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from .adapter import TrainableAdapter
+from .comfy_bridge import TextConditioner, TrainingModel
+from .config import TrainConfig
+from .data.batch import Batch
+from .losses import huber_c, min_snr_weight, per_sample_loss
+from .noise import sample_timesteps, training_noise
+from .optimizers import adafactor_uses_relative_step, build_optimizer
+from .schedulers import build_scheduler
+from .state import load_state, save_state, state_path_for
+
+log = logging.getLogger(__name__)
+
+SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class TrainingData(Protocol):
+    """What the loop needs from the data side."""
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        """The batches of `epoch` from index `start` on; the same order and augmentation for the
+        same seed and epoch, so a resumed run sees what the uninterrupted run saw."""
+
+
+class TrainingDiverged(FloatingPointError):
+    pass
+
+
+@dataclass
+class TrainHooks:
+    """How a caller watches and steers a run. check_interrupt raises to stop (ComfyUI's
+    Cancel: comfy.model_management.throw_exception_if_processing_interrupted)."""
+
+    progress: Callable[[int, int, float], None] | None = None  # (step, total steps, loss)
+    samples: Callable[[int, list[torch.Tensor]], None] | None = None  # (step, one IMAGE per prompt)
+    check_interrupt: Callable[[], None] | None = None
+    # held-out metrics at a step (adapter in eval mode, no grad, training RNG untouched); run
+    # before the first step, every cfg.validate_every_n_steps and after the last
+    evaluate: Callable[[int], dict[str, float]] | None = None
+
+
+@dataclass
+class TrainResult:
+    final_path: Path
+    saved: list[Path]
+    losses: list[float]  # mean loss of each optimizer step
+    samples: list[tuple[int, list[torch.Tensor]]]  # (step, one IMAGE per prompt) per sample round
+    steps: int
+    epochs: int
+    evaluations: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # (step, hooks.evaluate's result)
+
+
+@dataclass
+class _Position:
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # epochs completed
+    batch: int = 0  # batches of the current epoch done
+    losses: list = field(default_factory=list)
+    saved: list = field(default_factory=list)
+    evaluations: list = field(default_factory=list)
+
+
+class TrainingEngine:
+    def __init__(self, cfg: TrainConfig, model: TrainingModel, text: TextConditioner, adapter: TrainableAdapter,
+                 data: TrainingData, output_dir: str | Path, make_metadata: Callable[[dict], dict[str, str]],
+                 facts: dict | None = None, sampler=None, hooks: TrainHooks | None = None):
+        """make_metadata: training facts -> the adapter's file metadata. facts: what the
+        caller knows (model name, dataset statistics), merged with the loop's own.
+        sampler: optional samples.SampleRenderer for sample images during training."""
+        self.cfg = cfg
+        self.model = model
+        self.text = text
+        self.adapter = adapter
+        self.data = data
+        self.output_dir = Path(output_dir)
+        self.make_metadata = make_metadata
+        self.facts = dict(facts or {})
+        self.sampler = sampler
+        self.hooks = hooks or TrainHooks()
+        self.pos = _Position()
+        self.samples: list[tuple[int, list[torch.Tensor]]] = []
+        nb = len(data)
+        if nb < 1:
+            raise ValueError("the dataset yields no batch")
+        self.steps_per_epoch = math.ceil(nb / cfg.gradient_accumulation_steps)
+        self.total_steps = cfg.max_train_epochs * self.steps_per_epoch if cfg.max_train_epochs else cfg.max_train_steps
+        self.total_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+
+    # -- set-up ------------------------------------------------------------------------------
+
+    def _setup(self) -> None:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)  # adapter dropout draws from the global generator
+        self.adapter.attach(self.model.diffusion_model, self.text.modules() if self.adapter.trains_text_encoders else {})
+        self.adapter.train(True)
+        unet_lr = cfg.unet_lr if cfg.unet_lr is not None else cfg.learning_rate
+        groups = self.adapter.param_groups(unet_lr, cfg.text_encoder_lr)
+        if not groups:
+            raise ValueError("the adapter has nothing to train at these learning rates")
+        self.params = [p for g in groups for p in g["params"]]
+        self.optimizer = build_optimizer(cfg.optimizer_type, groups, cfg.learning_rate, cfg.optimizer_args)
+        scheduler_name = "adafactor" if adafactor_uses_relative_step(cfg.optimizer_type, cfg.optimizer_args) else cfg.lr_scheduler
+        self.scheduler = build_scheduler(scheduler_name, self.optimizer, self.total_steps, cfg.warmup_steps(self.total_steps),
+                                         cfg.lr_scheduler_num_cycles, cfg.lr_scheduler_power, cfg.lr_scheduler_args, cfg.learning_rate)
+        fp16 = self.model.compute_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler(self.model.device.type) if fp16 else None
+        self.started_at = time.time()
+        if cfg.resume:
+            self._load_state(cfg.resume)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        self._setup()
+        try:
+            if self.hooks.evaluate and not any(s == self.pos.step for s, _ in self.pos.evaluations):
+                self._evaluate()
+            while self.pos.step < self.total_steps:
+                self._run_epoch()
+            final = self._save(self.output_dir / f"{self.cfg.output_name}.safetensors")
+        finally:
+            self.adapter.train(False)
+            self.adapter.detach()
+        return TrainResult(final, list(self.pos.saved), list(self.pos.losses), self.samples, self.pos.step, self.pos.epoch,
+                           list(self.pos.evaluations))
+
+    def _run_epoch(self) -> None:
+        ga, nb = self.cfg.gradient_accumulation_steps, len(self.data)
+        micro_losses = []
+        for batch in self.data.batches(self.pos.epoch, self.pos.batch):
+            self._check_interrupt()
+            micro_losses.append(self._forward_backward(batch, ga))
+            self.pos.batch += 1
+            epoch_done = self.pos.batch >= nb
+            if len(micro_losses) < ga and not epoch_done:
+                continue
+            loss = torch.stack(micro_losses).mean().item()
+            micro_losses = []
+            if not math.isfinite(loss):
+                self._diverged(loss)
+            self._optimizer_step()
+            self.pos.step += 1
+            self.pos.losses.append(loss)
+            if epoch_done:
+                self.pos.epoch += 1
+                self.pos.batch = 0
+            self._after_step(loss, epoch_done)
+            if self.pos.step >= self.total_steps or epoch_done:
+                return
+        if self.pos.batch < nb:
+            raise RuntimeError(f"the dataset yielded {self.pos.batch} of its {nb} batches in epoch {self.pos.epoch}")
+
+    def _forward_backward(self, batch: Batch, ga: int) -> torch.Tensor:
+        cfg, model, schedule = self.cfg, self.model, self.model.schedule
+        dev = model.device
+        latents = batch.latents.to(dev, torch.float32)
+        noise = training_noise(latents, self.generator, cfg.noise_offset, cfg.adaptive_noise_scale,
+                               cfg.multires_noise_iterations, cfg.multires_noise_discount)
+        t = sample_timesteps(latents.shape[0], cfg.min_timestep, cfg.max_timestep, self.generator, dev)
+        with torch.set_grad_enabled(self.adapter.trains_text_encoders):
+            context, pooled = self.text.encode(batch.captions, dev)
+        y = model.adm(pooled, batch.original_sizes, batch.crop_top_left, batch.target_sizes)
+        self.adapter.set_batch(batch)
+        pred = model.predict(schedule.noisy_input(latents, noise, t), t, context, y)
+        target = schedule.target(latents, noise, t)
+        c = huber_c(t, schedule.alphas_cumprod, cfg.huber_c, cfg.huber_schedule) if cfg.loss_type in ("huber", "smooth_l1") else None
+        loss = per_sample_loss(pred, target, cfg.loss_type, c)
+        if cfg.prior_loss_weight != 1.0 and any(batch.is_reg):
+            w = torch.tensor([cfg.prior_loss_weight if r else 1.0 for r in batch.is_reg], device=loss.device)
+            loss = loss * w
+        if cfg.min_snr_gamma:
+            loss = loss * min_snr_weight(t, schedule.alphas_cumprod, cfg.min_snr_gamma, schedule.v_prediction).to(loss.device)
+        loss = loss.mean()
+        scaled = loss / ga
+        (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        return loss.detach()
+
+    def _optimizer_step(self) -> None:
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if self.cfg.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _after_step(self, loss: float, epoch_done: bool) -> None:
+        cfg, step = self.cfg, self.pos.step
+        final = step >= self.total_steps
+        if self.hooks.evaluate and (final or (cfg.validate_every_n_steps and step % cfg.validate_every_n_steps == 0)):
+            self._evaluate()
+        if self.hooks.progress:
+            self.hooks.progress(step, self.total_steps, loss)
+        if not final:
+            if cfg.save_every_n_steps and step % cfg.save_every_n_steps == 0:
+                self._save(self.output_dir / f"{cfg.output_name}-step{step:08d}.safetensors")
+            if epoch_done and cfg.save_every_n_epochs and self.pos.epoch % cfg.save_every_n_epochs == 0:
+                self._save(self.output_dir / f"{cfg.output_name}-{self.pos.epoch:06d}.safetensors")
+        every_steps = cfg.sample_every_n_steps and step % cfg.sample_every_n_steps == 0
+        every_epochs = epoch_done and cfg.sample_every_n_epochs and self.pos.epoch % cfg.sample_every_n_epochs == 0
+        if every_steps or every_epochs or (final and (cfg.sample_every_n_steps or cfg.sample_every_n_epochs)):
+            self._sample()
+
+    def _check_interrupt(self) -> None:
+        if self.hooks.check_interrupt is not None:
+            try:
+                self.hooks.check_interrupt()
+            except BaseException:
+                last = self.pos.saved[-1] if self.pos.saved else "none yet"
+                log.info("training interrupted at step %d of %d; last saved file: %s", self.pos.step, self.total_steps, last)
+                raise
+
+    def _diverged(self, loss: float) -> None:
+        last = self.pos.saved[-1] if self.pos.saved else "none yet"
+        hint = " fp16 overflows easily: try bf16." if self.model.compute_dtype == torch.float16 else ""
+        raise TrainingDiverged(
+            f"training diverged: the loss is {loss} at step {self.pos.step + 1} (epoch {self.pos.epoch + 1}). "
+            f"Lower the learning rate ({self.cfg.learning_rate}) or check the data.{hint} "
+            f"Files saved so far are kept; the last one is {last}.")
+
+    # -- held-out evaluation and samples ---------------------------------------------------
+
+    def _evaluate(self) -> None:
+        self.adapter.train(False)
+        try:
+            with torch.random.fork_rng(devices=[self.model.device] if self.model.device.type == "cuda" else []), torch.no_grad():
+                result = self.hooks.evaluate(self.pos.step)
+        finally:
+            self.adapter.train(True)
+        self.pos.evaluations.append((self.pos.step, dict(result)))
+
+    def _sample(self) -> None:
+        if self.sampler is None:
+            return
+        self.adapter.train(False)
+        try:
+            # sampling seeds the global generator (comfy.sample): keep training's draws untouched
+            with torch.random.fork_rng(devices=[self.model.device] if self.model.device.type == "cuda" else []), torch.no_grad():
+                images = self.sampler.render(self.pos.step, self.text)
+        finally:
+            self.adapter.train(True)
+        self.samples.append((self.pos.step, images))
+        if self.hooks.samples:
+            self.hooks.samples(self.pos.step, images)
+
+    # -- saving and resuming ---------------------------------------------------------------------
+
+    def _metadata(self) -> dict[str, str]:
+        cfg = self.cfg
+        opt = self.optimizer
+        args = ",".join(f"{k}={v}" for k, v in cfg.optimizer_args.items())
+        facts = {
+            "learning_rate": cfg.learning_rate,
+            "unet_lr": cfg.unet_lr if cfg.unet_lr is not None else cfg.learning_rate,
+            "text_encoder_lr": cfg.text_encoder_lr,
+            "optimizer": f"{type(opt).__module__}.{type(opt).__name__}({args})",
+            "lr_scheduler": cfg.lr_scheduler,
+            "num_epochs": self.total_epochs,
+            "steps": self.pos.step,
+            "mixed_precision": cfg.mixed_precision,
+            "seed": cfg.seed,
+            "training_started_at": self.started_at,
+            "training_finished_at": time.time(),
+            "output_name": cfg.output_name,
+            "noise_offset": cfg.noise_offset or None,
+            "min_snr_gamma": cfg.min_snr_gamma or None,
+            "prediction_type": self.model.schedule.prediction_type,
+            **self.facts,
+        }
+        return self.make_metadata(facts)
+
+    def _save(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.adapter.save(str(path), SAVE_DTYPES[self.cfg.save_dtype_name], self._metadata())
+        if self.cfg.save_state:
+            save_state(state_path_for(path), self._state())
+        if path not in self.pos.saved:
+            self.pos.saved.append(path)
+        log.info("saved %s at step %d", path, self.pos.step)
+        return path
+
+    def _state(self) -> dict:
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        return {
+            "adapter_kind": self.adapter.kind,
+            "adapter": {k: v.detach().cpu().clone() for k, v in self.adapter.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "step": self.pos.step, "epoch": self.pos.epoch, "batch": self.pos.batch,
+            "losses": list(self.pos.losses), "saved": [str(p) for p in self.pos.saved],
+            "evaluations": list(self.pos.evaluations),
+            "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(), "cuda_rng": cuda,
+            "total_steps": self.total_steps, "batches_per_epoch": len(self.data),
+            "config": self.cfg.to_dict(), "started_at": self.started_at,
+        }
+
+    def _load_state(self, path: str | Path) -> None:
+        state = load_state(path)
+        if state["adapter_kind"] != self.adapter.kind:
+            raise ValueError(f"{path}: a {state['adapter_kind']} training state cannot resume {self.adapter.kind} training")
+        if state["batches_per_epoch"] != len(self.data):
+            raise ValueError(f"{path}: saved with {state['batches_per_epoch']} batches per epoch, the dataset now has "
+                             f"{len(self.data)}: resume with the same dataset and batch size")
+        old = state["config"]
+        changed = sorted(k for k, v in self.cfg.to_dict().items()
+                         if k not in ("resume", "max_train_steps", "max_train_epochs") and old.get(k) != v)
+        if changed:
+            log.warning("resuming %s with changed options %s: the run will differ from an uninterrupted one", path, changed)
+        self.adapter.load_state_dict(state["adapter"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.pos = _Position(state["step"], state["epoch"], state["batch"], list(state["losses"]), [Path(p) for p in state["saved"]],
+                             list(state.get("evaluations", [])))
+        self.started_at = state["started_at"]
+        log.info("resumed from %s at step %d (epoch %d)", path, self.pos.step, self.pos.epoch)

@@ -1,0 +1,82 @@
+"""Sample images during training: the model as it trains (adapter attached, in eval mode),
+sampled with ComfyUI's own samplers from sd-scripts-style prompt lines, decoded by the VAE."""
+import comfy.sample
+import comfy.samplers
+import torch
+
+from .comfy_bridge import TextConditioner, TrainingModel, reload_training_model
+from .prompts import SamplePrompt
+
+# sd-scripts' --sample_sampler names -> (ComfyUI sampler, scheduler)
+SD_SCRIPTS_SAMPLERS = {
+    "ddim": ("ddim", "ddim_uniform"),
+    "pndm": ("euler", "normal"),  # no PNDM in ComfyUI; a deterministic first-order stand-in
+    "lms": ("lms", "normal"), "k_lms": ("lms", "normal"),
+    "euler": ("euler", "normal"), "k_euler": ("euler", "normal"),
+    "euler_a": ("euler_ancestral", "normal"), "k_euler_a": ("euler_ancestral", "normal"),
+    "heun": ("heun", "normal"),
+    "dpmsolver": ("dpmpp_2m", "karras"), "dpmsolver++": ("dpmpp_2m", "karras"),
+    "dpmsingle": ("dpmpp_sde", "karras"),
+    "dpm_2": ("dpm_2", "normal"), "k_dpm_2": ("dpm_2", "normal"),
+    "dpm_2_a": ("dpm_2_ancestral", "normal"), "k_dpm_2_a": ("dpm_2_ancestral", "normal"),
+}
+
+
+def resolve_sampler(name: str) -> tuple[str, str]:
+    """An sd-scripts sampler name, or any ComfyUI sampler name (then with the normal scheduler)."""
+    if name in SD_SCRIPTS_SAMPLERS:
+        return SD_SCRIPTS_SAMPLERS[name]
+    if name in comfy.samplers.KSampler.SAMPLERS:
+        return name, "normal"
+    raise ValueError(f"unknown sample_sampler {name!r}: use an sd-scripts name ({', '.join(SD_SCRIPTS_SAMPLERS)}) "
+                     "or a ComfyUI sampler name")
+
+
+class SampleRenderer:
+    def __init__(self, model: TrainingModel, vae, prompts: list[SamplePrompt], sampler: str = "euler_a", seed: int = 0):
+        self.model = model
+        self.vae = vae
+        self.prompts = prompts
+        self.sampler_name, self.scheduler = resolve_sampler(sampler)
+        self.seed = seed
+
+    def texts(self) -> list[str]:
+        """Every text to encode, so frozen encoders can be released before training starts."""
+        return [t for p in self.prompts for t in (p.prompt, p.negative)]
+
+    def _cond(self, text: TextConditioner, caption: str):
+        context, pooled = text.encode([caption], self.model.device)
+        return [[context, {} if pooled is None else {"pooled_output": pooled}]]
+
+    def render(self, step: int, text: TextConditioner) -> list[torch.Tensor]:
+        """One IMAGE (1, H, W, 3) per prompt, in prompt order."""
+        images = []
+        try:
+            for i, p in enumerate(self.prompts):
+                seed = p.seed if p.seed is not None else self.seed + i
+                latent = torch.zeros(1, 4, p.height // 8, p.width // 8)
+                noise = comfy.sample.prepare_noise(latent, seed)
+                out = comfy.sample.sample(
+                    self.model.patcher, noise, p.steps, p.cfg, self.sampler_name, self.scheduler,
+                    self._cond(text, p.prompt), self._cond(text, p.negative), latent, disable_pbar=True, seed=seed)
+                images.append(self.vae.decode(out).clamp(0, 1).float().cpu())
+        finally:
+            reload_training_model(self.model)
+        return images
+
+
+class GuidedSamples:
+    """Samples of a guided adapter (LLLite, ControlNet): every render runs with the sample guide
+    image set on the adapter (adapter.using_guide), the training batches' guides afterwards."""
+
+    def __init__(self, renderer: SampleRenderer, adapter, guide: torch.Tensor):
+        if not hasattr(adapter, "using_guide"):
+            raise TypeError(f"{type(adapter).__name__} takes no guide image for its samples")
+        self.renderer, self.adapter, self.guide = renderer, adapter, guide
+
+    def texts(self) -> list[str]:
+        return self.renderer.texts()
+
+    def render(self, step: int, text: TextConditioner) -> list[torch.Tensor]:
+        with self.adapter.using_guide(self.guide):
+            return self.renderer.render(step, text)

@@ -1,0 +1,160 @@
+"""One training run from ComfyUI objects and a TrainConfig: the assembly both the command line
+and the nodes call (data -> latents and text cached -> encoders released -> model made
+trainable -> engine). `train_lora` is the LoRA case; other adapters pass their own factory.
+"""
+import dataclasses
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from .comfy_bridge import (TextConditioner, TrainingModel, latent_encoder, model_family, trainable_model,
+                           unload_from_device, vae_identity)
+from .config import TrainConfig
+from .data.config import DatasetConfig, SubsetConfig, load_dataset_toml
+from .data.errors import DatasetError
+from .data.folders import subsets_from_folder_tree
+from .data.loader import TrainingData
+from .engine import TrainHooks, TrainingEngine, TrainResult
+from .prompts import parse_prompts
+from .samples import GuidedSamples, SampleRenderer
+
+log = logging.getLogger(__name__)
+
+
+def _resolution(value) -> int | list[int]:
+    """sd-scripts' --resolution: 512, "512", "768,512" or [768, 512] -> int or [w, h]."""
+    if isinstance(value, str):
+        parts = [int(p) for p in value.replace("x", ",").split(",") if p.strip()]
+        return parts[0] if len(parts) == 1 else parts
+    return value
+
+
+def dataset_fallback(cfg: TrainConfig) -> dict:
+    """The trainer's options as the lowest layer of a dataset TOML (sd-scripts' rule)."""
+    return {
+        "resolution": _resolution(cfg.resolution), "batch_size": cfg.train_batch_size,
+        "enable_bucket": cfg.enable_bucket, "min_bucket_reso": cfg.min_bucket_reso, "max_bucket_reso": cfg.max_bucket_reso,
+        "bucket_reso_steps": cfg.bucket_reso_steps, "bucket_no_upscale": cfg.bucket_no_upscale,
+        "caption_extension": cfg.caption_extension, "shuffle_caption": cfg.shuffle_caption, "keep_tokens": cfg.keep_tokens,
+        "flip_aug": cfg.flip_aug, "color_aug": cfg.color_aug, "random_crop": cfg.random_crop,
+        "caption_dropout_rate": float(cfg.caption_dropout_rate),
+    }
+
+
+def datasets_from_config(cfg: TrainConfig) -> list[DatasetConfig]:
+    """The datasets a config names: its dataset TOML, else its train_data_dir folder tree."""
+    fallback = dataset_fallback(cfg)
+    if cfg.dataset_config:
+        return load_dataset_toml(cfg.dataset_config, fallback=fallback)
+    if cfg.train_data_dir:
+        subset_keys = {k: v for k, v in fallback.items() if k in SubsetConfig.__dataclass_fields__}
+        subsets = subsets_from_folder_tree(cfg.train_data_dir, cfg.reg_data_dir, template=SubsetConfig(**subset_keys))
+        reso = fallback["resolution"]
+        ds = {k: v for k, v in fallback.items() if k in DatasetConfig.__dataclass_fields__ and k != "resolution"}
+        return [DatasetConfig(subsets=subsets, resolution=(reso, reso) if isinstance(reso, int) else tuple(reso), **ds)]
+    raise DatasetError("No training data: set dataset_config (a dataset TOML) or train_data_dir (a folder tree).")
+
+
+def _data_facts(data: TrainingData) -> tuple[dict, dict[str, str]]:
+    """Training facts about the data, and the data side's own ss_* metadata strings."""
+    meta = data.metadata()
+    datasets = json.loads(meta["ss_datasets"])
+    first = data.datasets[0]
+    facts = {
+        "num_train_images": data.num_train_images,
+        "datasets": datasets,
+        "bucket_info": datasets[0]["bucket_info"] if len(datasets) == 1 else [d["bucket_info"] for d in datasets],
+        "tag_frequency": json.loads(meta["ss_tag_frequency"]),
+        "resolution": tuple(first.resolution),
+        "batch_size_per_device": first.batch_size,
+    }
+    return facts, meta
+
+
+AdapterFactory = Callable[[TrainingModel], object]
+MetadataMaker = Callable[[dict], dict[str, str]]
+# (model, text, adapter, data) -> the engine's evaluate hook (step -> metrics), e.g. control_gap.ControlGap
+EvaluationFactory = Callable[[TrainingModel, TextConditioner, object, TrainingData], Callable[[int], dict[str, float]]]
+
+
+def run_training(cfg: TrainConfig, model, clip, vae, datasets: Sequence[DatasetConfig], adapter_factory: AdapterFactory,
+                 make_metadata: MetadataMaker, *, output_dir: str | Path, model_name: str = "", hooks: TrainHooks | None = None,
+                 latent_cache_dir: str | Path | None = None, data_options: dict | None = None,
+                 trains_text_encoders: bool = False, data_progress: Callable[[int, int], None] | None = None,
+                 evaluation: EvaluationFactory | None = None, sample_guide: torch.Tensor | None = None) -> TrainResult:
+    """Train one adapter. Callable inside a ComfyUI graph (it leaves inference mode itself).
+    trains_text_encoders must match the adapter the factory builds: it decides whether text
+    outputs can be cached before the model is loaded. evaluation: builds the held-out
+    evaluation hook (data_options holdout=N sets the held-out images). sample_guide: the guide
+    image ((1, 3, H, W) in [-1, 1]) of every sample of a guided adapter (LLLite)."""
+    with torch.inference_mode(False):
+        family = model_family(model)
+        latent_format = model.model.latent_format
+        data = TrainingData(datasets, encode_latents=latent_encoder(vae, latent_format), vae_id=vae_identity(vae, latent_format),
+                            seed=cfg.seed, cache_latents=cfg.cache_latents,
+                            cache_dir=latent_cache_dir if cfg.cache_latents_to_disk else None, **(data_options or {}))
+        data.prepare(data_progress)
+        if cfg.cache_latents:
+            unload_from_device(vae.patcher)
+
+        text = TextConditioner(clip, family, trainable=trains_text_encoders, clip_skip=cfg.clip_skip)
+        first = data.datasets[0]
+        prompts = parse_prompts(cfg.sample_prompts, default_size=max(first.resolution))
+        wants_samples = bool(prompts) and bool(cfg.sample_every_n_steps or cfg.sample_every_n_epochs)
+        captions = data.fixed_captions()
+        if not trains_text_encoders:
+            text.precompute([p for pr in (prompts if wants_samples else []) for p in (pr.prompt, pr.negative)])
+            if cfg.cache_text_encoder_outputs and captions is not None:
+                text.precompute(captions)
+                text.release()
+            elif captions is None:
+                log.info("captions change every step (shuffle/dropout): the text encoders stay loaded and run each step")
+
+        facts, data_meta = _data_facts(data)
+        facts["sd_model_name"] = model_name
+
+        def metadata(f: dict) -> dict[str, str]:
+            return {**make_metadata(f), **data_meta}
+
+        with trainable_model(model, cfg.mixed_precision, cfg.gradient_checkpointing,
+                             cfg.v_parameterization, cfg.zero_terminal_snr) as tm:
+            if tm.schedule.v_prediction:
+                log.info("training a v-prediction model")
+            adapter = adapter_factory(tm)
+            if adapter.trains_text_encoders != trains_text_encoders:
+                raise RuntimeError("run_training: trains_text_encoders does not match the adapter")
+            sampler = SampleRenderer(tm, vae, prompts, cfg.sample_sampler, cfg.seed) if wants_samples else None
+            if sampler is not None and sample_guide is not None:
+                sampler = GuidedSamples(sampler, adapter, sample_guide)
+            if evaluation is not None:
+                hooks = dataclasses.replace(hooks or TrainHooks(), evaluate=evaluation(tm, text, adapter, data))
+            engine = TrainingEngine(cfg, tm, text, adapter, data, output_dir, metadata, facts, sampler, hooks)
+            return engine.run()
+
+
+def lora_config(cfg: TrainConfig):
+    from .lora import LoRAConfig
+
+    return LoRAConfig.from_kohya(
+        network_module=cfg.network_module, network_dim=cfg.network_dim, network_alpha=cfg.network_alpha,
+        network_args=cfg.network_args, network_dropout=cfg.network_dropout,
+        network_train_unet_only=cfg.network_train_unet_only,
+        network_train_text_encoder_only=cfg.network_train_text_encoder_only,
+        network_weights=cfg.network_weights, seed=cfg.seed)
+
+
+def train_lora(cfg: TrainConfig, model, clip, vae, datasets: Sequence[DatasetConfig], *, output_dir: str | Path,
+               model_name: str = "", hooks: TrainHooks | None = None, latent_cache_dir: str | Path | None = None,
+               data_progress: Callable[[int, int], None] | None = None) -> TrainResult:
+    """Train a kohya LoRA; files land in output_dir as <output_name>.safetensors (and the
+    step/epoch saves), each with its resumable state."""
+    from .lora import LoRAAdapter, training_metadata
+
+    lcfg = lora_config(cfg)
+    return run_training(
+        cfg, model, clip, vae, datasets, lambda tm: LoRAAdapter(lcfg, tm.model_config), training_metadata,
+        output_dir=output_dir, model_name=model_name, hooks=hooks, latent_cache_dir=latent_cache_dir,
+        trains_text_encoders=lcfg.train_text_encoder, data_progress=data_progress)
