@@ -1,5 +1,4 @@
 """Block numbering, lr-weight presets, and per-block ranks / learning rates on real module names."""
-import logging
 import math
 
 import pytest

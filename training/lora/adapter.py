@@ -101,8 +101,9 @@ class LoRAAdapter:
     # -- TrainableAdapter -----------------------------------------------------------------
 
     def attach(self, diffusion_model: torch.nn.Module, text_encoders: dict[str, torch.nn.Module]) -> None:
-        """Hooks the LoRA modules onto the layers (built on first attach, on the layers'
-        device: attach after the model is where it trains)."""
+        """Hooks the LoRA modules onto the layers: built on first attach, moved to the
+        layers' device on later ones (parameters keep their identity, so an optimizer built
+        on param_groups() stays valid)."""
         targets = self._targets(diffusion_model, text_encoders)
         if not self.modules:
             self._build(targets)
@@ -112,6 +113,7 @@ class LoRAAdapter:
             raise ValueError(f"this model has no layers for LoRA modules {missing[:5]}")
         self.detach()
         for name, module in self.modules.items():
+            module.to(layers[name].weight.device)
             module.attach(layers[name])
 
     def detach(self) -> None:
