@@ -1,8 +1,10 @@
 """Thin V3 node classes. Each module lists its nodes in NODES; this is the one registry."""
 from . import preprocessor_nodes
 from . import lllite_nodes
+from . import training_nodes
 
 NODE_CLASSES = [
     *preprocessor_nodes.NODES,
     *lllite_nodes.NODES,
+    *training_nodes.NODES,
 ]

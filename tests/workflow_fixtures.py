@@ -9,3 +9,23 @@ def prepare_preprocessors_all(models_dir, input_dir, tiny):
 
     tiny_preprocessors.write_all(models_dir / "preprocessors")
     return {node: {"detect_resolution": 64} for node in ("16", "18", "20", "22")} | {"24": {"detect_resolution": 56}}
+
+
+def prepare_lora_train(models_dir, input_dir, tiny):
+    """A two-image sd-scripts folder tree (`10_sks cat`, .txt captions) under input/; training
+    shrunk to 64 px, 2 steps and one 64 px sample."""
+    import numpy as np
+    from PIL import Image
+
+    folder = input_dir / "training" / "lora_train_example" / "10_sks cat"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(2):
+        y, x = np.mgrid[0:64, 0:64]
+        img = np.stack([(x * (3 + i)) % 256, (y * 5) % 256, ((x - 32) ** 2 + (y - 32) ** 2 < 200 + 300 * i) * 255], -1)
+        Image.fromarray(img.astype(np.uint8)).save(folder / f"cat_{i}.png")
+        (folder / f"cat_{i}.txt").write_text(f"a photo of sks cat, pose {i}", encoding="utf-8")
+    return {
+        "2": {"resolution": 64},
+        "3": {"max_train_steps": 2, "save_every_n_steps": 1, "sample_every_n_steps": 2, "lr_warmup_steps": 0,
+              "sample_prompts": "a photo of sks cat --w 64 --h 64 --s 2 --d 1"},
+    }

@@ -11,8 +11,8 @@ in training/ takes plain tensors and modules from here.
 - release(): text encoders and VAE off the training device once their outputs are cached.
 """
 import hashlib
-import logging
 import math
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -24,6 +24,7 @@ import comfy.model_management
 import comfy.model_patcher
 import comfy.model_sampling
 import comfy.sd
+import folder_paths
 from comfy.ldm.modules.attention import BasicTransformerBlock
 from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock, UNetModel
 
@@ -233,6 +234,26 @@ def _compute_dtype(mixed_precision: str, weight_dtype: torch.dtype) -> torch.dty
         return torch.bfloat16
     # "no": the model's own precision; a half-precision model is still run under autocast
     return weight_dtype if weight_dtype in (torch.float16, torch.bfloat16) else torch.float32
+
+
+def model_source_name(patcher: comfy.model_patcher.ModelPatcher) -> str:
+    """The checkpoint file a loader made this model from (ss_sd_model_name), or ""."""
+    init = getattr(patcher, "cached_patcher_init", None)
+    for arg in (init[1] if init else ()):
+        if isinstance(arg, str) and arg.lower().endswith((".safetensors", ".ckpt", ".pt", ".sft", ".gguf")):
+            return os.path.basename(arg)
+    return ""
+
+
+def default_output_dir() -> str:
+    """ComfyUI's (first) loras folder, where LoraLoader finds the trained file."""
+    return folder_paths.get_folder_paths("loras")[0]
+
+
+def latent_cache_dir() -> str:
+    """On-disk latent cache: under ComfyUI's output folder, outside every model folder (its
+    .safetensors entries must not show up in a loader's list)."""
+    return os.path.join(folder_paths.get_output_directory(), "lllite_kit", "latent_cache")
 
 
 @contextmanager
