@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.utils.checkpoint
 
+import comfy.clip_model
 import comfy.model_base
 import comfy.model_management
 import comfy.model_patcher
@@ -316,6 +317,28 @@ def _lcm_repeat(contexts: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([c.repeat(1, lcm // c.shape[1], 1) for c in contexts])
 
 
+class _OutOfPlaceClipLayer:
+    """ComfyUI's CLIPLayer adds its residuals in place (x += ...), which autograd refuses once
+    the layer norm saved x for backward; the same sums out of place, for trained encoders."""
+
+    def __init__(self, layer):
+        self.layer = layer
+
+    def __call__(self, x, mask=None, optimized_attention=None):
+        layer = self.layer
+        x = x + layer.self_attn(layer.layer_norm1(x), mask, optimized_attention)
+        return x + layer.mlp(layer.layer_norm2(x))
+
+
+def _set_clip_trainable_forward(module: torch.nn.Module, enabled: bool) -> None:
+    for m in module.modules():
+        if isinstance(m, comfy.clip_model.CLIPLayer):
+            if enabled:
+                m.forward = _OutOfPlaceClipLayer(m)
+            elif isinstance(m.__dict__.get("forward"), _OutOfPlaceClipLayer):
+                del m.forward
+
+
 class TextConditioner:
     """Captions -> (context, pooled). Frozen encoders: outputs are computed without gradients
     and kept per caption for captions given to precompute() (the fixed captions of a dataset,
@@ -333,6 +356,12 @@ class TextConditioner:
             if torch.is_inference_mode_enabled():
                 raise RuntimeError("a trainable text encoder must be prepared under torch.inference_mode(False)")
             _make_autograd_safe(self.clip.cond_stage_model)
+            _set_clip_trainable_forward(self.clip.cond_stage_model, True)
+
+    def close(self) -> None:
+        """Undo what training needed on the shared encoder modules."""
+        if self.trainable and self.clip is not None:
+            _set_clip_trainable_forward(self.clip.cond_stage_model, False)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return text_encoder_modules(self.clip, self.family)

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from pathlib import Path
 
 import torch
@@ -120,7 +121,7 @@ def run_training(cfg: TrainConfig, model, clip, vae, datasets: Sequence[DatasetC
             return {**make_metadata(f), **data_meta}
 
         with trainable_model(model, cfg.mixed_precision, cfg.gradient_checkpointing,
-                             cfg.v_parameterization, cfg.zero_terminal_snr) as tm:
+                             cfg.v_parameterization, cfg.zero_terminal_snr) as tm, closing(text):
             if tm.schedule.v_prediction:
                 log.info("training a v-prediction model")
             adapter = adapter_factory(tm)
