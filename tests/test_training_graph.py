@@ -1,0 +1,80 @@
+"""The training nodes in a real graph (ComfyUI's validation and executor, inference mode and
+all): files and metadata in the loras folder, progress with the loss, samples, loss curve,
+resume from the saved state, errors that name the folder."""
+import numpy as np
+import pytest
+import safetensors
+from PIL import Image
+
+from graph_runner import GraphError
+
+
+def _image(path, shift):
+    y, x = np.mgrid[0:64, 0:64]
+    img = np.stack([(x * 4 + shift) % 256, (y * 4) % 256, ((x - 32) ** 2 + (y - 32) ** 2 < 300) * 255], -1)
+    Image.fromarray(img.astype(np.uint8)).save(path)
+
+
+def _graph(steps: int, resume: bool = False, **train):
+    return {
+        "1": {"class_type": "LLLiteKitTest_TinyCheckpoint", "inputs": {"family": "sd15", "seed": 0}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": "train_a.png"}},
+        "3": {"class_type": "LoadImage", "inputs": {"image": "train_b.png"}},
+        "4": {"class_type": "ImageBatch", "inputs": {"image1": ["2", 0], "image2": ["3", 0]}},
+        "5": {"class_type": "LLLiteKit_DatasetFromImages", "inputs": {
+            "images": ["4", 0], "captions": "a red ring\na blue ring", "num_repeats": 1, "resolution": 64,
+            "batch_size": 2, "enable_bucket": False, "flip_aug": False}},
+        "6": {"class_type": "LLLiteKit_TrainLoRA", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "dataset": ["5", 0],
+            "output_name": "graph_lora", "max_train_steps": steps, "learning_rate": 1e-3, "network_dim": 4,
+            "network_alpha": 4.0, "conv_dim": 0, "train_text_encoder": False, "text_encoder_lr": 5e-5,
+            "optimizer_type": "AdamW", "optimizer_args": "", "lr_scheduler": "constant", "lr_warmup_steps": 0,
+            "mixed_precision": "no", "gradient_checkpointing": True, "gradient_accumulation_steps": 1, "seed": 1,
+            "noise_offset": 0.0, "min_snr_gamma": 5.0, "loss_type": "l2", "save_every_n_steps": 1,
+            "save_precision": "fp16", "sample_prompts": "a red ring --w 64 --h 64 --s 2 --d 3",
+            "sample_every_n_steps": 2, "sample_sampler": "euler", "resume": resume, "extra_options": "", **train}},
+        "7": {"class_type": "PreviewImage", "inputs": {"images": ["6", 2]}},
+    }
+
+
+@pytest.fixture(scope="module")
+def images(comfy_dirs):
+    _image(comfy_dirs / "input" / "train_a.png", 0)
+    _image(comfy_dirs / "input" / "train_b.png", 90)
+
+
+def test_train_lora_node_in_a_graph(graph, comfy_dirs, images):
+    outputs = graph.run(_graph(2))
+    name, curve, samples = (out[0] for out in graph.node_outputs("6"))
+    loras = comfy_dirs / "models" / "loras"
+    assert name == "graph_lora.safetensors"
+    assert {"graph_lora.safetensors", "graph_lora-state.pt", "graph_lora-step00000001.safetensors"} <= {p.name for p in loras.iterdir()}
+    with safetensors.safe_open(loras / name, "pt") as f:
+        meta = f.metadata()
+        assert all(k.startswith("lora_unet_") for k in f.keys())
+    assert meta["ss_steps"] == "2" and meta["ss_network_dim"] == "4" and meta["ss_base_model_version"] == "sd_v1"
+    assert meta["ss_num_train_images"] == "2" and meta["ss_min_snr_gamma"] == "5.0" and meta["ss_seed"] == "1"
+    assert meta["modelspec.prediction_type"] == "epsilon" and meta["sshs_model_hash"]
+    assert "AdamW" in meta["ss_optimizer"] and meta["ss_lr_scheduler"] == "constant"
+    assert curve.shape == (1, 360, 640, 3) and outputs["6"]["images"]
+    assert samples.shape == (1, 64, 64, 3) and samples.std() > 0.01
+    texts = [d["text"] for e, d in graph.server.messages if e == "progress_text" and d["node"] == "6"]
+    assert texts[-1].startswith("step 2/2  loss ") and float(texts[-1].split()[-1]) > 0
+
+
+def test_train_lora_node_resumes_from_the_last_state(graph, comfy_dirs, images):
+    graph.run(_graph(2))
+    graph.run(_graph(3, resume=True, save_every_n_steps=0))
+    with safetensors.safe_open(comfy_dirs / "models" / "loras" / "graph_lora.safetensors", "pt") as f:
+        assert f.metadata()["ss_steps"] == "3"
+    texts = [d["text"] for e, d in graph.server.messages if e == "progress_text" and d["node"] == "6"]
+    assert [t.split("  ")[0] for t in texts] == ["step 3/3"]  # only the one remaining step ran
+
+
+def test_dataset_folder_errors_name_the_folder(graph, comfy_dirs):
+    prompt = _graph(1)
+    prompt["5"] = {"class_type": "LLLiteKit_DatasetFromFolder", "inputs": {
+        "train_dir": "no_such_set", "reg_dir": "", "caption_extension": ".txt", "resolution": 64, "batch_size": 1,
+        "enable_bucket": False, "flip_aug": False, "shuffle_caption": False, "keep_tokens": 0, "caption_dropout_rate": 0.0}}
+    with pytest.raises(GraphError, match=r"train_dir .*input/no_such_set does not exist"):
+        graph.run(prompt)
