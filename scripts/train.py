@@ -1,0 +1,121 @@
+"""Train a LoRA without the UI, with the same engine and options as the Train LoRA node.
+
+    python scripts/train.py --config_file config.toml --dataset_config dataset.toml
+
+config.toml is an sd-scripts training config (sections are flattened, as sd-scripts does);
+pretrained_model_name_or_path names the checkpoint (.safetensors / .ckpt), output_dir
+defaults to ComfyUI's loras folder. Options given on the command line override the file.
+ComfyUI is imported from COMFYUI_DIR, or from the pack's own .comfyui/ComfyUI.
+Exit status: 0 trained, 1 bad input (the message names it), 130 interrupted (files saved
+so far are kept; resume with --resume <name>-state.pt).
+"""
+import argparse
+import logging
+import os
+import sys
+import types
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACK = "lllite_kit"
+
+
+def bootstrap_comfyui() -> None:
+    """Put ComfyUI on sys.path and make the pack importable as a package (without running its
+    node registration)."""
+    comfy_dir = Path(os.environ.get("COMFYUI_DIR") or REPO / ".comfyui" / "ComfyUI").resolve()
+    if not (comfy_dir / "comfy").is_dir():
+        sys.exit(f"train: no ComfyUI at {comfy_dir}: set COMFYUI_DIR to a ComfyUI folder (the one holding main.py)")
+    if str(comfy_dir) not in sys.path:
+        sys.path.insert(0, str(comfy_dir))
+    if PACK not in sys.modules:
+        package = types.ModuleType(PACK)
+        package.__path__ = [str(REPO)]
+        sys.modules[PACK] = package
+    import torch
+    from comfy.cli_args import args
+
+    # as `main.py --cpu`: ComfyUI's model management refuses to start without a GPU otherwise
+    args.cpu = args.cpu or not torch.cuda.is_available()
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config_file", required=True, help="sd-scripts-style training config TOML")
+    p.add_argument("--dataset_config", help="sd-scripts dataset TOML (else train_data_dir from the config)")
+    p.add_argument("--pretrained_model_name_or_path", help="checkpoint file")
+    p.add_argument("--output_dir")
+    p.add_argument("--output_name")
+    p.add_argument("--max_train_steps", type=int)
+    p.add_argument("--max_train_epochs", type=int)
+    p.add_argument("--learning_rate", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--resume", help="a <name>-state.pt written next to a saved LoRA")
+    return p.parse_args(argv)
+
+
+def load_models(cfg):
+    """(MODEL, CLIP, VAE, model file name) from the config's checkpoint (and vae)."""
+    import comfy.sd
+    import comfy.utils
+
+    ckpt = cfg.pretrained_model_name_or_path
+    if not ckpt or not Path(ckpt).is_file():
+        raise FileNotFoundError(f"pretrained_model_name_or_path: checkpoint file not found: {ckpt!r}")
+    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(ckpt, output_vae=True, output_clip=True)
+    if model is None or clip is None:
+        raise ValueError(f"{ckpt}: not a full Stable Diffusion checkpoint (U-Net and text encoders are needed)")
+    if cfg.vae:
+        vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(cfg.vae))
+    return model, clip, vae, Path(ckpt).name
+
+
+def _save_images(folder: Path, name: str, step: int, images) -> None:
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(images):
+        Image.fromarray((img[0].clamp(0, 1).numpy() * 255).astype(np.uint8)).save(folder / f"{name}_{step:06d}_{i:02d}.png")
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    bootstrap_comfyui()
+    from lllite_kit.training.comfy_bridge import default_output_dir, latent_cache_dir
+    from lllite_kit.training.config import load_config
+    from lllite_kit.training.engine import TrainHooks
+    from lllite_kit.training.loss_curve import draw_loss_curve
+    from lllite_kit.training.session import datasets_from_config, train_lora
+
+    overrides = {k: v for k, v in vars(args).items() if k != "config_file"}
+    try:
+        cfg = load_config(args.config_file, **overrides)
+        datasets = datasets_from_config(cfg)
+        model, clip, vae, model_name = load_models(cfg)
+        out_dir = Path(cfg.output_dir or default_output_dir())
+
+        def progress(step, total, loss):
+            if step == total or step % max(1, total // 100) == 0:
+                print(f"step {step}/{total}  loss {loss:.4f}", flush=True)
+
+        hooks = TrainHooks(progress=progress, samples=lambda step, images: _save_images(out_dir / "sample", cfg.output_name, step, images))
+        result = train_lora(cfg, model, clip, vae, datasets, output_dir=out_dir, model_name=model_name, hooks=hooks,
+                            latent_cache_dir=latent_cache_dir())
+    except KeyboardInterrupt:
+        print("train: interrupted; files saved so far are kept (resume with --resume <file>-state.pt)", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, FloatingPointError, ImportError) as e:  # bad input or divergence: the message says which
+        print(f"train: {e}", file=sys.stderr)
+        return 1
+    curve = draw_loss_curve({"loss": result.losses})
+    from PIL import Image
+
+    Image.fromarray((curve[0].numpy() * 255).astype("uint8")).save(out_dir / f"{cfg.output_name}_loss.png")
+    print(f"train: saved {result.final_path} after {result.steps} steps ({len(result.saved)} files)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
