@@ -119,31 +119,27 @@ class LLLiteModule(nn.Module):
         w = self.mid[0].weight
         return F.linear(tokens, w[:, : self.cond_emb_dim], self.mid[0].bias)
 
-    def project_guide(self, guide: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """(G, 3, H, W) guide in [-1, 1] -> its projected embedding (G, h*w, R) on a block's h x w
-        token grid. Sizes that are not multiples of 32 (and SD1.5's middle block) put the embedding
-        on the grid by bilinear resizing; an exact 2x shrink is a 2x2 average."""
+    def project_guide(self, guide: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """(G, 3, H, W) guide in [-1, 1] -> (G, height*width, R) projected embedding on a block's
+        token grid. Sizes that are not multiples of 32 (and SD1.5's middle block) give a grid
+        other than the embedding's: it is resampled bilinearly (an exact 2x shrink is a 2x2 mean)."""
         emb = self.embed(guide)
-        if emb.shape[-2:] != (h, w):
-            emb = F.interpolate(emb, size=(h, w), mode="bilinear", align_corners=False)
+        if emb.shape[-2:] != (height, width):
+            emb = F.interpolate(emb, size=(height, width), mode="bilinear", align_corners=False)
         return self.project_embedding(emb.flatten(2).transpose(1, 2))
 
     def delta(self, x: torch.Tensor, projected: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
         """What the module adds to the Linear's input x (B, T, C), before the multiplier.
-        `projected` (G, T, R) comes from project_embedding; B must be a multiple of G and x's batch
-        laid out as B/G consecutive groups of G (ComfyUI's cond/uncond chunks). dropout: kohya's
-        training dropout after `mid`, active only in train mode."""
+        `projected` (G, T, R) comes from project_guide; B must be a multiple of G and x's batch
+        laid out as B/G consecutive groups of G (ComfyUI's cond/uncond chunks). dropout acts
+        after `mid` in training mode only, as in kohya's trainer."""
         b, t, _ = x.shape
         g = projected.shape[0]
         d = F.linear(self.down(x), self.mid[0].weight[:, self.cond_emb_dim:])
         h = torch.relu(d.view(b // g, g, t, -1) + projected).view(b, t, -1)
-        if dropout and self.training:
-            h = F.dropout(h, p=dropout)
+        if dropout:
+            h = F.dropout(h, p=dropout, training=self.training)
         return self.up(h)
-
-    def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """kohya's module math on x with embedding tokens (G, T, E): the delta (no multiplier)."""
-        return self.delta(x, self.project_embedding(tokens))
 
 
 class LLLiteNetwork(nn.Module):
@@ -166,15 +162,20 @@ class LLLiteNetwork(nn.Module):
         return self._modules[key]
 
     def copy_to(self, device: torch.device, dtype: torch.dtype) -> "LLLiteNetwork":
-        """A copy on `device` in `dtype`; tensors already there are shared, never modified."""
+        """A frozen copy on `device` in `dtype`; tensors already there are shared (never modified),
+        except inference tensors when autograd is on."""
         with torch.device("meta"):
             modules = {
                 path: LLLiteModule(m.in_dim, m.cond_emb_dim, m.mlp_dim, m.depth)
                 for path, m in ((p, self.module(k)) for k, p in self.paths.items())
             }
         copy = LLLiteNetwork(modules, self.name)
-        copy.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in self.state_dict().items()}, assign=True)
-        return copy
+        def place(t):
+            t = t.to(device=device, dtype=dtype)
+            return t.clone() if t.is_inference() and not torch.is_inference_mode_enabled() else t
+
+        copy.load_state_dict({k: place(v) for k, v in self.state_dict().items()}, assign=True)
+        return copy.requires_grad_(False)
 
     def describe(self) -> str:
         mods = [self.module(k) for k in self.paths]

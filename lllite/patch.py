@@ -52,7 +52,8 @@ class LLLiteControl:
         self.resize_mode = resize_mode
         self.mask = None if mask is None else (mask if mask.ndim == 3 else mask[None]).float()[:, None]
         self.latent_scale = latent_scale
-        self._placed = None  # (device, dtype, network copy)
+        self._placed = None  # copy of the network on the compute device and dtype
+        self._placed_key = None  # (device, dtype, made in inference mode)
         self._target = (None, None)
         self._sizes = OrderedDict()  # (device, dtype, H, W) -> _SizeCache
         self._gate_sigmas = None
@@ -78,10 +79,13 @@ class LLLiteControl:
     def _network_on(self, device, dtype) -> LLLiteNetwork:
         if device is None:
             device = next(self.network.parameters()).device
-        placed = self._placed
-        if placed is None or placed[0] != device or placed[1] != dtype:
-            placed = self._placed = (device, dtype, self.network.copy_to(device, dtype))
-        return placed[2]
+        # Tensors made in inference mode (ComfyUI runs graphs in it) cannot take part in autograd:
+        # such a copy is replaced when the model runs with gradients (e.g. under a training node).
+        key = self._placed_key
+        if self._placed is None or key[:2] != (device, dtype) or (key[2] and torch.is_grad_enabled()):
+            self._placed = self.network.copy_to(device, dtype)
+            self._placed_key = (device, dtype, torch.is_inference_mode_enabled())
+        return self._placed
 
     # --- per call -------------------------------------------------------------------------
     def active(self, sigmas: torch.Tensor | None) -> bool:
@@ -96,7 +100,7 @@ class LLLiteControl:
         return self._gate_open
 
     def _size_cache(self, device, dtype, height: int, width: int) -> _SizeCache:
-        key = (device, dtype, height, width)
+        key = (device, dtype, height, width, torch.is_grad_enabled())  # see _network_on
         cache = self._sizes.get(key)
         if cache is None:
             guide = fit_guide(self.guide.to(device=device, dtype=torch.float32), height, width, self.resize_mode)

@@ -67,9 +67,10 @@ def sample(model, latent, seed=1, steps=4, cfg=5.0, sampler="euler", scheduler="
                                force_full_denoise=force_full_denoise, disable_pbar=True, seed=seed)
 
 
-def unet(model, x, sigma=5.0, cond_or_uncond=(0,), family="sdxl", seed=0):
+def unet(model, x, sigma=5.0, cond_or_uncond=(0,), family="sdxl", seed=0, grad=False):
     """One U-Net evaluation (BaseModel.apply_model) with the ModelPatcher's patches, as the sampler
-    calls it for a batch made of len(cond_or_uncond) chunks."""
+    calls it for a batch made of len(cond_or_uncond) chunks; in inference mode as graphs run,
+    or with autograd (grad=True) as a training node would."""
     import tiny_models
 
     g = torch.Generator().manual_seed(seed)
@@ -82,7 +83,7 @@ def unet(model, x, sigma=5.0, cond_or_uncond=(0,), family="sdxl", seed=0):
     t = torch.full((b,), float(sigma))
     options = dict(model.model_options["transformer_options"])
     options.update(cond_or_uncond=list(cond_or_uncond), sigmas=t)
-    with torch.inference_mode():
+    with torch.inference_mode(not grad):
         return model.model.apply_model(x, t, c_crossattn=context, transformer_options=options, **extra)
 
 

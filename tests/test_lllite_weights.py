@@ -46,8 +46,8 @@ def test_saved_file_has_kohyas_keys_shapes_and_metadata(sdxl, tmp_path):
 
     loaded = read_lllite(str(path))
     assert loaded.describe() == "136 modules, cond_emb_dim 8 / network_dim 16, SDXL layout"
-    for k, v in network.state_dict().items():
-        assert torch.equal(loaded.state_dict()[k], v)
+    loaded_state = loaded.state_dict()
+    assert all(torch.equal(loaded_state[k], v) for k, v in network.state_dict().items())
 
 
 def test_full_size_sdxl_layout_is_kohyas_release(tiny):
