@@ -29,3 +29,13 @@ def prepare_lora_train(models_dir, input_dir, tiny):
         "3": {"max_train_steps": 2, "save_every_n_steps": 1, "sample_every_n_steps": 2, "lr_warmup_steps": 0,
               "sample_prompts": "a photo of sks cat --w 64 --h 64 --s 2 --d 1"},
     }
+
+
+def prepare_lllite_canny_apply(models_dir, input_dir, tiny):
+    """A kohya-format LLLite for the tiny SDXL model under the name of kohya's released canny
+    LLLite, in core's controlnet folder (where kohya's README puts it)."""
+    from lllite_kit.lllite.weights import save_lllite
+    from lllite_testing import random_network
+
+    path = models_dir / "controlnet" / "controllllite_v01032064e_sdxl_canny_anime.safetensors"
+    save_lllite(str(path), random_network(tiny.build_model("sdxl", seed=0), "sdxl", name=path.name))
