@@ -2,7 +2,6 @@
 The train node is a form over training.config.TrainConfig; everything it does is
 training.session.train_lora, the same call the command line makes."""
 import logging
-import os
 import tomllib
 from pathlib import Path
 

@@ -45,8 +45,7 @@ def load_state(path: str | Path) -> dict:
 
 
 def latest_state(directory: str | Path, output_name: str) -> Path | None:
-    """The most recent state file of `output_name` in `directory` (by training step stored in
-    the name order written by the engine, newest modification last as tie-break)."""
+    """The most recently written state file of `output_name` in `directory`, or None."""
     directory = Path(directory)
     if not directory.is_dir():
         return None
