@@ -161,20 +161,23 @@ class LLLiteNetwork(nn.Module):
     def module(self, key: str) -> LLLiteModule:
         return self._modules[key]
 
-    def copy_to(self, device: torch.device, dtype: torch.dtype) -> "LLLiteNetwork":
+    def copy_to(self, device: torch.device, dtype: torch.dtype, multiplier: float = 1.0) -> "LLLiteNetwork":
         """A frozen copy on `device` in `dtype`; tensors already there are shared (never modified),
-        except inference tensors when autograd is on."""
+        except inference tensors when autograd is on. multiplier (kohya's: up(h) * m) is folded
+        into the up projection, saving a multiplication per module and step."""
         with torch.device("meta"):
             modules = {
                 path: LLLiteModule(m.in_dim, m.cond_emb_dim, m.mlp_dim, m.depth)
                 for path, m in ((p, self.module(k)) for k, p in self.paths.items())
             }
         copy = LLLiteNetwork(modules, self.name)
-        def place(t):
+        def place(key, t):
+            if multiplier != 1.0 and ".up.0." in key:
+                t = t.to(device=device, dtype=torch.float32) * multiplier
             t = t.to(device=device, dtype=dtype)
             return t.clone() if t.is_inference() and not torch.is_inference_mode_enabled() else t
 
-        copy.load_state_dict({k: place(v) for k, v in self.state_dict().items()}, assign=True)
+        copy.load_state_dict({k: place(k, v) for k, v in self.state_dict().items()}, assign=True)
         return copy.requires_grad_(False)
 
     def describe(self) -> str:

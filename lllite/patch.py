@@ -38,17 +38,21 @@ class _SizeCache:
 class LLLiteControl:
     """One applied LLLite: network, guide image, strength, sigma range and optional mask.
 
-    The master network is never modified; a copy placed on the compute device and dtype is
-    made by .to() (ComfyUI moves patches with the model) or at first use. The embedding of each
-    module is computed once per guide size, device and dtype and reused across steps and runs.
+    The master network is never modified; a copy placed on the compute device and dtype, with
+    the strength folded in, is made by .to() (ComfyUI moves patches with the model) or at first
+    use. The embedding of each module is computed once per guide size, device and dtype and
+    reused across steps and runs.
     """
 
-    def __init__(self, network: LLLiteNetwork, guide: torch.Tensor, strength: float, sigma_start: float,
-                 sigma_end: float, resize_mode: str = "crop", mask: torch.Tensor | None = None, latent_scale: int = 8):
+    def __init__(self, network: LLLiteNetwork, guide: torch.Tensor, strength: float,
+                 sigma_range: tuple[float, float] | None = None, resize_mode: str = "crop",
+                 mask: torch.Tensor | None = None, latent_scale: int = 8):
+        """sigma_range: (sigma_start, sigma_end), the control acts while sigma_end <= sigma <=
+        sigma_start; None for the whole schedule (no per-call check, no device sync)."""
         self.network = network
         self.guide = guide  # (G, C, H, W) in 0..1, as given
         self.strength = float(strength)
-        self.sigma_start, self.sigma_end = float(sigma_start), float(sigma_end)
+        self.sigma_range = None if sigma_range is None else (float(sigma_range[0]), float(sigma_range[1]))
         self.resize_mode = resize_mode
         self.mask = None if mask is None else (mask if mask.ndim == 3 else mask[None]).float()[:, None]
         self.latent_scale = latent_scale
@@ -83,7 +87,7 @@ class LLLiteControl:
         # such a copy is replaced when the model runs with gradients (e.g. under a training node).
         key = self._placed_key
         if self._placed is None or key[:2] != (device, dtype) or (key[2] and torch.is_grad_enabled()):
-            self._placed = self.network.copy_to(device, dtype)
+            self._placed = self.network.copy_to(device, dtype, self.strength)
             self._placed_key = (device, dtype, torch.is_inference_mode_enabled())
         return self._placed
 
@@ -91,11 +95,11 @@ class LLLiteControl:
     def active(self, sigmas: torch.Tensor | None) -> bool:
         """Whether the current sigma lies in [sigma_end, sigma_start]; evaluated once per U-Net
         call (every block sees the same sigmas tensor), so the host sync happens once."""
-        if sigmas is None:
+        if sigmas is None or self.sigma_range is None:
             return True
         if sigmas is not self._gate_sigmas:
             s = float(sigmas.reshape(-1)[0])
-            self._gate_open = self.sigma_end <= s <= self.sigma_start
+            self._gate_open = self.sigma_range[1] <= s <= self.sigma_range[0]
             self._gate_sigmas = sigmas
         return self._gate_open
 
@@ -115,14 +119,12 @@ class LLLiteControl:
             projected = cache.projected[(key, h, w)] = module.project_guide(cache.guide, h, w)
         return projected
 
-    def _scale(self, cache: _SizeCache, h: int, w: int, dtype, device):
-        if self.mask is None:
-            return self.strength
-        scale = cache.masks.get((h, w))
-        if scale is None:
+    def _mask(self, cache: _SizeCache, h: int, w: int, dtype, device) -> torch.Tensor:
+        mask = cache.masks.get((h, w))
+        if mask is None:
             m = F.interpolate(self.mask.to(device), size=(h, w), mode="bilinear", align_corners=False)
-            scale = cache.masks[(h, w)] = (m.flatten(1)[..., None] * self.strength).to(dtype)
-        return scale
+            mask = cache.masks[(h, w)] = m.flatten(1)[..., None].to(dtype)
+        return mask
 
     def _check_batch(self, what: str, given: int, batch: int, chunks: int) -> None:
         per_chunk = batch // max(chunks, 1)
@@ -143,11 +145,11 @@ class LLLiteControl:
         chunks = len(extra_options.get("cond_or_uncond") or [0])
         self._check_batch("guide image", cache.guide.shape[0], x.shape[0], chunks)
         out = module.delta(x, self._projected(cache, key, module, h, w))
-        scale = self._scale(cache, h, w, x.dtype, x.device)
-        if isinstance(scale, float):
-            return out if scale == 1.0 else out * scale
-        self._check_batch("mask", scale.shape[0], x.shape[0], chunks)
-        return _grouped(out, scale)
+        if self.mask is None:
+            return out
+        mask = self._mask(cache, h, w, x.dtype, x.device)
+        self._check_batch("mask", mask.shape[0], x.shape[0], chunks)
+        return _grouped(out, mask)
 
 
 class LLLitePatch:
@@ -205,9 +207,11 @@ def apply_lllite(model, network: LLLiteNetwork, guide: torch.Tensor, strength: f
     if strength == 0:
         return patched
     sampling = patched.get_model_object("model_sampling")
+    whole = start_percent == 0.0 and end_percent == 1.0
+    sigma_range = None if whole else (sampling.percent_to_sigma(start_percent), sampling.percent_to_sigma(end_percent))
     control = LLLiteControl(
-        network, guide.detach(), strength, sampling.percent_to_sigma(start_percent), sampling.percent_to_sigma(end_percent),
-        resize_mode, None if mask is None else mask.detach(), patched.get_model_object("latent_format").spacial_downscale_ratio,
+        network, guide.detach(), strength, sigma_range, resize_mode, None if mask is None else mask.detach(),
+        patched.get_model_object("latent_format").spacial_downscale_ratio,
     )
     patches = patched.model_options["transformer_options"].setdefault("patches", {})
     for attn in ("attn1", "attn2"):
