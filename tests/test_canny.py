@@ -56,3 +56,29 @@ def test_batch_is_processed_per_image():
 def test_grey_and_rgba_inputs(channels):
     img = _rectangle()[:, :1].expand(-1, channels, -1, -1).clone()
     assert torch.equal(canny(img), canny(_rectangle()))
+
+
+def test_hysteresis_keeps_exactly_the_components_that_touch_a_strong_pixel():
+    from lllite_kit.preprocessors.canny import _hysteresis
+
+    rng = np.random.default_rng(3)
+    weak = rng.random((2, 48, 70)) < 0.45       # dense enough for long, winding components
+    strong = weak & (rng.random(weak.shape) < 0.01)
+    pos = torch.from_numpy(weak.reshape(-1)).nonzero().squeeze(1)
+    kept = torch.zeros(weak.size, dtype=torch.bool)
+    kept[pos[_hysteresis(pos, torch.from_numpy(strong.reshape(-1))[pos], 48, 70)]] = True
+    for i in range(2):  # reference: OpenCV's 8-connected components, per image
+        _, labels = cv2.connectedComponents(weak[i].astype(np.uint8), connectivity=8)
+        expected = np.isin(labels, labels[strong[i]]) & weak[i]
+        assert np.array_equal(kept.view(2, 48, 70)[i].numpy(), expected)
+
+
+def test_a_long_winding_edge_is_kept_from_one_strong_end():
+    img = np.zeros((64, 200), np.uint8)
+    for r in range(4, 60, 8):  # a serpentine faint ridge (gradient ~ 4x40 = 160 > 100, < 200)
+        cv2.line(img, (4, r), (195, r), 40, 1)
+        cv2.line(img, (195 if (r // 8) % 2 == 0 else 4, r), (195 if (r // 8) % 2 == 0 else 4, r + 8), 40, 1)
+    cv2.line(img, (4, 4), (20, 4), 255, 1)  # one strong stretch at the start
+    ref = cv2.Canny(img, 100, 200) > 0
+    ours = canny(torch.from_numpy(img).float().div(255).view(1, 1, 64, 200), 100, 200)[0, 0].bool().numpy()
+    assert ref.sum() > 1500 and (ours == ref).mean() > 0.995
