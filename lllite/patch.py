@@ -13,10 +13,15 @@ import torch
 import torch.nn.functional as F
 
 from .guide import fit_guide
-from .module import LAYOUTS, LLLiteNetwork, model_family
+from .module import LAYOUTS, LLLiteNetwork, ModuleGroup, model_family
 
 _TARGETS = {"attn1": ("attn1.to_q", "attn1.to_k", "attn1.to_v"), "attn2": ("attn2.to_q",)}
 _CACHED_SIZES = 2  # guide sizes kept per control (e.g. a base pass and a hires pass)
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """cuda and cuda:0 are the same place when one has no index."""
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
 
 def _grouped(x: torch.Tensor, per_group: torch.Tensor) -> torch.Tensor:
@@ -58,37 +63,38 @@ class LLLiteControl:
         self.latent_scale = latent_scale
         self._placed = None  # copy of the network on the compute device and dtype
         self._placed_key = None  # (device, dtype, made in inference mode)
-        self._target = (None, None)
+        self._groups = {}  # module keys -> ModuleGroup of the placed copy
         self._sizes = OrderedDict()  # (device, dtype, H, W) -> _SizeCache
         self._gate_sigmas = None
         self._gate_open = False
 
     # --- device and dtype ---------------------------------------------------------------
     def to(self, device_or_dtype) -> "LLLiteControl":
-        device, dtype = self._target
+        """ComfyUI moves patches with the model (load: device, then model dtype; offload: the
+        offload device). What no longer matches is dropped, freeing its memory; the next call
+        places a copy on the input's device and dtype, which is what the U-Net computes in
+        (also under manual casting, where the model dtype is only the storage dtype)."""
+        if self._placed is None:
+            return self
+        device, dtype, _ = self._placed_key
         if isinstance(device_or_dtype, torch.dtype):
-            if not device_or_dtype.is_floating_point or device_or_dtype.itemsize < 2:
-                return self  # fp8 storage: the compute dtype (the input's) decides, at first use
-            dtype = device_or_dtype
+            stale = device_or_dtype.is_floating_point and device_or_dtype.itemsize >= 2 and device_or_dtype != dtype
         else:
-            device = torch.device(device_or_dtype)
-            self._sizes = OrderedDict((k, v) for k, v in self._sizes.items() if k[0] == device)
-        self._target = (device, dtype)
-        self._network_on(device, dtype or self._master_dtype())
+            target = torch.device(device_or_dtype)
+            stale = not _same_device(target, device)
+            self._sizes = OrderedDict((k, v) for k, v in self._sizes.items() if _same_device(k[0], target))
+        if stale:
+            self._placed, self._placed_key, self._groups = None, None, {}
         return self
 
-    def _master_dtype(self) -> torch.dtype:
-        return next(self.network.parameters()).dtype
-
     def _network_on(self, device, dtype) -> LLLiteNetwork:
-        if device is None:
-            device = next(self.network.parameters()).device
         # Tensors made in inference mode (ComfyUI runs graphs in it) cannot take part in autograd:
         # such a copy is replaced when the model runs with gradients (e.g. under a training node).
         key = self._placed_key
         if self._placed is None or key[:2] != (device, dtype) or (key[2] and torch.is_grad_enabled()):
             self._placed = self.network.copy_to(device, dtype, self.strength)
             self._placed_key = (device, dtype, torch.is_inference_mode_enabled())
+            self._groups = {}
         return self._placed
 
     # --- per call -------------------------------------------------------------------------
@@ -113,12 +119,6 @@ class LLLiteControl:
                 self._sizes.popitem(last=False)
         return cache
 
-    def _projected(self, cache: _SizeCache, key: str, module, h: int, w: int) -> torch.Tensor:
-        projected = cache.projected.get((key, h, w))
-        if projected is None:
-            projected = cache.projected[(key, h, w)] = module.project_guide(cache.guide, h, w)
-        return projected
-
     def _mask(self, cache: _SizeCache, h: int, w: int, dtype, device) -> torch.Tensor:
         mask = cache.masks.get((h, w))
         if mask is None:
@@ -134,22 +134,28 @@ class LLLiteControl:
                 f"{per_chunk}; give one {what} for all, or one per latent."
             )
 
-    def delta(self, key: str, x: torch.Tensor, extra_options: dict) -> torch.Tensor:
-        """What module `key` adds to x (B, T, C) at this block, strength and mask applied."""
-        module = self._network_on(x.device, x.dtype).module(key)
+    def deltas(self, keys: tuple, x: torch.Tensor, extra_options: dict) -> list[torch.Tensor]:
+        """What modules `keys` (all reading x (B, T, C)) add at this block, strength and mask applied."""
+        network = self._network_on(x.device, x.dtype)
+        group = self._groups.get(keys)
+        if group is None:
+            group = self._groups[keys] = ModuleGroup([network.module(k) for k in keys])
         h, w = extra_options["activations_shape"][-2:]
         lh, lw = extra_options["original_shape"][-2:]
         if h * w != x.shape[1]:
-            raise ValueError(f"LLLite '{self.network.name}': {x.shape[1]} tokens at {key} but a {h}x{w} grid")
+            raise ValueError(f"LLLite '{self.network.name}': {x.shape[1]} tokens at {keys[0]} but a {h}x{w} grid")
         cache = self._size_cache(x.device, x.dtype, lh * self.latent_scale, lw * self.latent_scale)
         chunks = len(extra_options.get("cond_or_uncond") or [0])
         self._check_batch("guide image", cache.guide.shape[0], x.shape[0], chunks)
-        out = module.delta(x, self._projected(cache, key, module, h, w))
+        projected = cache.projected.get((keys, h, w))
+        if projected is None:
+            projected = cache.projected[(keys, h, w)] = group.project_guide(cache.guide, h, w)
+        out = group.deltas(x, projected)
         if self.mask is None:
             return out
         mask = self._mask(cache, h, w, x.dtype, x.device)
         self._check_batch("mask", mask.shape[0], x.shape[0], chunks)
-        return _grouped(out, mask)
+        return [_grouped(d, mask) for d in out]
 
 
 class LLLitePatch:
@@ -179,11 +185,14 @@ class LLLitePatch:
             keys = control.network.by_block.get(where)
             if not keys or not control.active(extra_options.get("sigmas")):
                 continue
-            for i, target in enumerate(_TARGETS[self.attn]):
-                key = keys.get(target)
-                if key is not None:
-                    d = control.delta(key, inputs[i], extra_options)
-                    deltas[i] = d if deltas[i] is None else deltas[i] + d
+            by_input = {}  # modules whose Linears read the same tensor run as one group
+            for slot, target in enumerate(_TARGETS[self.attn]):
+                if target in keys:
+                    by_input.setdefault(id(inputs[slot]), []).append((slot, keys[target]))
+            for members in by_input.values():
+                x = inputs[members[0][0]]
+                for (slot, _), d in zip(members, control.deltas(tuple(k for _, k in members), x, extra_options)):
+                    deltas[slot] = d if deltas[slot] is None else deltas[slot] + d
         out = [x if d is None else x + d for x, d in zip(inputs, deltas)]
         return out[0], out[1], out[2]
 

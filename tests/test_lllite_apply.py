@@ -39,13 +39,13 @@ def _rel(a, b):
 def active_sigmas(monkeypatch):
     """(sigma, batch) of every U-Net call in which an LLLite module acted."""
     seen = []
-    delta = LLLiteControl.delta
+    deltas = LLLiteControl.deltas
 
-    def spy(self, key, x, extra_options):
+    def spy(self, keys, x, extra_options):
         seen.append((round(float(extra_options["sigmas"][0]), 4), x.shape[0]))
-        return delta(self, key, x, extra_options)
+        return deltas(self, keys, x, extra_options)
 
-    monkeypatch.setattr(LLLiteControl, "delta", spy)
+    monkeypatch.setattr(LLLiteControl, "deltas", spy)
     return seen
 
 
@@ -186,22 +186,25 @@ def test_half_precision_models(tiny, net_a, dtype):
 
 
 def test_patch_follows_device_and_dtype_moves(model, net_a):
-    """ComfyUI calls patch.to(device) and patch.to(model dtype) when it loads or offloads a model."""
+    """ComfyUI calls patch.to(device) and patch.to(model dtype) when it loads or offloads a model:
+    copies that no longer match are dropped (freeing their memory), the next call places one
+    on the input's device and dtype."""
     patched = apply_lllite(model, net_a, _guide(17))
     patch = patched.model_options["transformer_options"]["patches"]["attn1_patch"][0]
-    unet(patched, _x(18))
+    expected = unet(patched, _x(18))
     control = patch.controls[0]
-    assert patch.to(torch.bfloat16) is patch
-    assert next(control._placed.parameters()).dtype == torch.bfloat16
-    patch.to(torch.float8_e4m3fn)  # storage-only dtype: compute dtype is decided by the input
-    assert next(control._placed.parameters()).dtype == torch.bfloat16
-    assert len(control._sizes) == 1
-    patch.to(torch.device("meta"))  # another device: the copy moves, caches of the old device are freed
-    assert next(control._placed.parameters()).device.type == "meta" and len(control._sizes) == 0
-    patch.to("cpu")
-    patch.to(torch.float32)
-    out = unet(patched, _x(18))
-    assert torch.isfinite(out).all() and next(net_a.parameters()).device.type == "cpu"
+    placed = control._placed
+    assert patch.to(torch.float32) is patch and patch.to("cpu") is patch
+    patch.to(torch.float8_e4m3fn)  # a storage-only dtype says nothing about the compute dtype
+    assert control._placed is placed and len(control._sizes) == 1
+    patch.to(torch.bfloat16)
+    assert control._placed is None and len(control._sizes) == 1
+    assert torch.equal(unet(patched, _x(18)), expected)
+    patch.to(torch.device("meta"))  # another device: the copy and the caches of the old one go
+    assert control._placed is None and len(control._sizes) == 0
+    patch.to(torch.device("cpu"))
+    assert torch.equal(unet(patched, _x(18)), expected)
+    assert next(net_a.parameters()).device.type == "cpu" and next(net_a.parameters()).dtype == torch.float32
 
 
 def test_runs_with_autograd_after_inference_runs(model, net_a):

@@ -25,10 +25,10 @@ def test_sd15_lllite_file_applies_at_any_size(tiny, tmp_path):
     assert ((out - unet(model, x, family="sd15", cond_or_uncond=(1, 0))).abs().max() / out.abs().max()) > 1e-3
     control = patched.model_options["transformer_options"]["patches"]["attn1_patch"][0].controls[0]
     (cache,) = control._sizes.values()
-    key = "lllite_unet_middle_block_1_transformer_blocks_0_attn1_to_q"
+    key = "lllite_unet_middle_block_1_transformer_blocks_0_attn2_to_q"
     module = control._placed.module(key)
     pooled = F.avg_pool2d(module.embed(cache.guide), 2).flatten(2).transpose(1, 2)
-    assert torch.allclose(cache.projected[(key, 1, 1)], module.project_embedding(pooled), atol=1e-6)
+    assert torch.allclose(cache.projected[((key,), 1, 1)], module.project_embedding(pooled), atol=1e-6)
 
     odd = torch.randn(1, 4, 13, 9, generator=torch.Generator().manual_seed(4))  # 72x104 pixels
     assert torch.isfinite(unet(patched, odd, family="sd15")).all()
