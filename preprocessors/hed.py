@@ -15,6 +15,7 @@ from .weights import HED, load_exact, read_state_dict, require_keys
 # VGG16 stages: output widths and conv layers per stage, as in ControlNetHED.pth
 PUBLIC_WIDTHS = (64, 128, 256, 512, 512)
 PUBLIC_LAYERS = (2, 2, 3, 3, 3)
+MULTIPLE = 16  # four 2x max-pools: sides that divide evenly keep the five side outputs aligned
 
 
 class DoubleConvBlock(nn.Module):
@@ -71,6 +72,6 @@ def hed_edges(patcher, images: torch.Tensor, detect_resolution: int = 512, safe:
     """(B, C, H, W) 0..1 -> (B, 1, H, W) soft edges at the images' own size."""
     def detect(net, chunk):
         return detect_then_restore(lambda x: finish(net(x), safe, scribble), to_rgb(chunk),
-                                   detect_resolution, binary=scribble)
+                                   detect_resolution, MULTIPLE, binary=scribble)
 
     return run_in_chunks(patcher, images, detect)

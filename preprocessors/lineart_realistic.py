@@ -11,7 +11,9 @@ from .models import load_cached, run_in_chunks
 from .resolution import detect_then_restore
 from .weights import LINEART, load_exact, read_state_dict, require_keys
 
-MULTIPLE = 4  # two stride-2 convolutions, undone by two transposed ones
+# two stride-2 convolutions undone by two transposed ones; the 1-pixel reflection padding
+# of the residual blocks needs at least 2x2 after both
+MULTIPLE = 8
 PUBLIC_WIDTH, PUBLIC_RESIDUAL_BLOCKS = 64, 3
 
 

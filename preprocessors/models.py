@@ -49,6 +49,7 @@ def run_in_chunks(patcher, images: torch.Tensor, fn: Callable[[torch.nn.Module, 
     out = []
     with torch.no_grad():
         for i, chunk in enumerate(images.split(CHUNK)):
+            mm.throw_exception_if_processing_interrupted()
             out.append(fn(patcher.model, chunk.to(device)).to(mm.intermediate_device()))
             bar.update_absolute(min((i + 1) * CHUNK, images.shape[0]))
     return torch.cat(out)

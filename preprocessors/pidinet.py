@@ -15,6 +15,7 @@ from .soft_edges import finish
 from .weights import PIDINET, load_exact, read_state_dict, require_keys
 
 PUBLIC_WIDTH, PUBLIC_DILATION = 60, 24
+MULTIPLE = 8  # three 2x max-pools
 # carv4: central, angular, radial pixel differences and a vanilla conv, repeated over 16 layers
 _CARV4 = ("cd", "ad", "rd", "cv") * 4
 _AD_ORDER = (3, 0, 1, 6, 4, 2, 7, 8, 5)            # each 3x3 tap minus its clockwise neighbour
@@ -153,6 +154,6 @@ def pidinet_edges(patcher, images: torch.Tensor, detect_resolution: int = 512, s
     """(B, C, H, W) 0..1 -> (B, 1, H, W) soft edges at the images' own size."""
     def detect(net, chunk):
         return detect_then_restore(lambda x: finish(net(x), safe, scribble), to_rgb(chunk),
-                                   detect_resolution, binary=scribble)
+                                   detect_resolution, MULTIPLE, binary=scribble)
 
     return run_in_chunks(patcher, images, detect)

@@ -98,6 +98,9 @@ def test_learned_map_shapes_ranges_batching_and_determinism(files, name, load, r
     assert torch.allclose(run(patcher, images[3:4]), out[3:4], atol=1e-5)  # batching does not mix images
     if "mlsd" not in name:
         assert out.std() > 0  # a real map, not a constant
+    for tiny in (torch.rand(1, 1, 1, 1), torch.rand(2, 2, 3, 2)):  # 1x1 grey, 3x2 grey+alpha: still a map
+        small = run(patcher, tiny)
+        assert small.shape == (tiny.shape[0], 1, *tiny.shape[-2:]) and torch.isfinite(small).all()
 
 
 def test_original_depth_anything_file_predicts_exactly_like_the_transformers_model(files):
