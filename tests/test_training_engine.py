@@ -14,17 +14,31 @@ from lllite_kit.training.state import load_state, state_path_for
 from training_helpers import ListData, TinyAdapter, eval_loss, no_metadata, unit_group_norms
 
 
-@pytest.fixture(scope="module")
-def sdxl(tiny):
-    """The tiny SDXL as a graph hands it over (built under inference mode), made trainable."""
+def _prepared(tiny, family, **options):
+    """A tiny model as a graph hands it over (built under inference mode), made trainable."""
     with torch.inference_mode():
-        model, clip = tiny.build_model("sdxl", 0), tiny.build_clip("sdxl", 0)
+        model, clip = tiny.build_model(family, 0), tiny.build_clip(family, 0)
         unit_group_norms(model)
     with torch.inference_mode(False):
-        with trainable_model(model) as tm:
+        with trainable_model(model, **options) as tm:
             text = TextConditioner(clip, tm.family)
             text.precompute(ListData(6).captions)
             yield tm, text
+
+
+@pytest.fixture(scope="module")
+def sdxl(tiny):
+    yield from _prepared(tiny, "sdxl")
+
+
+@pytest.fixture(scope="module")
+def sd15(tiny):
+    yield from _prepared(tiny, "sd15")
+
+
+@pytest.fixture(scope="module")
+def sd15_v(tiny):
+    yield from _prepared(tiny, "sd15", v_parameterization=True)
 
 
 def _engine(tm, text, out, adapter=None, data=None, hooks=None, **options):
@@ -32,8 +46,9 @@ def _engine(tm, text, out, adapter=None, data=None, hooks=None, **options):
     return TrainingEngine(cfg, tm, text, adapter or TinyAdapter(), data or ListData(), out, no_metadata, hooks=hooks)
 
 
-def test_lora_loss_falls_on_a_tiny_overfit_set(sdxl, tmp_path):
-    tm, text = sdxl
+@pytest.mark.parametrize("family", ["sdxl", "sd15"])
+def test_lora_loss_falls_on_a_tiny_overfit_set(family, request, tmp_path):
+    tm, text = request.getfixturevalue(family)
     data = ListData(n=2, bs=2)
     adapter = LoRAAdapter(LoRAConfig(dim=4, alpha=4.0, train_text_encoder=False), tm.model_config)
     adapter.attach(tm.diffusion_model, {})
@@ -107,3 +122,37 @@ def test_mixed_precision_trains_with_finite_loss(sdxl, tmp_path, precision):
         tm.compute_dtype = torch.float32
     assert all(torch.isfinite(torch.tensor(result.losses)))
     assert any(v.abs().sum() > 0 for k, v in engine.adapter.state_dict().items() if k.endswith(".up"))
+
+
+def test_a_seed_fixes_the_run(sdxl, tmp_path):
+    runs = [_engine(tm, text, tmp_path / str(i), TinyAdapter(), max_train_steps=3, seed=seed).run()
+            for i, (tm, text, seed) in enumerate([(*sdxl, 5), (*sdxl, 5), (*sdxl, 6)])]
+    assert runs[0].losses == runs[1].losses and runs[0].losses != runs[2].losses
+
+
+@pytest.mark.parametrize("options", [
+    {"loss_type": "huber", "huber_schedule": "snr", "huber_c": 0.1},
+    {"loss_type": "smooth_l1", "huber_schedule": "exponential"},
+    {"multires_noise_iterations": 4, "multires_noise_discount": 0.3, "min_timestep": 100, "max_timestep": 900},
+    {"optimizer_type": "Lion", "lr_scheduler": "polynomial", "lr_warmup_steps": 1, "noise_offset": 0.1, "adaptive_noise_scale": 0.01},
+    {"optimizer_type": "SGDNesterov", "lr_scheduler": "cosine_with_restarts", "gradient_accumulation_steps": 2},
+], ids=["huber", "smooth_l1", "multires", "lion", "sgd"])
+def test_option_paths_train(sd15, tmp_path, options):
+    tm, text = sd15
+    engine = _engine(tm, text, tmp_path, max_train_steps=2, **options)
+    result = engine.run()
+    assert len(result.losses) == 2 and all(torch.isfinite(torch.tensor(result.losses)))
+    assert any(v.abs().sum() > 0 for k, v in engine.adapter.state_dict().items() if k.endswith(".up"))
+
+
+def test_v_prediction_model_trains_on_velocity(sd15_v, tmp_path):
+    tm, text = sd15_v
+    assert tm.schedule.v_prediction
+    data = ListData(n=2, bs=2)
+    adapter = TinyAdapter(dropout=0.0)
+    before = eval_loss(tm, text, data)
+    result = _engine(tm, text, tmp_path, adapter, data, max_train_steps=2, min_snr_gamma=5.0).run()
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    adapter.attach(tm.diffusion_model, {})
+    assert eval_loss(tm, text, data) != before  # eval_loss scores against the v target
+    adapter.detach()

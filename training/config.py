@@ -164,8 +164,6 @@ def parse_kv_args(value, what: str = "arguments", literal: bool = True) -> dict:
     """sd-scripts' `key=value` argument lists (`["weight_decay=0.01", "betas=0.9,0.999"]`, or the
     same as one space-separated string) -> dict; values are Python literals, commas make
     tuples (literal=False: values stay strings)."""
-    import ast
-
     if isinstance(value, dict):
         return dict(value)
     if value is None:
@@ -180,15 +178,17 @@ def parse_kv_args(value, what: str = "arguments", literal: bool = True) -> dict:
             out[key.strip()] = raw.strip()
             continue
         parts = [p for p in raw.split(",") if p != ""]
-
-        def literal(s):
-            try:
-                return ast.literal_eval(s)
-            except (ValueError, SyntaxError):
-                return s  # bare words (an optimizer mode name) stay strings
-
-        out[key.strip()] = literal(parts[0]) if len(parts) == 1 else tuple(literal(p) for p in parts)
+        out[key.strip()] = _literal(parts[0]) if len(parts) == 1 else tuple(_literal(p) for p in parts)
     return out
+
+
+def _literal(text: str):
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # bare words (an optimizer mode name) stay strings
 
 
 def read_toml(path: str | Path) -> dict:
