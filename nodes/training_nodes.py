@@ -78,17 +78,21 @@ class DatasetFromFolder(io.ComfyNode):
                 io.Boolean.Input("shuffle_caption", default=False),
                 io.Int.Input("keep_tokens", default=0, min=0, max=64),
                 io.Float.Input("caption_dropout_rate", default=0.0, min=0.0, max=1.0, step=0.01),
+                io.String.Input("conditioning_dir", default="", optional=True,
+                                tooltip="Guide images for LLLite/ControlNet: a tree mirroring train_dir, each guide "
+                                        "named like its image (conditioning_dir/10_sks dog/a.png for train_dir/10_sks dog/a.png)."),
             ],
             outputs=[Dataset.Output(display_name="dataset")],
         )
 
     @classmethod
     def execute(cls, train_dir, reg_dir, caption_extension, resolution, batch_size, enable_bucket, flip_aug,
-                shuffle_caption, keep_tokens, caption_dropout_rate) -> io.NodeOutput:
+                shuffle_caption, keep_tokens, caption_dropout_rate, conditioning_dir="") -> io.NodeOutput:
         template = SubsetConfig(caption_extension=caption_extension, flip_aug=flip_aug, shuffle_caption=shuffle_caption,
                                 keep_tokens=keep_tokens, caption_dropout_rate=caption_dropout_rate)
         subsets = subsets_from_folder_tree(resolve_path(train_dir, "train_dir"),
-                                           resolve_path(reg_dir, "reg_dir") if reg_dir.strip() else None, template)
+                                           resolve_path(reg_dir, "reg_dir") if reg_dir.strip() else None, template,
+                                           resolve_path(conditioning_dir, "conditioning_dir") if conditioning_dir.strip() else None)
         return io.NodeOutput([DatasetConfig(subsets=subsets, **_bucket_options(resolution, batch_size, enable_bucket))])
 
 

@@ -39,3 +39,48 @@ def prepare_lllite_canny_apply(models_dir, input_dir, tiny):
 
     path = models_dir / "controlnet" / "controllllite_v01032064e_sdxl_canny_anime.safetensors"
     save_lllite(str(path), random_network(tiny.build_model("sdxl", seed=0), "sdxl", name=path.name))
+
+
+def _shape_pair(i: int, size: int = 64):
+    """A picture with a filled disk and its outline (a Canny-like guide), both uint8 RGB."""
+    import numpy as np
+
+    y, x = np.mgrid[0:size, 0:size]
+    d = np.hypot(x - 20 - 6 * i, y - 28 - 3 * i)
+    r = 10 + 2 * i
+    picture = np.stack([(x * 4) % 256, np.where(d <= r, 255, 40), (y * 4) % 256], -1)
+    guide = np.repeat((np.abs(d - r) <= 1.0)[..., None] * 255, 3, -1)
+    return picture.astype(np.uint8), guide.astype(np.uint8)
+
+
+def prepare_lllite_train_folders(models_dir, input_dir, tiny):
+    """Four pictures with .txt captions in input/training/lllite_canny/images/1_photos and their
+    guides under the same names in .../canny/1_photos; training shrunk to 64 px, 2 steps, 2
+    held-out images and one 64 px sample."""
+    from PIL import Image
+
+    images = input_dir / "training" / "lllite_canny" / "images" / "1_photos"
+    guides = input_dir / "training" / "lllite_canny" / "canny" / "1_photos"
+    images.mkdir(parents=True, exist_ok=True)
+    guides.mkdir(parents=True, exist_ok=True)
+    for i in range(4):
+        picture, guide = _shape_pair(i)
+        Image.fromarray(picture).save(images / f"room_{i}.png")
+        Image.fromarray(guide).save(guides / f"room_{i}.png")
+        (images / f"room_{i}.txt").write_text(f"a photo of a living room, view {i}", encoding="utf-8")
+    return {
+        "2": {"resolution": 64, "batch_size": 2},
+        "5": {"max_train_steps": 2, "heldout_images": 2, "validate_every_n_steps": 1, "save_every_n_steps": 1,
+              "sample_every_n_steps": 2, "sample_prompts": "a photo of a living room --w 64 --h 64 --s 2 --d 1"},
+    }
+
+
+def prepare_lllite_synthetic_loop(models_dir, input_dir, tiny):
+    """Nothing to write: the graph makes its own data. Six generated 64 px images, 2 training
+    steps, 2 held-out images, one 64 px sample."""
+    return {
+        "5": {"batch_size": 6},
+        "9": {"resolution": 64, "batch_size": 2},
+        "11": {"max_train_steps": 2, "heldout_images": 2, "validate_every_n_steps": 1, "save_every_n_steps": 0,
+               "sample_every_n_steps": 2, "sample_prompts": "a cozy living room --w 64 --h 64 --s 2 --d 1"},
+    }

@@ -59,6 +59,7 @@ class TrainHooks:
     # held-out metrics at a step (adapter in eval mode, no grad, training RNG untouched); run
     # before the first step, every cfg.validate_every_n_steps and after the last
     evaluate: Callable[[int], dict[str, float]] | None = None
+    evaluated: Callable[[int, dict[str, float]], None] | None = None  # (step, evaluate's result), for progress text
 
 
 @dataclass
@@ -255,6 +256,8 @@ class TrainingEngine:
         finally:
             self.adapter.train(True)
         self.pos.evaluations.append((self.pos.step, dict(result)))
+        if self.hooks.evaluated:
+            self.hooks.evaluated(self.pos.step, dict(result))
 
     def _sample(self) -> None:
         if self.sampler is None:

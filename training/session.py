@@ -159,3 +159,37 @@ def train_lora(cfg: TrainConfig, model, clip, vae, datasets: Sequence[DatasetCon
         cfg, model, clip, vae, datasets, lambda tm: LoRAAdapter(lcfg, tm.model_config), training_metadata,
         output_dir=output_dir, model_name=model_name, hooks=hooks, latent_cache_dir=latent_cache_dir,
         trains_text_encoders=lcfg.train_text_encoder, data_progress=data_progress)
+
+
+def train_lllite(cfg: TrainConfig, model, clip, vae, datasets: Sequence[DatasetConfig], *, output_dir: str | Path,
+                 model_name: str = "", hooks: TrainHooks | None = None, latent_cache_dir: str | Path | None = None,
+                 data_progress: Callable[[int, int], None] | None = None, holdout: int = 4,
+                 sample_guide: torch.Tensor | None = None) -> TrainResult:
+    """Train a kohya ControlNet-LLLite (cfg.cond_emb_dim, network_dim, network_dropout,
+    network_weights) on datasets with guide images; files land in output_dir as for LoRA.
+    holdout: images kept out of training for the control gap (control_gap.py), measured at
+    the start, every cfg.validate_every_n_steps and at the end; 0 turns it off.
+    sample_guide: (1, 3, H, W) in [-1, 1], the guide of every sample image."""
+    from ..lllite.module import LAYOUTS
+    from .control_gap import ControlGap
+    from .lllite_adapter import LLLiteAdapter
+    from .lora import training_metadata
+
+    family = model_family(model)
+    if family not in LAYOUTS:
+        raise ValueError(f"ControlNet-LLLite training supports SDXL and SD1.5 models; this one is {family}")
+    if sample_guide is None and cfg.sample_prompts and (cfg.sample_every_n_steps or cfg.sample_every_n_epochs):
+        raise ValueError("LLLite sample images need a sample guide image")
+
+    def adapter(tm: TrainingModel) -> LLLiteAdapter:
+        return LLLiteAdapter(tm.family, cfg.cond_emb_dim, cfg.network_dim, cfg.network_dropout, cfg.network_weights,
+                             checkpoint_embeddings=cfg.gradient_checkpointing, name=cfg.output_name)
+
+    def control_gap(tm, text, lllite, data) -> ControlGap:
+        return ControlGap(tm, text, lllite, data.holdout_batches(), (cfg.min_timestep, cfg.max_timestep), seed=cfg.seed)
+
+    return run_training(
+        cfg, model, clip, vae, datasets, adapter, training_metadata, output_dir=output_dir, model_name=model_name,
+        hooks=hooks, latent_cache_dir=latent_cache_dir, data_progress=data_progress,
+        data_options={"size_multiple": 32, "require_guides": True, "holdout": holdout},
+        evaluation=control_gap if holdout else None, sample_guide=sample_guide)
