@@ -124,10 +124,14 @@ def test_mixed_precision_trains_with_finite_loss(sdxl, tmp_path, precision):
     assert any(v.abs().sum() > 0 for k, v in engine.adapter.state_dict().items() if k.endswith(".up"))
 
 
-def test_a_seed_fixes_the_run(sdxl, tmp_path):
-    runs = [_engine(tm, text, tmp_path / str(i), TinyAdapter(), max_train_steps=3, seed=seed).run()
-            for i, (tm, text, seed) in enumerate([(*sdxl, 5), (*sdxl, 5), (*sdxl, 6)])]
+def test_a_seed_fixes_the_run_and_evaluations_do_not_disturb_it(sdxl, tmp_path):
+    tm, text = sdxl
+    runs = [_engine(tm, text, tmp_path / str(seed), TinyAdapter(), max_train_steps=3, seed=seed).run() for seed in (5, 5, 6)]
     assert runs[0].losses == runs[1].losses and runs[0].losses != runs[2].losses
+    hooks = TrainHooks(evaluate=lambda step: {"noise": torch.randn(()).item(), "step": step})  # draws from the global RNG
+    watched = _engine(tm, text, tmp_path / "eval", TinyAdapter(), hooks=hooks, max_train_steps=3, seed=5, validate_every_n_steps=2).run()
+    assert watched.losses == runs[0].losses
+    assert [(s, e["step"]) for s, e in watched.evaluations] == [(0, 0), (2, 2), (3, 3)]
 
 
 @pytest.mark.parametrize("options", [
