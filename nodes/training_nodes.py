@@ -266,7 +266,8 @@ class TrainLoRA(io.ComfyNode):
         hooks = TrainHooks(progress=progress, samples=samples,
                            check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted)
         result = train_lora(cfg, model, clip, vae, dataset, output_dir=out_dir, model_name=model_source_name(model),
-                            hooks=hooks, latent_cache_dir=latent_cache_dir())
+                            hooks=hooks, latent_cache_dir=latent_cache_dir(),
+                            data_progress=lambda done, total: _send_text(f"encoding latents {done}/{total}", node_id))
         curve = draw_loss_curve({"loss": result.losses})
         shown = _images_batch(result.samples[-1][1]) if result.samples else torch.zeros(1, 64, 64, 3)
         return io.NodeOutput(_lora_name(result.final_path), curve, shown, ui=ui.PreviewImage(curve, cls=cls))
