@@ -24,37 +24,37 @@ def _prediction(tm, text, caption="a photo of thing 0"):
         return tm.predict(x, t, context, y), context
 
 
-@pytest.mark.parametrize("family,train_te,precision,tol", [
-    ("sdxl", False, "float", 1e-5),
-    ("sd15", True, "float", 1e-5),
-    ("sdxl", False, "fp16", 2e-3),
-])
-def test_trained_lora_loads_in_core_and_predicts_like_training(family, train_te, precision, tol, tiny, comfy_dirs, caplog):
+@pytest.mark.parametrize("family,train_te", [("sdxl", False), ("sd15", True)], ids=["sdxl-unet", "sd15-unet+te"])
+def test_trained_lora_loads_in_core_and_predicts_like_training(family, train_te, tiny, comfy_dirs, caplog):
     with torch.inference_mode():
         model, clip = tiny.build_model(family, 0), tiny.build_clip(family, 0)
         unit_group_norms(model)
-    name = f"fidelity_{family}_{precision}{'_te' if train_te else ''}"
+    name = f"fidelity_{family}{'_te' if train_te else ''}"
+    loras = comfy_dirs / "models" / "loras"
     with torch.inference_mode(False), trainable_model(model) as tm:
         text = TextConditioner(clip, tm.family, trainable=train_te)
         adapter = LoRAAdapter(LoRAConfig(dim=4, alpha=2.0, conv_dim=2, conv_alpha=1.0, train_text_encoder=train_te), tm.model_config)
-        cfg = TrainConfig(max_train_steps=3, learning_rate=2e-2, output_name=name, save_precision=precision)
-        result = TrainingEngine(cfg, tm, text, adapter, ListData(n=2, bs=2), comfy_dirs / "models" / "loras", no_metadata).run()
+        cfg = TrainConfig(max_train_steps=2, learning_rate=2e-2, output_name=name, save_precision="float")
+        result = TrainingEngine(cfg, tm, text, adapter, ListData(n=2, bs=2), loras, no_metadata).run()
+        adapter.save(str(loras / f"{name}_fp16.safetensors"), torch.float16, {})  # the usual save precision
 
         base_pred, base_context = _prediction(tm, text)
         adapter.attach(tm.diffusion_model, text.modules() if train_te else {})
         adapter.train(False)
         trained_pred, trained_context = _prediction(tm, text)
         adapter.detach()
-        assert (trained_pred - base_pred).abs().max() > 20 * tol  # training really moved the model
-        assert not train_te or (trained_context - base_context).abs().max() > 20 * tol
-
-        caplog.set_level(logging.WARNING)
-        model_lora, clip_lora = nodes.LoraLoader().load_lora(model, clip, result.final_path.name, 1.0, 1.0)
-        assert [r.getMessage() for r in caplog.records if "not loaded" in r.getMessage().lower()] == []
-        n_te = sum(1 for k in adapter.modules if not k.startswith("lora_unet_"))
-        assert len(model_lora.patches) == len(adapter.modules) - n_te and len(clip_lora.patcher.patches) == n_te
         text.close()
-        comfy.model_management.load_models_gpu([model_lora], force_full_load=True)  # as KSampler loads it
-        loaded_pred, loaded_context = _prediction(tm, TextConditioner(clip_lora, tm.family))
-    torch.testing.assert_close(loaded_context, trained_context, rtol=tol, atol=tol)
-    torch.testing.assert_close(loaded_pred, trained_pred, rtol=tol, atol=tol)
+        assert (trained_pred - base_pred).abs().max() > 1e-2  # training really moved the model
+        assert not train_te or (trained_context - base_context).abs().max() > 1e-2
+
+        for file, tol in ((result.final_path.name, 1e-5), (f"{name}_fp16.safetensors", 2e-3)):
+            caplog.clear()
+            caplog.set_level(logging.WARNING)
+            model_lora, clip_lora = nodes.LoraLoader().load_lora(model, clip, file, 1.0, 1.0)
+            assert [r.getMessage() for r in caplog.records if "not loaded" in r.getMessage().lower()] == []
+            n_te = sum(1 for k in adapter.modules if not k.startswith("lora_unet_"))
+            assert len(model_lora.patches) == len(adapter.modules) - n_te and len(clip_lora.patcher.patches) == n_te
+            comfy.model_management.load_models_gpu([model_lora], force_full_load=True)  # as KSampler loads it
+            loaded_pred, loaded_context = _prediction(tm, TextConditioner(clip_lora, tm.family))
+            torch.testing.assert_close(loaded_context, trained_context, rtol=tol, atol=tol)
+            torch.testing.assert_close(loaded_pred, trained_pred, rtol=tol, atol=tol)
