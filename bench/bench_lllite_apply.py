@@ -1,7 +1,7 @@
 """Sampling step time with ControlNet-LLLite: the bare model vs one LLLite vs two LLLites on the
 same model in one run, interleaved (bare one two two one bare ...), medians, overhead ratios.
 
-    .venv/bin/python bench/bench_lllite_apply.py                 # tiny SDXL-layout model on CPU (< 1 min)
+    .venv/bin/python bench/bench_lllite_apply.py                 # tiny SDXL-layout model, 128x128 (< 1 min on CPU)
     .venv/bin/python bench/bench_lllite_apply.py --full-sdxl --resolution 1024 --dtype fp16   # on a GPU
 
 --full-sdxl builds the full-size SDXL U-Net with random weights (speed does not depend on their
@@ -89,9 +89,9 @@ def _random_lllite(model, cond_emb_dim, mlp_dim, seed):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--full-sdxl", action="store_true", help="full-size SDXL U-Net (random weights) instead of the tiny one")
-    parser.add_argument("--resolution", type=int, default=None, help="square picture size (default 256 tiny, 1024 full)")
+    parser.add_argument("--resolution", type=int, default=None, help="square picture size (default 128 tiny, 1024 full)")
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp32")
-    parser.add_argument("--steps", type=int, default=None, help="sampler steps per measurement (default 4 tiny, 8 full)")
+    parser.add_argument("--steps", type=int, default=None, help="sampler steps per measurement, >= 2 (default 3 tiny, 8 full)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (each times every variant twice)")
     parser.add_argument("--cpu", action="store_true", help="stay on the CPU even if torch sees a GPU")
     opts = parser.parse_args()
@@ -114,7 +114,7 @@ def main() -> None:
     else:
         import tiny_models
 
-        resolution, steps = opts.resolution or 256, opts.steps or 4
+        resolution, steps = opts.resolution or 128, opts.steps or 3
         model = tiny_models.build_model("sdxl", seed=0, dtype=dtype)
         positive, negative = _conditioning(tiny_models.SDXL_CONTEXT_DIM, tiny_models.CLIP_G["projection_dim"], 77)
         dims = (8, 16)
@@ -132,13 +132,18 @@ def main() -> None:
     LLLiteModule.embed = lambda self, g: embeds.__setitem__(0, embeds[0] + 1) or embed(self, g)
 
     def step_time(m) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        comfy.sample.sample(m, noise, steps, 7.0, "euler", "normal", positive, negative, latent, disable_pbar=True, seed=1)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return (time.perf_counter() - t0) / steps
+        """Mean time between the sampler's step callbacks: the steps alone, without the
+        per-call set-up (model load, conditioning, the first call's guide embeddings)."""
+        stamps = []
+
+        def callback(step, x0, x, total):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            stamps.append(time.perf_counter())
+
+        comfy.sample.sample(m, noise, steps, 7.0, "euler", "normal", positive, negative, latent,
+                            callback=callback, disable_pbar=True, seed=1)
+        return (stamps[-1] - stamps[0]) / (len(stamps) - 1)
 
     for m in variants.values():  # warm-up: model load, kernels, the guide embeddings
         step_time(m)

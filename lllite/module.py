@@ -204,6 +204,7 @@ class LLLiteNetwork(nn.Module):
                 for path, m in ((p, self.module(k)) for k, p in self.paths.items())
             }
         copy = LLLiteNetwork(modules, self.name)
+
         def place(key, t):
             if multiplier != 1.0 and ".up.0." in key:
                 t = t.to(device=device, dtype=torch.float32) * multiplier

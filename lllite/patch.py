@@ -32,7 +32,7 @@ def _grouped(x: torch.Tensor, per_group: torch.Tensor) -> torch.Tensor:
 
 class _SizeCache:
     """Everything derived from the guide for one (device, dtype, picture size): the fitted guide,
-    each module's projected embedding on each token grid, the mask on each grid."""
+    each module group's projected embedding on its token grid, the mask on each grid."""
 
     def __init__(self, guide: torch.Tensor):
         self.guide = guide  # (G, 3, H, W) in [-1, 1]
@@ -43,10 +43,10 @@ class _SizeCache:
 class LLLiteControl:
     """One applied LLLite: network, guide image, strength, sigma range and optional mask.
 
-    The master network is never modified; a copy placed on the compute device and dtype, with
-    the strength folded in, is made by .to() (ComfyUI moves patches with the model) or at first
-    use. The embedding of each module is computed once per guide size, device and dtype and
-    reused across steps and runs.
+    The master network is never modified; a copy on the compute device and dtype, with the
+    strength folded in, is made at first use and dropped by .to() when the model moves. The
+    embedding of each module is computed once per guide size, device and dtype and reused
+    across steps and runs.
     """
 
     def __init__(self, network: LLLiteNetwork, guide: torch.Tensor, strength: float,
