@@ -58,7 +58,7 @@ def trained(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("lllite_train")
     images, guides = fill_task(36)
     dataset = DatasetConfig(subsets=[SubsetConfig(items=items_from_tensors(images, "a filled circle", guides))],
-                            resolution=(64, 64), batch_size=4)
+                            resolution=(64, 64), batch_size=2)
     data = TrainingData([dataset], encode_latents=pooled_latents, vae_id="avg-pool-8", seed=0, size_multiple=32,
                         require_guides=True, holdout=4)
     model, clip = tiny.build_model("sdxl", seed=0), tiny.build_clip("sdxl", seed=0)
@@ -74,7 +74,7 @@ def trained(tiny, tmp_path_factory):
             hooks = TrainHooks()
             engine = TrainingEngine(cfg, tm, text, adapter, data, out, training_metadata,
                                     {"sd_model_name": "tiny", "num_train_images": 32, "datasets": [], "bucket_info": {},
-                                     "tag_frequency": {}, "resolution": (64, 64), "batch_size_per_device": 4}, hooks=hooks)
+                                     "tag_frequency": {}, "resolution": (64, 64), "batch_size_per_device": 2}, hooks=hooks)
             hooks.evaluate = ControlGap(tm, text, adapter, data.holdout_batches(), (cfg.min_timestep, cfg.max_timestep))
             result = engine.run()
             yield {"tm": tm, "text": text, "adapter": adapter, "data": data, "result": result, "model": model}
@@ -97,7 +97,7 @@ def test_saved_file_applied_by_the_inference_patch_predicts_like_training(traine
     path = trained["result"].final_path
     g = torch.Generator().manual_seed(3)
     x = torch.randn(batch.latents.shape, generator=g)
-    t = torch.tensor([100, 400, 700, 900])
+    t = torch.linspace(100, 900, x.shape[0]).long()
     context, pooled = text.encode(batch.captions, tm.device)
     y = tm.adm(pooled, batch.original_sizes, batch.crop_top_left, batch.target_sizes)
     with torch.no_grad():
@@ -166,7 +166,7 @@ def test_shuffle_pairs_every_image_with_another_guide_of_its_size(trained):
     for c, s in zip(correct, shuffled):
         assert torch.equal(c.latents, s.latents)
         assert all(not torch.equal(c.guides[i], s.guides[i]) for i in range(c.guides.shape[0]))
-    singles = [select_rows(batches[0], [i]) for i in range(batches[0].latents.shape[0])]
+    singles = [select_rows(b, [i]) for b in batches for i in range(b.latents.shape[0])]
     c1, s1 = shuffled_guides(singles)  # batch-1 held-out slices: guides move across batches
     assert len(c1) == 4 and torch.equal(s1[0].guides[0], c1[1].guides[0]) and torch.equal(s1[3].guides[0], c1[0].guides[0])
     with pytest.raises(ValueError, match="at least 2 held-out images of the same size"):

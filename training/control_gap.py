@@ -70,38 +70,35 @@ class ControlGap:
         max_timestep); the whole schedule when None."""
         self.model, self.text, self.adapter = model, text, adapter
         self.correct, self.shuffled = shuffled_guides(holdout)
-        self.images = sum(b.latents.shape[0] for b in self.correct)
         lo, hi = timestep_range or (0, model.schedule.num_timesteps)
         self.timesteps = torch.tensor([lo + int((k + 0.5) * (hi - lo) / timesteps) for k in range(timesteps)])
         self.noise = [torch.randn((timesteps, *b.latents.shape), generator=torch.Generator().manual_seed(seed * 1000 + i))
                       for i, b in enumerate(self.correct)]
-        self.history: list[tuple[int, dict[str, float]]] = []
-
-    def texts(self) -> list[str]:
-        """Every caption it encodes, so frozen text encoders can be released before training."""
-        return sorted({c for b in self.correct for c in b.captions})
 
     @torch.no_grad()
     def _loss(self, batches: list[Batch]) -> float:
+        """Mean squared error over the batches, every image at every evaluation timestep (one
+        U-Net call per batch: the timesteps ride along in the batch dimension)."""
         model, dev = self.model, self.model.device
+        k = len(self.timesteps)
         total, count = 0.0, 0
         for batch, noise in zip(batches, self.noise):
-            latents = batch.latents.to(dev, torch.float32)
-            context, pooled = self.text.encode(batch.captions, dev)
-            y = model.adm(pooled, batch.original_sizes, batch.crop_top_left, batch.target_sizes)
-            self.adapter.set_batch(batch)
-            for k, t in enumerate(self.timesteps.tolist()):
-                ts = torch.full((latents.shape[0],), t, dtype=torch.long, device=dev)
-                n = noise[k].to(dev)
-                pred = model.predict(model.schedule.noisy_input(latents, n, ts), ts, context, y)
-                total += torch.nn.functional.mse_loss(pred, model.schedule.target(latents, n, ts), reduction="sum").item()
-                count += pred.numel()
+            b = batch.latents.shape[0]
+            repeat = lambda seq: list(seq) * k  # noqa: E731
+            latents = batch.latents.to(dev, torch.float32).repeat(k, 1, 1, 1)
+            context, pooled = self.text.encode(repeat(batch.captions), dev)
+            y = model.adm(pooled, repeat(batch.original_sizes), repeat(batch.crop_top_left), repeat(batch.target_sizes))
+            self.adapter.set_batch(dataclasses.replace(batch, latents=latents, guides=batch.guides.repeat(k, 1, 1, 1)))
+            ts = self.timesteps.repeat_interleave(b).to(dev)
+            n = noise.reshape(latents.shape).to(dev)
+            pred = model.predict(model.schedule.noisy_input(latents, n, ts), ts, context, y)
+            total += torch.nn.functional.mse_loss(pred, model.schedule.target(latents, n, ts), reduction="sum").item()
+            count += pred.numel()
         return total / count
 
     def __call__(self, step: int) -> dict[str, float]:
         correct, shuffled = self._loss(self.correct), self._loss(self.shuffled)
         result = {"heldout_correct": correct, "heldout_shuffled": shuffled, "control_gap": shuffled - correct}
-        self.history.append((step, result))
         return result
 
 

@@ -72,8 +72,8 @@ class LLLiteAdapter:
         if self.network is None:
             self.network = build_network(diffusion_model, self.layout, self.cond_emb_dim, self.network_dim, self.name)
         self.network.check_fits(diffusion_model, f"'{self.layout.display}'")
-        device = next(diffusion_model.parameters()).device
-        self.network.to(device)
+        # fp32 master weights whatever the file's save precision; autocast sets the compute dtype
+        self.network.to(device=next(diffusion_model.parameters()).device, dtype=torch.float32)
         self.detach()
         layers = dict(diffusion_model.named_modules())
         self._block_keys = {}
