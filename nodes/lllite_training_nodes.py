@@ -87,7 +87,7 @@ class TrainLLLite(io.ComfyNode):
                 io.Boolean.Input("cache_latents", default=True, tooltip="Encode every image once (the VAE then leaves the device)."),
                 io.Boolean.Input("cache_latents_to_disk", default=False, tooltip="Keep the latents for later runs too."),
                 io.Int.Input("heldout_images", default=4, min=0, max=1000,
-                             tooltip="Images kept out of training to measure the control gap (at least 2 of one size); 0: off."),
+                             tooltip="Images kept out of training to measure the control gap (at least 2); 0: off."),
                 io.Int.Input("validate_every_n_steps", default=100, min=0, max=1000000,
                              tooltip="Control gap every n steps (and at the start and end)."),
                 io.Int.Input("save_every_n_steps", default=0, min=0, max=1000000),

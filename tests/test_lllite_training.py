@@ -10,6 +10,8 @@ task learnable by a random tiny U-Net in a few dozen steps: v-prediction at high
 U-Net lacks), and a unit scale on the U-Net's last norm (the fixture's is ~0.02, which caps
 the output far below the target).
 """
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,7 +22,7 @@ from lllite_kit.lllite.patch import apply_lllite
 from lllite_kit.lllite.weights import read_lllite
 from lllite_kit.training.comfy_bridge import TextConditioner, trainable_model
 from lllite_kit.training.config import TrainConfig
-from lllite_kit.training.control_gap import ControlGap, draw_training_curves, select_rows, shuffled_guides
+from lllite_kit.training.control_gap import ControlGap, draw_training_curves, shuffled_guides
 from lllite_kit.training.data import DatasetConfig, SubsetConfig, TrainingData, items_from_tensors
 from lllite_kit.training.engine import TrainHooks, TrainingEngine
 from lllite_kit.training.lllite_adapter import LLLiteAdapter
@@ -115,6 +117,28 @@ def test_saved_file_applied_by_the_inference_patch_predicts_like_training(traine
     assert torch.allclose(applied, training, rtol=1e-4, atol=1e-5 * training.abs().max().item())
 
 
+
+def test_sample_images_use_the_sample_guide_fitted_as_the_apply_node_fits_it(trained):
+    """Samples during training: adapter.using_guide (what GuidedSamples wraps around each render)
+    with a guide of another shape predicts what the apply node predicts with that guide."""
+    tm, text, adapter = trained["tm"], trained["text"], trained["adapter"]
+    g = torch.Generator().manual_seed(4)
+    guide = torch.rand(1, 3, 96, 64, generator=g)  # taller than the 64x64 picture: cropped
+    x, t = torch.randn(1, 4, 8, 8, generator=g), torch.tensor([600])
+    context, pooled = text.encode(["a filled circle"], tm.device)
+    y = tm.adm(pooled, [(64, 64)], [(0, 0)], [(64, 64)])
+    with torch.no_grad():
+        adapter.attach(tm.diffusion_model, {})
+        adapter.train(False)
+        try:
+            with adapter.using_guide(guide * 2 - 1):
+                sampled = tm.predict(x, t, context, y)
+        finally:
+            adapter.detach()
+        patched = apply_lllite(tm.patcher, read_lllite(str(trained["result"].final_path)), guide, resize_mode="crop")
+        applied = tm.predict(x, t, context, y, transformer_options=patched.model_options["transformer_options"])
+    assert torch.allclose(applied, sampled, rtol=1e-4, atol=1e-5 * sampled.abs().max().item())
+
 def test_file_is_kohya_format_and_reads_back_with_dims_and_depths(trained):
     path = trained["result"].final_path
     with safe_open(str(path), framework="pt") as f:
@@ -159,16 +183,19 @@ def test_file_is_kohya_format_and_reads_back_with_dims_and_depths(trained):
     assert all(torch.equal(v, saved[k].cpu()) for k, v in network.state_dict().items())
 
 
-def test_shuffle_pairs_every_image_with_another_guide_of_its_size(trained):
+def test_shuffle_gives_every_image_another_guide_also_across_batches_and_sizes(trained):
     batches = trained["data"].holdout_batches()
     correct, shuffled = shuffled_guides(batches)
     assert sum(b.latents.shape[0] for b in correct) == 4
     for c, s in zip(correct, shuffled):
         assert torch.equal(c.latents, s.latents)
         assert all(not torch.equal(c.guides[i], s.guides[i]) for i in range(c.guides.shape[0]))
-    singles = [select_rows(b, [i]) for b in batches for i in range(b.latents.shape[0])]
+    singles = [dataclasses.replace(b, latents=b.latents[i:i + 1], guides=b.guides[i:i + 1], captions=b.captions[i:i + 1])
+               for b in batches for i in range(b.latents.shape[0])]
     c1, s1 = shuffled_guides(singles)  # batch-1 held-out slices: guides move across batches
     assert len(c1) == 4 and torch.equal(s1[0].guides[0], c1[1].guides[0]) and torch.equal(s1[3].guides[0], c1[0].guides[0])
-    with pytest.raises(ValueError, match="at least 2 held-out images of the same size"):
+    tall = dataclasses.replace(singles[0], guides=torch.rand(1, 3, 96, 64) * 2 - 1)  # alone in its bucket
+    _, s2 = shuffled_guides(singles + [tall])
+    assert s2[-1].guides.shape == (1, 3, 96, 64) and torch.equal(s2[0].guides[0], c1[1].guides[0])
+    with pytest.raises(ValueError, match="at least 2 held-out images"):
         shuffled_guides(singles[:1])
-

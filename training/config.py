@@ -105,6 +105,28 @@ class TrainConfig:
     # every n steps and at the end
     validate_every_n_steps: int = 0
 
+    # precision of the frozen base and the VAE (sd-scripts' names)
+    full_bf16: bool = False  # the trained weights and their gradients in bf16 too
+    full_fp16: bool = False
+    fp8_base: bool = False  # frozen base stored in float8_e4m3fn, computed in the mixed-precision dtype
+    no_half_vae: bool = False  # encode latents with the VAE in float32
+    max_token_length: int | None = None  # 75, 150 or 225 (None: 75)
+
+    # saving: keep only the newest n step/epoch saves (and their states)
+    save_last_n_steps: int = 0
+    save_last_n_epochs: int = 0
+    save_last_n_steps_state: int = 0
+    save_last_n_epochs_state: int = 0
+    save_state_on_train_end: bool = False
+
+    # what the file says about itself (ss_training_comment, modelspec.*)
+    training_comment: str | None = None
+    metadata_title: str | None = None
+    metadata_author: str | None = None
+    metadata_description: str | None = None
+    metadata_license: str | None = None
+    metadata_tags: str | None = None
+
     def __post_init__(self):
         for name in ("optimizer_args", "lr_scheduler_args"):
             setattr(self, name, parse_kv_args(getattr(self, name), name))

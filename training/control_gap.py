@@ -5,7 +5,8 @@ clearly better with the right guide (gap > 0).
 
 Fixed for the whole run, so evaluations at different steps are comparable: the held-out
 batches, the shuffle (each guide moved one place along the held-out images of its size:
-within a batch, and across batches when they hold one image), the noise (seeded per batch)
+within a batch, and across batches when they hold one image; an image alone in its bucket
+gets another size's guide, fitted), the noise (seeded per batch)
 and the timesteps (K evenly spaced, every image at each). Loss is the plain MSE of the
 model's prediction target, the same for every adapter and loss setting.
 """
@@ -15,6 +16,7 @@ from collections import defaultdict
 
 import torch
 
+from ..lllite.guide import fit_guide
 from .comfy_bridge import TextConditioner, TrainingModel
 from .data.batch import Batch
 from .loss_curve import draw_loss_curve
@@ -23,41 +25,39 @@ EVAL_TIMESTEPS = 4
 
 
 def shuffled_guides(batches: list[Batch]) -> tuple[list[Batch], list[Batch]]:
-    """(correct, shuffled): the held-out batches with guides, restricted to images that share
-    their size with another held-out image, and the same batches with every guide moved one
-    place along the images of its size. Raises when no image can be paired."""
-    by_size = defaultdict(list)  # (H, W) -> [(batch index, row)]
+    """(correct, shuffled): the held-out batches, and the same batches with every guide replaced
+    by another held-out image's. Each guide moves one place along the images of its size
+    (inside a batch, and across batches when they hold one image); an image alone in its size
+    (bucketing) gets the guide of an image of another size, fitted to its size as the apply
+    node fits guides. Raises with fewer than 2 held-out images."""
+    positions = []  # (batch index, row), grouped by guide size
+    by_size = defaultdict(list)
     for b, batch in enumerate(batches):
         if batch.guides is None:
             raise ValueError("held-out batches have no guide images")
         for row in range(batch.guides.shape[0]):
             by_size[tuple(batch.guides.shape[-2:])].append((b, row))
-    keep = {pos: rows for rows in by_size.values() if len(rows) > 1 for pos in rows}
-    if not keep:
-        sizes = ", ".join(f"{w}x{h}" for h, w in by_size) or "none"
-        raise ValueError(f"the control gap needs at least 2 held-out images of the same size (held-out sizes: {sizes}); "
-                         "hold out more images")
+    if sum(len(rows) for rows in by_size.values()) < 2:
+        raise ValueError("the control gap needs at least 2 held-out images; hold out more images")
     donor = {}
+    alone = [rows[0] for rows in by_size.values() if len(rows) == 1]
     for rows in by_size.values():
         if len(rows) > 1:
             donor.update({pos: rows[(i + 1) % len(rows)] for i, pos in enumerate(rows)})
-    correct, shuffled = [], []
-    for b, batch in enumerate(batches):
-        rows = [r for r in range(batch.guides.shape[0]) if (b, r) in keep]
-        if not rows:
-            continue
-        sub = select_rows(batch, rows)
-        correct.append(sub)
-        moved = torch.stack([batches[db].guides[dr] for db, dr in (donor[(b, r)] for r in rows)])
-        shuffled.append(dataclasses.replace(sub, guides=moved))
-    return correct, shuffled
+            positions += rows
+    # images alone in their size take turns among themselves, or borrow from the others
+    ring = alone if len(alone) > 1 else alone + positions[:1]
+    donor.update({pos: ring[(i + 1) % len(ring)] for i, pos in enumerate(alone)})
 
+    def guide_for(b: int, row: int) -> torch.Tensor:
+        db, dr = donor[(b, row)]
+        g = batches[db].guides[dr]
+        height, width = batches[b].guides.shape[-2:]
+        return g if g.shape[-2:] == (height, width) else fit_guide((g[None] + 1) / 2, height, width, "crop")[0] * 2 - 1
 
-def select_rows(batch: Batch, rows: list[int]) -> Batch:
-    """The samples `rows` of a batch, as a batch."""
-    pick = lambda seq: [seq[r] for r in rows] if seq else seq  # noqa: E731
-    return Batch(batch.latents[rows], pick(batch.captions), pick(batch.original_sizes), pick(batch.crop_top_left),
-                 pick(batch.target_sizes), batch.guides[rows], pick(batch.is_reg))
+    shuffled = [dataclasses.replace(batch, guides=torch.stack([guide_for(b, r) for r in range(batch.guides.shape[0])]))
+                for b, batch in enumerate(batches)]
+    return list(batches), shuffled
 
 
 class ControlGap:
