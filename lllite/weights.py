@@ -10,6 +10,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..files.atomic import write_atomic
+
 from .module import LAYOUTS, LLLiteModule, LLLiteNetwork, unet_path
 
 # What a file that is not an LLLite looks like, told by its keys: (test, description, what to use instead).
@@ -111,10 +113,4 @@ def save_lllite(path: str, network: LLLiteNetwork, architecture: str | None = No
         **(metadata or {}),
     }
     state = {k: (v.to(dtype) if dtype is not None else v).detach().cpu().contiguous() for k, v in network.state_dict().items()}
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        save_file(state, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_atomic(path, lambda tmp: save_file(state, str(tmp), metadata=meta), "ControlNet-LLLite file")

@@ -1,14 +1,25 @@
 """The resumable training state file: everything a run needs to continue as if it had never
 stopped (adapter weights at full precision, optimizer, scheduler, loss scaler, step counters,
-random generators, data order, loss history). Written atomically next to the saved weights."""
-import os
-import tempfile
+random generators, data order, loss history). Written atomically next to the saved weights.
+
+Read with torch.load(weights_only=True): tensors, numbers, strings and containers only, so a
+state file someone else placed in the folder cannot run code when a graph resumes from it."""
+import pickle
+import re
 from pathlib import Path
 
 import torch
 
+from ..files.atomic import write_atomic
+
 STATE_VERSION = 1
 STATE_SUFFIX = "-state.pt"
+# <name>-state.pt (final), <name>-step00000010-state.pt (step saves), <name>-000002-state.pt (epoch saves)
+_SAVE_TAG = r"(?:-step\d{8}|-\d{6})?"
+
+
+class UnsafeStateFile(ValueError):
+    pass
 
 
 def state_path_for(weights_path: str | Path) -> Path:
@@ -18,17 +29,7 @@ def state_path_for(weights_path: str | Path) -> Path:
 
 
 def save_state(path: str | Path, state: dict) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save({"version": STATE_VERSION, **state}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda tmp: torch.save({"version": STATE_VERSION, **state}, tmp), "training state")
 
 
 def load_state(path: str | Path) -> dict:
@@ -36,7 +37,11 @@ def load_state(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"training state not found: {path} (written next to each saved file when save_state is on)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UnsafeStateFile(
+            f"{path}: refused: it holds Python objects other than tensors, numbers and strings, which could run code "
+            "when loaded. Training states this pack writes never do; delete the file if you did not make it.") from e
     except Exception as e:
         raise ValueError(f"{path}: not a readable training state ({e})") from e
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
@@ -44,11 +49,17 @@ def load_state(path: str | Path) -> dict:
     return state
 
 
+def run_states(directory: str | Path, output_name: str) -> list[Path]:
+    """The state files of the run named `output_name` in `directory` (not those of
+    `output_name-v2` or of names that merely match as a pattern), oldest first."""
+    folder = Path(directory) / Path(output_name).parent
+    if not folder.is_dir():
+        return []
+    own = re.compile(re.escape(Path(output_name).name) + _SAVE_TAG + re.escape(STATE_SUFFIX))
+    return sorted((p for p in folder.iterdir() if own.fullmatch(p.name) and p.is_file()), key=lambda p: p.stat().st_mtime_ns)
+
+
 def latest_state(directory: str | Path, output_name: str) -> Path | None:
-    """The most recently written state file of `output_name` in `directory`, or None."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return None
-    candidates = [p for p in directory.glob(f"{output_name}*{STATE_SUFFIX}")
-                  if p.name == f"{output_name}{STATE_SUFFIX}" or p.name[len(output_name)] == "-"]
-    return max(candidates, key=lambda p: p.stat().st_mtime_ns, default=None)
+    """The most recently written state file of the run `output_name` in `directory`, or None."""
+    states = run_states(directory, output_name)
+    return states[-1] if states else None

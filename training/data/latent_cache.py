@@ -6,8 +6,6 @@ An entry's key covers everything that decides the latents: the image's content h
 VAE's identity (`vae_id`, supplied by the engine), the bucket, resize and crop, and the flip.
 """
 import hashlib
-import os
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
+from ...files.atomic import write_atomic
 from .buckets import Placement
 
 # Bump when the pixel preparation (resize filter, crop rule) changes: old entries then miss.
@@ -56,16 +55,7 @@ class LatentCache:
         path = self._path(key)
         if path is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = save({"latents": latents}, metadata={"format": CACHE_FORMAT, "vae_id": vae_id})
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:16]}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, save({"latents": latents}, metadata={"format": CACHE_FORMAT, "vae_id": vae_id}), "latent cache entry")
 
     def _path(self, key: str) -> Path | None:
         return self.directory / f"{key}.safetensors" if self.directory is not None else None

@@ -10,11 +10,12 @@ import datetime
 import hashlib
 import json
 import os
-import tempfile
 
 import safetensors
 import safetensors.torch
 import torch
+
+from ...files.atomic import write_atomic
 
 SAVE_PRECISIONS = {"float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha")
@@ -87,24 +88,6 @@ def model_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> 
     return model_hash, legacy_hash
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if isinstance(e, OSError):
-            raise OSError(f"Could not write LoRA file {path}: {e}. The previous file there, if any, is unchanged.") from e
-        raise
-
-
 def save_lora(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str], dtype: torch.dtype) -> dict[str, str]:
     """Write a kohya LoRA file atomically in dtype (floating tensors incl. alpha, as
     sd-scripts does); adds the sshs hashes to metadata. Returns the metadata written."""
@@ -114,7 +97,7 @@ def save_lora(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, s
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in sorted(tensors.items())}
     metadata = dict(metadata)
     metadata["sshs_model_hash"], metadata["sshs_legacy_hash"] = model_hashes(tensors, metadata)
-    _write_atomic(path, safetensors.torch.save(tensors, metadata))
+    write_atomic(path, safetensors.torch.save(tensors, metadata), "LoRA file")
     return metadata
 
 
