@@ -17,18 +17,20 @@ def atomic_path(path: str | Path, what: str = "file") -> Iterator[Path]:
     """Yields a temporary path beside `path` to write to; on success it is fsynced and renamed
     over `path`, on any error it is removed and `path` keeps its previous content."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(tmp)
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException as e:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         if isinstance(e, OSError) and not isinstance(e, WriteFailed):
             kept = "the previous file there is unchanged" if path.exists() else "nothing was written"
             raise WriteFailed(e.errno, f"could not write {what} {path}: {e.strerror or e}; {kept}. "

@@ -16,8 +16,8 @@ from ..training.engine import TrainHooks
 from ..training.samples import SD_SCRIPTS_SAMPLERS
 from ..training.schedulers import SCHEDULERS
 from ..training.session import train_lllite
-from ..training.state import latest_state
 from .common import image_to_bchw
+from .training_run import if_exists_input, plan_run
 from .lllite_nodes import LLLite
 from .training_nodes import OPTIMIZERS, Dataset, _extra_options, _images_batch, _preview, _send_text
 
@@ -96,7 +96,7 @@ class TrainLLLite(io.ComfyNode):
                                 tooltip="One prompt per line, sd-scripts style: a cat --n blurry --w 1024 --h 1024 --d 1 --l 7 --s 20"),
                 io.Int.Input("sample_every_n_steps", default=0, min=0, max=1000000),
                 io.Combo.Input("sample_sampler", options=list(SD_SCRIPTS_SAMPLERS), default="euler_a"),
-                io.Boolean.Input("resume", default=False, tooltip="Continue from the last state saved for output_name."),
+                if_exists_input(),
                 io.String.Input("extra_options", multiline=True, default="",
                                 tooltip="Any other sd-scripts training option as TOML, e.g. min_timestep = 100 or "
                                         "network_weights = \"/path/start.safetensors\""),
@@ -113,7 +113,7 @@ class TrainLLLite(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, clip, vae, dataset, output_name, resume, extra_options, heldout_images, sample_guide=None,
+    def execute(cls, model, clip, vae, dataset, output_name, if_exists, extra_options, heldout_images, sample_guide=None,
                 **form) -> io.NodeOutput:
         import comfy.model_management
         import comfy.utils
@@ -121,12 +121,7 @@ class TrainLLLite(io.ComfyNode):
         values = {**form, "output_name": output_name}
         values.update(_extra_options(extra_options))
         cfg = config_from_dict(values, "Train ControlNet-LLLite node")
-        out_dir = cfg.output_dir or lllite_output_dir()
-        if resume:
-            state = latest_state(out_dir, output_name)
-            if state is None:
-                log.info("no saved state for %s in %s: starting from scratch", output_name, out_dir)
-            cfg = cfg.replace(resume=str(state) if state else None)
+        cfg, out_dir = plan_run(cfg, lllite_output_dir(), if_exists, dataset)
 
         node_id = cls.hidden.unique_id
         pbar = comfy.utils.ProgressBar(cfg.max_train_steps, node_id=node_id)

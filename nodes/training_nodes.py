@@ -2,7 +2,10 @@
 The train node is a form over training.config.TrainConfig; everything it does is
 training.session.train_lora, the same call the command line makes."""
 import logging
-import tomllib
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
 from pathlib import Path
 
 import torch
@@ -19,8 +22,8 @@ from ..training.loss_curve import draw_loss_curve
 from ..training.samples import SD_SCRIPTS_SAMPLERS
 from ..training.schedulers import SCHEDULERS
 from ..training.session import train_lora
-from ..training.state import latest_state
 from .common import image_to_bchw
+from .training_run import if_exists_input, plan_run, resolve_path
 
 log = logging.getLogger(__name__)
 
@@ -29,21 +32,6 @@ Dataset = io.Custom("LLLITEKIT_DATASET")
 
 # the common ones; any other (DAdaptLion, torch.optim.RMSprop, module.Class) via extra_options
 OPTIMIZERS = ["AdamW", "AdamW8bit", "Lion", "Lion8bit", "SGDNesterov", "SGDNesterov8bit", "Prodigy", "DAdaptAdam", "AdaFactor"]
-
-
-def resolve_path(value: str, what: str) -> Path:
-    """Absolute paths as given; relative ones against ComfyUI's input folder (not the
-    folder ComfyUI happened to be started from)."""
-    import folder_paths
-
-    if not value.strip():
-        raise DatasetError(f"{what}: no path given.")
-    path = Path(value.strip()).expanduser()
-    if not path.is_absolute():
-        path = Path(folder_paths.get_input_directory()) / path
-    if not path.exists():
-        raise DatasetError(f"{what} {path} does not exist (relative paths are read from ComfyUI's input folder).")
-    return path
 
 
 def _bucket_options(resolution: int, batch_size: int, enable_bucket: bool) -> dict:
@@ -221,7 +209,7 @@ class TrainLoRA(io.ComfyNode):
                                 tooltip="One prompt per line, sd-scripts style: a cat --n blurry --w 1024 --h 1024 --d 1 --l 7 --s 20"),
                 io.Int.Input("sample_every_n_steps", default=0, min=0, max=1000000),
                 io.Combo.Input("sample_sampler", options=list(SD_SCRIPTS_SAMPLERS), default="euler_a"),
-                io.Boolean.Input("resume", default=False, tooltip="Continue from the last state saved for output_name."),
+                if_exists_input(),
                 io.String.Input("extra_options", multiline=True, default="",
                                 tooltip="Any other sd-scripts training option as TOML, e.g. network_args = [\"conv_alpha=1\"]"),
             ],
@@ -235,7 +223,7 @@ class TrainLoRA(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, clip, vae, dataset, output_name, resume, extra_options, conv_dim, train_text_encoder,
+    def execute(cls, model, clip, vae, dataset, output_name, if_exists, extra_options, conv_dim, train_text_encoder,
                 **form) -> io.NodeOutput:
         import comfy.model_management
         import comfy.utils
@@ -245,12 +233,7 @@ class TrainLoRA(io.ComfyNode):
             values["network_args"] = {"conv_dim": str(conv_dim), "conv_alpha": str(form["network_alpha"])}
         values.update(_extra_options(extra_options))
         cfg = config_from_dict(values, "Train LoRA node")
-        out_dir = cfg.output_dir or default_output_dir()
-        if resume:
-            state = latest_state(out_dir, output_name)
-            if state is None:
-                log.info("no saved state for %s in %s: starting from scratch", output_name, out_dir)
-            cfg = cfg.replace(resume=str(state) if state else None)
+        cfg, out_dir = plan_run(cfg, default_output_dir(), if_exists, dataset)
 
         node_id = cls.hidden.unique_id
         pbar = comfy.utils.ProgressBar(cfg.max_train_steps, node_id=node_id)

@@ -22,7 +22,7 @@ TRAIN = {
     "mixed_precision": "no", "gradient_checkpointing": True, "gradient_accumulation_steps": 1, "seed": 1,
     "noise_offset": 0.05, "min_snr_gamma": 5.0, "loss_type": "l2", "cache_latents": True, "cache_latents_to_disk": False,
     "heldout_images": 2, "validate_every_n_steps": 0, "save_every_n_steps": 1, "save_precision": "float",
-    "sample_prompts": "", "sample_every_n_steps": 0, "sample_sampler": "euler", "resume": False, "extra_options": "",
+    "sample_prompts": "", "sample_every_n_steps": 0, "sample_sampler": "euler", "if_exists": "overwrite", "extra_options": "",
 }
 
 
@@ -113,7 +113,7 @@ def test_resume_continues_as_the_uninterrupted_run(graph, folders, comfy_dirs):
     lllite_dir = comfy_dirs / "models" / "lllite"
     graph.run(_folder_graph("sd15", "training/lllite_canny/canny", output_name="whole", heldout_images=0))
     graph.run(_folder_graph("sd15", "training/lllite_canny/canny", output_name="half", heldout_images=0, max_train_steps=1))
-    graph.run(_folder_graph("sd15", "training/lllite_canny/canny", output_name="half", heldout_images=0, resume=True))
+    graph.run(_folder_graph("sd15", "training/lllite_canny/canny", output_name="half", heldout_images=0, if_exists="resume"))
     whole, half = read_lllite(str(lllite_dir / "whole.safetensors")), read_lllite(str(lllite_dir / "half.safetensors"))
     assert all(torch.equal(v, half.state_dict()[k]) for k, v in whole.state_dict().items())
 

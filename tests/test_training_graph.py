@@ -15,7 +15,7 @@ def _image(path, shift):
     Image.fromarray(img.astype(np.uint8)).save(path)
 
 
-def _graph(steps: int, resume: bool = False, **train):
+def _graph(steps: int, if_exists: str = "overwrite", **train):
     return {
         "1": {"class_type": "LLLiteKitTest_TinyCheckpoint", "inputs": {"family": "sd15", "seed": 0}},
         "2": {"class_type": "LoadImage", "inputs": {"image": "train_a.png"}},
@@ -32,7 +32,7 @@ def _graph(steps: int, resume: bool = False, **train):
             "mixed_precision": "no", "gradient_checkpointing": True, "gradient_accumulation_steps": 1, "seed": 1,
             "noise_offset": 0.0, "min_snr_gamma": 5.0, "loss_type": "l2", "save_every_n_steps": 1,
             "save_precision": "fp16", "sample_prompts": "a red ring --w 64 --h 64 --s 2 --d 3",
-            "sample_every_n_steps": 2, "sample_sampler": "euler", "resume": resume, "extra_options": "", **train}},
+            "sample_every_n_steps": 2, "sample_sampler": "euler", "if_exists": if_exists, "extra_options": "", **train}},
         "7": {"class_type": "PreviewImage", "inputs": {"images": ["6", 2]}},
     }
 
@@ -64,7 +64,7 @@ def test_train_lora_node_in_a_graph(graph, comfy_dirs, images):
 
 def test_train_lora_node_resumes_from_the_last_state(graph, comfy_dirs, images):
     graph.run(_graph(2))
-    graph.run(_graph(3, resume=True, save_every_n_steps=0))
+    graph.run(_graph(3, if_exists="resume", save_every_n_steps=0))
     with safetensors.safe_open(comfy_dirs / "models" / "loras" / "graph_lora.safetensors", "pt") as f:
         assert f.metadata()["ss_steps"] == "3"
     texts = [d["text"] for e, d in graph.server.messages if e == "progress_text" and d["node"] == "6"]
@@ -78,3 +78,31 @@ def test_dataset_folder_errors_name_the_folder(graph, comfy_dirs):
         "enable_bucket": False, "flip_aug": False, "shuffle_caption": False, "keep_tokens": 0, "caption_dropout_rate": 0.0}}
     with pytest.raises(GraphError, match=r"train_dir .*input/no_such_set does not exist"):
         graph.run(prompt)
+
+
+def test_an_existing_output_name_is_kept_by_default_and_the_new_run_gets_a_numbered_name(graph, comfy_dirs, images):
+    graph.run(_graph(1, output_name="keep_me"))
+    first = (comfy_dirs / "models" / "loras" / "keep_me.safetensors").read_bytes()
+    graph.run(_graph(1, output_name="keep_me", if_exists="new name", learning_rate=5e-3))
+    name = graph.node_outputs("6")[0][0]
+    assert name == "keep_me_2.safetensors"
+    assert (comfy_dirs / "models" / "loras" / "keep_me.safetensors").read_bytes() == first
+
+
+@pytest.mark.parametrize("name, rule", [
+    ("../checkpoints/model", "holds `..`"), ("/tmp/x", "absolute path"), ("a/../../x", "holds `..`"),
+    ("", "empty"), (".hidden", "hidden"), ("C:evil", "absolute path"), ("a\x00b", "control character"),
+])
+def test_bad_output_names_are_refused_before_any_work(graph, comfy_dirs, images, name, rule):
+    before = sorted(p.name for p in (comfy_dirs / "models").rglob("*"))
+    with pytest.raises(GraphError, match=rule):
+        graph.run(_graph(1, output_name=name))
+    assert sorted(p.name for p in (comfy_dirs / "models").rglob("*")) == before
+    texts = [d["text"] for e, d in graph.server.messages if e == "progress_text" and d["node"] == "6"]
+    assert not any(t.startswith("step") for t in texts)
+
+
+@pytest.mark.parametrize("extra", ['output_dir = "/tmp/elsewhere"', 'output_dir = "../../.."'])
+def test_an_output_dir_outside_comfyuis_folders_is_refused(graph, images, extra):
+    with pytest.raises(GraphError, match="outside ComfyUI's model, output and temp folders"):
+        graph.run(_graph(1, extra_options=extra))
