@@ -70,13 +70,20 @@ def load_models(cfg):
     return model, clip, vae, Path(ckpt).name
 
 
-def _save_images(folder: Path, name: str, step: int, images) -> None:
+def _save_png(path: Path, image) -> None:
+    """image: (H, W, 3) in [0, 1]; written atomically like every file the pack writes."""
     import numpy as np
     from PIL import Image
 
-    folder.mkdir(parents=True, exist_ok=True)
+    from lllite_kit.files.atomic import write_atomic
+
+    pixels = Image.fromarray((image.clamp(0, 1).numpy() * 255).astype(np.uint8))
+    write_atomic(path, lambda tmp: pixels.save(tmp, format="PNG"), "image")
+
+
+def _save_images(folder: Path, name: str, step: int, images) -> None:
     for i, img in enumerate(images):
-        Image.fromarray((img[0].clamp(0, 1).numpy() * 255).astype(np.uint8)).save(folder / f"{name}_{step:06d}_{i:02d}.png")
+        _save_png(folder / f"{name}_{step:06d}_{i:02d}.png", img[0])
 
 
 def main(argv=None) -> int:
@@ -110,9 +117,7 @@ def main(argv=None) -> int:
         print(f"train: {e}", file=sys.stderr)
         return 1
     curve = draw_loss_curve({"loss": result.losses})
-    from PIL import Image
-
-    Image.fromarray((curve[0].numpy() * 255).astype("uint8")).save(out_dir / f"{cfg.output_name}_loss.png")
+    _save_png(out_dir / f"{cfg.output_name}_loss.png", curve[0])
     print(f"train: saved {result.final_path} after {result.steps} steps ({len(result.saved)} files)")
     return 0
 
