@@ -5,9 +5,14 @@ as it is: top-level keys and one level of sections ([model_arguments], [training
 ...) are flattened, as sd-scripts does.
 """
 import dataclasses
-import tomllib
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..files.names import check_output_name
 
 
 @dataclass
@@ -106,11 +111,17 @@ class TrainConfig:
     validate_every_n_steps: int = 0
 
     # precision of the frozen base and the VAE (sd-scripts' names)
-    full_bf16: bool = False  # the trained weights and their gradients in bf16 too
-    full_fp16: bool = False
-    fp8_base: bool = False  # frozen base stored in float8_e4m3fn, computed in the mixed-precision dtype
+    full_bf16: bool = False  # the trained weights and their gradients in bf16 too (needs mixed_precision bf16)
+    full_fp16: bool = False  # refused in validate(): see there
+    fp8_base: bool = False  # frozen U-Net stored in float8_e4m3fn, computed in the mixed-precision dtype
+    fp8_base_unet: bool = False  # the same here: fp8_base never touches the text encoders (their outputs are cached)
     no_half_vae: bool = False  # encode latents with the VAE in float32
-    max_token_length: int | None = None  # 75, 150 or 225 (None: 75)
+    max_token_length: int | None = None  # captions cut to 75 (None), 150 or 225 tokens; docs/training_options.md
+    weighted_captions: bool = False  # parse (word:1.2) emphasis in captions; sample prompts always are
+
+    # what the user says the model is (sd-scripts' v2 / kohya GUI's sdxl): checked against the model
+    v2: bool = False
+    sdxl: bool = False
 
     # saving: keep only the newest n step/epoch saves (and their states)
     save_last_n_steps: int = 0
@@ -151,6 +162,36 @@ class TrainConfig:
         check(not (self.network_train_unet_only and self.network_train_text_encoder_only),
               "network_train_unet_only and network_train_text_encoder_only exclude each other")
         check(self.lr_warmup_steps >= 0, "lr_warmup_steps must be >= 0")
+        check(self.max_token_length in (None, 75, 150, 225), f"max_token_length must be 75, 150 or 225, not {self.max_token_length!r}")
+        check(not self.full_bf16 or self.mixed_precision == "bf16",
+              "full_bf16 needs mixed_precision = \"bf16\" (as in sd-scripts): the forward pass must run in bf16 too")
+        # torch's GradScaler refuses to unscale fp16 gradients (sd-scripts patches accelerate's scaler for it)
+        check(not self.full_fp16, "full_fp16 is not supported: fp16 weights need fp16 gradients unscaled by a loss scaler, "
+              "which torch's GradScaler refuses. Use full_bf16 = true with mixed_precision = \"bf16\", or "
+              "mixed_precision = \"fp16\" alone (fp32 trained weights, fp16 compute)")
+        check(not (self.v2 and self.sdxl), "v2 and sdxl exclude each other")
+        for name in ("save_last_n_steps", "save_last_n_epochs", "save_last_n_steps_state", "save_last_n_epochs_state"):
+            check(getattr(self, name) >= 0, f"{name} must be >= 0")
+        check(not self.save_last_n_steps or self.save_every_n_steps,
+              "save_last_n_steps removes step saves: it needs save_every_n_steps")
+        check(not self.save_last_n_epochs or self.save_every_n_epochs,
+              "save_last_n_epochs removes epoch saves: it needs save_every_n_epochs")
+        check_output_name(self.output_name)  # before any work: a bad name must not cost a training run
+
+    @property
+    def fp8(self) -> bool:
+        return self.fp8_base or self.fp8_base_unet
+
+    def check_model_family(self, family: str) -> None:
+        """v2 / sdxl say what the model is; ComfyUI's loader already knows, so they can only agree
+        or be wrong. family: comfy_bridge.model_family's "sd15" | "sd2" | "sdxl"."""
+        names = {"sd15": "an SD1.x", "sd2": "an SD2.x", "sdxl": "an SDXL"}
+        if self.v2 and family != "sd2":
+            raise ValueError(f"TrainConfig: v2 = true, but the model is {names.get(family, family)} model. The model "
+                             "family comes from the checkpoint: load an SD2.x checkpoint, or remove v2.")
+        if self.sdxl and family != "sdxl":
+            raise ValueError(f"TrainConfig: sdxl = true, but the model is {names.get(family, family)} model. The model "
+                             "family comes from the checkpoint: load an SDXL checkpoint, or remove sdxl.")
 
     def warmup_steps(self, total_steps: int) -> int:
         w = self.lr_warmup_steps
@@ -167,19 +208,136 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
-# sd-scripts options that exist in users' config files but change nothing here (attention
-# backends, logging, loader workers, formats we always use). Accepted so that a kohya config
-# loads as it is; anything else unknown is an error naming the key.
-IGNORED_KEYS = frozenset({
-    "xformers", "sdpa", "mem_eff_attn", "persistent_data_loader_workers", "max_data_loader_n_workers",
-    "logging_dir", "log_prefix", "log_with", "log_tracker_name", "log_config", "wandb_api_key",
-    "lowram", "highvram", "save_model_as", "no_half_vae", "full_fp16", "full_bf16", "fp8_base",
-    "training_comment", "metadata_title", "metadata_author",
-    "metadata_description", "metadata_license", "metadata_tags", "v2", "sdxl", "console_log_simple",
-    "ddp_timeout", "save_last_n_steps", "save_last_n_epochs", "save_last_n_steps_state",
-    "save_last_n_epochs_state", "save_state_on_train_end", "max_token_length", "cache_text_encoder_outputs_to_disk",
-    "vae_batch_size", "max_bucket_reso_steps", "debug_dataset", "mixed_precision_type",
-})
+# sd-scripts options accepted and not used, because no value of them can change the trained
+# weights, the saved files or the samples here. Each with the reason.
+INERT_KEYS = {
+    # attention kernels: ComfyUI picks its own optimized attention; the math is the same attention
+    "xformers": "attention backend", "sdpa": "attention backend", "mem_eff_attn": "attention backend",
+    # experiment trackers and console output: progress goes to ComfyUI's UI and log
+    "logging_dir": "logging", "log_with": "logging", "log_prefix": "logging", "log_tracker_name": "logging",
+    "log_tracker_config": "logging", "log_config": "logging", "wandb_api_key": "logging", "wandb_run_name": "logging",
+    "console_log_level": "logging", "console_log_file": "logging", "console_log_simple": "logging",
+    # data loader processes: batches are made in this process in an order fixed by seed and epoch
+    "max_data_loader_n_workers": "loader workers", "persistent_data_loader_workers": "loader workers",
+    # multi-process (DDP) settings: training runs on one device
+    "ddp_timeout": "multi-GPU", "ddp_gradient_as_bucket_view": "multi-GPU", "ddp_static_graph": "multi-GPU",
+    # where models wait between uses: ComfyUI's model management decides; values are unchanged
+    "lowram": "memory placement", "highvram": "memory placement", "disable_mmap_load_safetensors": "model loading",
+    # the tokenizer comes with ComfyUI's CLIP; cache settings change speed, not the cached values
+    "tokenizer_cache_dir": "tokenizer", "cache_text_encoder_outputs_to_disk": "cache location",
+    "text_encoder_batch_size": "caching batch", "vae_batch_size": "caching batch", "cache_info": "cache",
+    "skip_cache_check": "cache",  # the latent cache is always checked against the VAE and image
+    # files are always .safetensors here (checked in _check_inert for save_model_as)
+    "use_safetensors": "file format", "save_model_as": "file format",
+    "dynamo_backend": "compiler",  # only used with torch_compile, which is refused
+}
+
+# sd-scripts options this trainer does not implement: an error naming the key and why, unless the
+# value is one that changes nothing (sd-scripts' default), so that complete kohya configs load.
+_DATASET_TOML = "set it in the dataset TOML (dataset_config), [general] or a subset, or on the dataset node in a graph"
+REFUSED_KEYS: dict[str, tuple[tuple, str]] = {
+    "use_8bit_adam": ((False,), 'deprecated in sd-scripts: use optimizer_type = "AdamW8bit"'),
+    "use_lion_optimizer": ((False,), 'deprecated in sd-scripts: use optimizer_type = "Lion"'),
+    "lr_scheduler_type": ((None, ""), "custom scheduler modules: name the scheduler in lr_scheduler"),
+    "lr_decay_steps": ((0, None), "warmup-stable-decay schedules are not implemented; lr_scheduler offers constant, "
+                                  "constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial"),
+    "lr_scheduler_timescale": ((None,), "the inverse_sqrt schedule is not implemented"),
+    "lr_scheduler_min_lr_ratio": ((None,), "cosine_with_min_lr / warmup_stable_decay are not implemented"),
+    "fused_backward_pass": ((False,), "not implemented: the optimizer steps after the whole backward pass"),
+    "torch_compile": ((False,), "not implemented: the U-Net runs eagerly"),
+    "huggingface_repo_id": ((None, ""), "uploads are not implemented: nothing leaves this machine"),
+    "huggingface_repo_type": ((None, ""), "uploads are not implemented"),
+    "huggingface_path_in_repo": ((None, ""), "uploads are not implemented"),
+    "huggingface_token": ((None, ""), "uploads are not implemented"),
+    "huggingface_repo_visibility": ((None, ""), "uploads are not implemented"),
+    "save_state_to_huggingface": ((False,), "uploads are not implemented"),
+    "resume_from_huggingface": ((False,), "resume from a local state file (resume = \"<name>-state.pt\")"),
+    "async_upload": ((False,), "uploads are not implemented"),
+    "save_n_epoch_ratio": ((None, 0), "not implemented: use save_every_n_epochs"),
+    "noise_offset_random_strength": ((False,), "not implemented: noise_offset is applied at its full strength"),
+    "ip_noise_gamma": ((None, 0, 0.0), "input perturbation noise is not implemented"),
+    "ip_noise_gamma_random_strength": ((False,), "input perturbation noise is not implemented"),
+    "huber_scale": ((1.0, 1), "not implemented: the huber loss uses scale 1 (sd-scripts' default)"),
+    "sample_at_first": ((False,), "not implemented: samples are made every n steps/epochs and at the end"),
+    "masked_loss": ((False,), "masked loss is not implemented"),
+    "alpha_mask": ((False,), "alpha-channel loss masks are not implemented"),
+    "debug_dataset": ((False,), "the dataset viewer is not implemented; this option would not train at all"),
+    "dataset_class": ((None, ""), "custom dataset classes are not loaded: use a dataset TOML or folder tree"),
+    "in_json": ((None, ""), "fine-tune metadata: set metadata_file on a subset in the dataset TOML"),
+    "dataset_repeats": ((1, None), "set num_repeats on a subset in the dataset TOML"),
+    "conditioning_data_dir": ((None, ""), "set conditioning_data_dir on a subset in the dataset TOML, or "
+                                          "conditioning_dir on the folder dataset node"),
+    "caption_extention": ((None,), "misspelled alias: use caption_extension"),
+    "face_crop_aug_range": ((None, ""), "face-centred crop augmentation is not implemented"),
+    "token_warmup_min": ((1,), "token warm-up is not implemented"),
+    "token_warmup_step": ((0, 0.0), "token warm-up is not implemented"),
+    "secondary_separator": ((None, ""), "not implemented: use caption_separator"),
+    "enable_wildcard": ((False,), "caption wildcards ({a|b}) are not implemented"),
+    "resize_interpolation": ((None,), "not implemented: images are resized with one fixed filter"),
+    "caption_separator": ((",",), _DATASET_TOML),
+    "keep_tokens_separator": (("",), _DATASET_TOML),
+    "caption_prefix": ((None, ""), _DATASET_TOML),
+    "caption_suffix": ((None, ""), _DATASET_TOML),
+    "caption_dropout_every_n_epochs": ((0, None), _DATASET_TOML),
+    "caption_tag_dropout_rate": ((0, 0.0), _DATASET_TOML),
+    "no_metadata": ((False,), "not implemented: files always carry their training metadata"),
+    "dim_from_weights": ((False,), "not implemented: set network_dim to the rank of network_weights"),
+    "scale_weight_norms": ((None, 0, 0.0), "max-norm regularization of the LoRA weights is not implemented"),
+    "base_weights": ((None, "", []), "merge that LoRA into the model in the graph first (LoraLoader), then train"),
+    "base_weights_multiplier": ((None, []), "merge the LoRA in the graph first (LoraLoader's strength)"),
+    "skip_until_initial_step": ((False,), "resume from a saved state instead (resume = \"<name>-state.pt\")"),
+    "initial_epoch": ((None,), "resume from a saved state instead (resume = \"<name>-state.pt\")"),
+    "initial_step": ((None,), "resume from a saved state instead (resume = \"<name>-state.pt\")"),
+    "validation_split": ((0, 0.0), "validation sets are not implemented (LLLite training measures a held-out control gap)"),
+    "validation_seed": ((None,), "validation sets are not implemented"),
+    "validate_every_n_epochs": ((None,), "validation sets are not implemented; validate_every_n_steps drives the "
+                                          "held-out evaluation of adapters that have one"),
+    "max_validation_steps": ((None,), "validation sets are not implemented"),
+    "cpu_offload_checkpointing": ((False,), "not implemented: gradient_checkpointing keeps activations on the device"),
+    "blocks_to_swap": ((None, 0), "block swapping is not implemented (it is for DiT models)"),
+    "scale_v_pred_loss_like_noise_pred": ((False,), "not implemented: use min_snr_gamma for loss weighting"),
+    "v_pred_like_loss": ((None, 0, 0.0), "not implemented"),
+    "debiased_estimation_loss": ((False,), "not implemented: use min_snr_gamma for loss weighting"),
+    "deepspeed": ((False,), "DeepSpeed is not supported: training runs on one device"),
+    "zero_stage": ((2,), "DeepSpeed is not supported"),
+    "offload_optimizer_device": ((None,), "DeepSpeed is not supported"),
+    "offload_optimizer_nvme_path": ((None,), "DeepSpeed is not supported"),
+    "offload_param_device": ((None,), "DeepSpeed is not supported"),
+    "offload_param_nvme_path": ((None,), "DeepSpeed is not supported"),
+    "zero3_init_flag": ((False,), "DeepSpeed is not supported"),
+    "zero3_save_16bit_model": ((False,), "DeepSpeed is not supported"),
+    "fp16_master_weights_and_gradients": ((False,), "DeepSpeed is not supported"),
+    "output_config": ((False,), "writing the arguments to a TOML instead of training is not implemented"),
+    "config_file": ((None, ""), "a config file cannot name another; on the command line use --config_file"),
+    "metadata_usage_hint": ((None, ""), "not written into the file yet"),
+    "metadata_thumbnail": ((None, ""), "not written into the file yet"),
+    "metadata_merged_from": ((None, ""), "not written into the file yet"),
+    "metadata_trigger_phrase": ((None, ""), "not written into the file yet"),
+    "metadata_preprocessor": ((None, ""), "not written into the file yet"),
+    "metadata_is_negative_embedding": ((None, ""), "not written into the file yet"),
+}
+
+
+def _check_inert_and_refused(values: dict, source: str) -> None:
+    problems = []
+    for key, value in values.items():
+        if key == "save_model_as" and value not in (None, "safetensors"):
+            problems.append(f"save_model_as = {value!r}: files are written as .safetensors only (a format that cannot "
+                            "carry code); set save_model_as = \"safetensors\" or remove it")
+        elif key in REFUSED_KEYS:
+            neutral, reason = REFUSED_KEYS[key]
+            if not any(value == n and type(value) is type(n) or value is n for n in neutral):
+                problems.append(f"{key} = {value!r} is not supported: {reason}")
+    if problems:
+        raise ValueError(f"{source}: " + "; ".join(problems))
+
+
+def unknown_key_message(key: str, known) -> str:
+    """`key` is unknown: name it, and the closest known key when there is one (a typo)."""
+    import difflib
+
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+    return f"{key} (did you mean {close[0]}?)" if close else key
 
 
 def parse_kv_args(value, what: str = "arguments", literal: bool = True) -> dict:
@@ -236,10 +394,17 @@ _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 _DICT_FIELDS = {"optimizer_args", "lr_scheduler_args", "network_args"}
 
 
+KNOWN_KEYS = frozenset(_FIELDS | INERT_KEYS.keys() | REFUSED_KEYS.keys())
+
+
 def config_from_dict(values: dict, source: str = "config") -> TrainConfig:
-    unknown = sorted(k for k in values if k not in _FIELDS and k not in IGNORED_KEYS)
+    """Training options by sd-scripts' names -> TrainConfig. Keys that change nothing here are
+    accepted (INERT_KEYS); unsupported ones are refused with the reason (REFUSED_KEYS);
+    unknown ones are refused with the closest known key."""
+    unknown = sorted(k for k in values if k not in KNOWN_KEYS)
     if unknown:
-        raise ValueError(f"{source}: unknown training option(s) {', '.join(unknown)}")
+        raise ValueError(f"{source}: unknown training option(s) {', '.join(unknown_key_message(k, KNOWN_KEYS) for k in unknown)}")
+    _check_inert_and_refused(values, source)
     return TrainConfig(**{k: v for k, v in values.items() if k in _FIELDS})
 
 
