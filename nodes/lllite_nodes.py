@@ -13,11 +13,16 @@ LLLite = io.Custom("LLLITE")
 FOLDERS = ("lllite", "controlnet")
 
 
+KOHYA_RELEASES = "https://huggingface.co/kohya-ss/controlnet-lllite"
+# The one choice offered while no file is present, so the list itself says what to do.
+NO_FILE = "no LLLite file found: put one in models/lllite"
+
+
 def lllite_files() -> list[str]:
     names = set()
     for folder in FOLDERS:
         names.update(n for n in folder_paths.get_filename_list(folder) if n.endswith(".safetensors"))
-    return sorted(names)
+    return sorted(names) or [NO_FILE]
 
 
 def lllite_path(name: str) -> str:
@@ -26,7 +31,9 @@ def lllite_path(name: str) -> str:
         if path is not None:
             return path
     searched = "; ".join(p for f in FOLDERS for p in folder_paths.get_folder_paths(f))
-    raise FileNotFoundError(f"LLLite file '{name}' is in none of the model folders {FOLDERS} ({searched})")
+    what = "No LLLite file was chosen" if name == NO_FILE else f"LLLite file '{name}' not found"
+    raise FileNotFoundError(f"{what}: put it in models/lllite or models/controlnet ({searched}). kohya's released "
+                            f"SDXL files are published at {KOHYA_RELEASES}; files you train land in models/lllite.")
 
 
 class LoadLLLite(io.ComfyNode):
@@ -41,6 +48,18 @@ class LoadLLLite(io.ComfyNode):
             inputs=[io.Combo.Input("lllite_name", options=lllite_files())],
             outputs=[LLLite.Output(display_name="lllite")],
         )
+
+    @classmethod
+    def validate_inputs(cls, lllite_name=None) -> bool | str:
+        """An absent file fails the graph before anything runs, saying where it goes (any name
+        passes the list check here: a saved workflow names files this machine may not have)."""
+        if lllite_name is None:  # linked from another node: checked when it runs
+            return True
+        try:
+            lllite_path(lllite_name)
+        except FileNotFoundError as e:
+            return str(e)
+        return True
 
     @classmethod
     def execute(cls, lllite_name) -> io.NodeOutput:

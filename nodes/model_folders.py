@@ -1,4 +1,5 @@
 """The pack's model folders inside ComfyUI's models directory (folder_paths names)."""
+import logging
 import os
 
 import folder_paths
@@ -12,7 +13,12 @@ PACK_FOLDERS = {
 
 
 def register_model_folders() -> None:
+    """Registers the folders and creates them, so a fresh ComfyUI shows where files go."""
     for name, sub in PACK_FOLDERS.items():
         path = os.path.join(folder_paths.models_dir, sub)
         if name not in folder_paths.folder_names_and_paths or path not in folder_paths.get_folder_paths(name):
             folder_paths.add_model_folder_path(name, path)
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as e:  # a read-only install still loads; the folder is merely not there yet
+            logging.warning("LLLite Kit: could not create %s: %s", path, e)

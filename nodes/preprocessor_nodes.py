@@ -38,14 +38,31 @@ def _weight_dirs() -> list[str]:
 
 
 def _weights_input(*defaults: w.WeightSpec) -> io.Combo.Input:
+    options = w.weight_choices(list(defaults), _weight_dirs())
     return io.Combo.Input(
-        "weights", options=w.weight_choices(list(defaults), _weight_dirs()), default=defaults[0].name,
+        "weights", options=options, default=options[0],
         tooltip=f"Weight file in models/preprocessors. The public one is {defaults[0].name} "
                 f"({defaults[0].url}, {defaults[0].licence}); nothing is downloaded.")
 
 
-def _weight_path(name: str) -> str:
-    return w.locate(name, _weight_dirs())
+def _weight_path(choice: str) -> str:
+    return w.locate(w.name_from_choice(choice), _weight_dirs())
+
+
+class _LearnedNode(io.ComfyNode):
+    """A node that reads a weight file: an absent file fails the graph before anything runs.
+    Any name is accepted here (saved workflows keep a file's name, with or without the
+    missing label), so the user sees where to put the file, not "value not in list"."""
+
+    @classmethod
+    def validate_inputs(cls, weights=None) -> bool | str:
+        if weights is None:  # linked from another node: checked when it runs
+            return True
+        try:
+            _weight_path(weights)
+        except w.WeightFileMissing as e:
+            return str(e)
+        return True
 
 
 def _detect_input(default: int) -> io.Int.Input:
@@ -172,7 +189,7 @@ _SAFE_TIP = "Quantise the soft edges to a few levels so faint texture does not r
 _SCRIBBLE_TIP = "Turn the soft edges into bold binary strokes (the 'fake scribble' guide)."
 
 
-class HEDSoftEdges(io.ComfyNode):
+class HEDSoftEdges(_LearnedNode):
     @classmethod
     def define_schema(cls):
         return _schema("HED", "HED Soft Edges",
@@ -186,7 +203,7 @@ class HEDSoftEdges(io.ComfyNode):
         return io.NodeOutput(bchw_to_image(edges))
 
 
-class PiDiNetSoftEdges(io.ComfyNode):
+class PiDiNetSoftEdges(_LearnedNode):
     @classmethod
     def define_schema(cls):
         return _schema("PiDiNet", "PiDiNet Soft Edges",
@@ -200,7 +217,7 @@ class PiDiNetSoftEdges(io.ComfyNode):
         return io.NodeOutput(bchw_to_image(edges))
 
 
-class MLSDLines(io.ComfyNode):
+class MLSDLines(_LearnedNode):
     @classmethod
     def define_schema(cls):
         return _schema("MLSD", "M-LSD Straight Lines",
@@ -220,7 +237,7 @@ class MLSDLines(io.ComfyNode):
         return io.NodeOutput(bchw_to_image(lines))
 
 
-class LineartRealistic(io.ComfyNode):
+class LineartRealistic(_LearnedNode):
     @classmethod
     def define_schema(cls):
         return _schema("LineartRealistic", "Realistic Lineart",
@@ -234,7 +251,7 @@ class LineartRealistic(io.ComfyNode):
         return io.NodeOutput(bchw_to_image(lines))
 
 
-class DepthAnythingV2(io.ComfyNode):
+class DepthAnythingV2(_LearnedNode):
     @classmethod
     def define_schema(cls):
         return _schema("DepthAnythingV2", "Depth Anything V2",
@@ -251,7 +268,7 @@ class DepthAnythingV2(io.ComfyNode):
         return io.NodeOutput(bchw_to_image(depth))
 
 
-class MiDaSDepth(io.ComfyNode):
+class MiDaSDepth(_LearnedNode):
     @classmethod
     def define_schema(cls):
         return _schema("MiDaS", "MiDaS Depth (DPT-Hybrid)",

@@ -81,12 +81,26 @@ def available_weights(dirs: list[str]) -> list[str]:
     return sorted(found)
 
 
+# An absent public file is still offered, labelled so the list says what to do before a run.
+_MISSING = " (missing: put it in models/preprocessors)"
+
+
+def missing_label(name: str) -> str:
+    return name + _MISSING
+
+
+def name_from_choice(choice: str) -> str:
+    """The file name behind a choice, with or without the missing label."""
+    return choice.removesuffix(_MISSING)
+
+
 def weight_choices(defaults: list[WeightSpec], dirs: list[str]) -> list[str]:
-    """The node's choices: its public files first (listed even when absent, so running the
-    graph reaches the error that says where to get them), then every other file found."""
-    names = [s.name for s in defaults]
+    """The node's choices: its public files first (absent ones labelled as missing, so the
+    list says where they go), then every other file found."""
+    found = available_weights(dirs)
+    names = [s.name if s.name in found else missing_label(s.name) for s in defaults]
     claimed = {s.name for s in CATALOGUE}
-    return names + [n for n in available_weights(dirs) if n not in names and n not in claimed]
+    return names + [n for n in found if n not in claimed]
 
 
 def locate(name: str, dirs: list[str]) -> str:

@@ -99,24 +99,55 @@ def test_choices_offer_the_public_names_and_found_folders(preprocessors_dir):
         return NODE_CLASS_MAPPINGS[node_id].INPUT_TYPES()["required"]["weights"][1]["options"]
 
     assert choices("LLLiteKit_HED")[0] == "ControlNetHED.pth"
-    assert choices("LLLiteKit_LineartRealistic")[:2] == ["sk_model.pth", "sk_model2.pth"]
+    # Public files this folder lacks are still offered, labelled with where they go.
+    assert choices("LLLiteKit_LineartRealistic")[:2] == ["sk_model.pth", w.missing_label("sk_model2.pth")]
     depth = choices("LLLiteKit_DepthAnythingV2")
-    assert depth[:4] == ["depth_anything_v2_vits.pth", "depth_anything_v2_vitb.pth", "depth_anything_v2_vitl.pth",
-                         "Depth-Anything-V2-Small-hf"]
+    assert depth[:4] == ["depth_anything_v2_vits.pth", w.missing_label("depth_anything_v2_vitb.pth"),
+                         w.missing_label("depth_anything_v2_vitl.pth"), "Depth-Anything-V2-Small-hf"]
     assert NODE_CLASS_MAPPINGS["LLLiteKit_HED"].INPUT_TYPES()["optional"]["detect_resolution"][1]["default"] == 512
 
 
-def test_missing_file_error_names_file_folder_and_url(graph, preprocessors_dir):
+def _hed_choices():
+    from nodes import NODE_CLASS_MAPPINGS
+
+    return NODE_CLASS_MAPPINGS["LLLiteKit_HED"].INPUT_TYPES()["required"]["weights"][1]["options"]
+
+
+@pytest.mark.parametrize("choice", ["ControlNetHED.pth", "ControlNetHED.pth (missing: put it in models/preprocessors)"],
+                         ids=["saved-name", "missing-label"])
+def test_missing_file_is_labelled_and_fails_before_running(graph, preprocessors_dir, choice):
     path = preprocessors_dir / "ControlNetHED.pth"
     aside = path.with_suffix(".aside")
     path.rename(aside)
     try:
+        choices = _hed_choices()
         with pytest.raises(GraphError) as e:
-            graph.run(_graph({"LLLiteKit_HED": LEARNED["LLLiteKit_HED"]}))
+            graph.run(_graph({"LLLiteKit_HED": dict(LEARNED["LLLiteKit_HED"], weights=choice)}))
     finally:
         aside.rename(path)
+    assert choices[0] == "ControlNetHED.pth (missing: put it in models/preprocessors)"
+    assert "ControlNetHED.pth" not in choices
+    assert _hed_choices()[0] == "ControlNetHED.pth"  # present again: the plain name
     msg = str(e.value)
+    assert msg.startswith("invalid graph"), "an absent file must fail validation, before any node runs"
     assert "ControlNetHED.pth" in msg and str(preprocessors_dir) in msg and w.HED.url in msg
+
+
+def test_the_pack_creates_its_model_folders_when_loaded(tmp_path, monkeypatch):
+    import asyncio
+
+    import folder_paths
+    from lllite_kit.nodes.extension import comfy_entrypoint
+    from lllite_kit.nodes.model_folders import PACK_FOLDERS
+
+    monkeypatch.setattr(folder_paths, "models_dir", str(tmp_path / "models"))
+    monkeypatch.setattr(folder_paths, "folder_names_and_paths",
+                        {k: (list(v[0]), set(v[1])) for k, v in folder_paths.folder_names_and_paths.items()})
+    asyncio.run(asyncio.run(comfy_entrypoint()).on_load())
+    for name, sub in PACK_FOLDERS.items():
+        assert (tmp_path / "models" / sub).is_dir()
+        assert str(tmp_path / "models" / sub) in folder_paths.get_folder_paths(name)
+    assert {"lllite", "preprocessors"} <= set(PACK_FOLDERS)
 
 
 def test_wrong_layout_error_names_the_architecture(graph, preprocessors_dir):
