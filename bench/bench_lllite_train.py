@@ -5,6 +5,7 @@ memory is that run's), runs interleaved A B B A, medians of the per-step times.
 
     .venv/bin/python bench/bench_lllite_train.py       # tiny SDXL-layout U-Net on CPU, 256 px, batch 1
     .venv/bin/python bench/bench_lllite_train.py --full-sdxl --resolution 1024 --batch 4 --bf16 --gradient-checkpointing
+    .venv/bin/python bench/bench_lllite_train.py --smoke     # seconds: smallest settings, one process
 
 The LLLite step is the training engine's whole step (guide embeddings of all 136 modules,
 forward, backward, gradient clipping, AdamW) with kohya's recommended cond_emb_dim 32 /
@@ -14,32 +15,26 @@ conditioning is fixed tensors of the right shapes. Memory: peak GPU allocation o
 growth over the run on CPU.
 """
 import argparse
-import json
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train_lora import _Peak, _bootstrap, _machine, _sync, build_full_sdxl  # noqa: E402
+import benchlib  # noqa: E402
 
 
 def worker(opts) -> dict:
     """One run of one variant in this process; returns per-step seconds and peak bytes."""
-    _bootstrap()
+    benchlib.bootstrap()
     import torch
 
     import comfy.model_management
     from lllite_kit.training.comfy_bridge import trainable_model
     from lllite_kit.training.data.batch import Batch
 
-    cuda = torch.cuda.is_available()
-    dtype = "bf16" if opts.bf16 else "fp32"
     if opts.full_sdxl:
-        model = build_full_sdxl(dtype)
-        ctx_dim, pooled_dim = 2048, 1280
+        model = benchlib.build_full_sdxl("bf16" if opts.bf16 else "fp32")
+        ctx_dim, pooled_dim = benchlib.SDXL_FULL_CONTEXT_DIM, benchlib.SDXL_FULL_POOLED_DIM
     else:
         import tiny_models
 
@@ -52,9 +47,9 @@ def worker(opts) -> dict:
     context = torch.randn(1, 77, ctx_dim, generator=g)
     pooled = torch.randn(1, pooled_dim, generator=g)
     batch = Batch(latents, ["x"] * b, [(size, size)] * b, [(0, 0)] * b, [(size, size)] * b, guides)
-    stamps, steps = [], opts.warmup + opts.steps
+    steps = opts.warmup + opts.steps
 
-    with _Peak(cuda) as peak:
+    with benchlib.Peak() as peak, benchlib.StepClock() as clock:
         with torch.inference_mode(False), trainable_model(model, "bf16" if opts.bf16 else "no", opts.gradient_checkpointing) as tm:
             if opts.variant == "bare":
                 y = tm.adm(pooled.repeat(b, 1), batch.original_sizes, batch.crop_top_left, batch.target_sizes)
@@ -63,19 +58,18 @@ def worker(opts) -> dict:
                     t = torch.randint(0, 1000, (b,), generator=g).to(tm.device)
                     loss = (tm.predict(x, t, context.repeat(b, 1, 1), y) - x.detach()).square().mean()
                     loss.backward()
-                    _sync(cuda)
-                    stamps.append(time.perf_counter())
+                    clock.stamp()
                 info = "no adapter: gradients to the input only"
             else:
-                info = _run_lllite(opts, tm, batch, context, pooled, steps, stamps, cuda)
-    times = [t1 - t0 for t0, t1 in zip(stamps, stamps[1:])][max(0, opts.warmup - 1):]  # a step ends at its stamp
+                info = _run_lllite(opts, tm, batch, context, pooled, steps)
     comfy.model_management.soft_empty_cache()
-    return {"times": times, "peak": peak.bytes, "info": info}
+    return {"times": clock.step_times(opts.warmup), "peak": peak.bytes, "info": info}
 
 
-def _run_lllite(opts, tm, batch, context, pooled, steps, stamps, cuda) -> str:
+def _run_lllite(opts, tm, batch, context, pooled, steps) -> str:
+    """The engine's steps, stamped by benchlib.StepClock at each optimizer step's end."""
     from lllite_kit.training.config import TrainConfig
-    from lllite_kit.training.engine import TrainHooks, TrainingEngine
+    from lllite_kit.training.engine import TrainingEngine
     from lllite_kit.training.lllite_adapter import LLLiteAdapter
 
     class FixedText:  # the engine's text interface, with the bench's fixed tensors
@@ -95,9 +89,8 @@ def _run_lllite(opts, tm, batch, context, pooled, steps, stamps, cuda) -> str:
     adapter = LLLiteAdapter(tm.family, opts.cond_emb_dim, opts.network_dim, checkpoint_embeddings=opts.gradient_checkpointing)
     cfg = TrainConfig(max_train_steps=steps, learning_rate=2e-4, mixed_precision="bf16" if opts.bf16 else "no",
                       save_state=False, gradient_checkpointing=opts.gradient_checkpointing, output_name="bench_lllite")
-    hooks = TrainHooks(progress=lambda *a: (_sync(cuda), stamps.append(time.perf_counter())))
     with tempfile.TemporaryDirectory() as out:
-        TrainingEngine(cfg, tm, FixedText(), adapter, OneBatch(), out, lambda facts: {}, hooks=hooks).run()
+        TrainingEngine(cfg, tm, FixedText(), adapter, OneBatch(), out, lambda facts: {}).run()
     n = sum(p.numel() for p in adapter.network.parameters())
     return f"{len(adapter.network.paths)} LLLite modules, {n / 1e6:.2f} M trainable parameters"
 
@@ -105,6 +98,7 @@ def _run_lllite(opts, tm, batch, context, pooled, steps, stamps, cuda) -> str:
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--full-sdxl", action="store_true", help="full-size SDXL U-Net (GPU)")
+    p.add_argument("--smoke", action="store_true", help="smallest settings, each variant once in this process (a few seconds)")
     p.add_argument("--resolution", type=int, help="image side in pixels; default 256, 1024 with --full-sdxl")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--bf16", action="store_true", help="bf16 weights and autocast (LLLite weights stay fp32)")
@@ -116,11 +110,14 @@ def main():
     p.add_argument("--rounds", type=int, default=1, help="each round runs lllite, bare, bare, lllite")
     p.add_argument("--variant", choices=["lllite", "bare"], help=argparse.SUPPRESS)
     opts = p.parse_args()
+    if opts.smoke:
+        opts.resolution, opts.cond_emb_dim, opts.network_dim, opts.steps, opts.warmup = opts.resolution or 64, 8, 8, 1, 1
+        benchlib.smoke_threads()
     opts.resolution = opts.resolution or (1024 if opts.full_sdxl else 256)
     if opts.resolution % 32:
         sys.exit("--resolution must be a multiple of 32 (LLLite training sizes)")
     if opts.variant:
-        print("RESULT " + json.dumps(worker(opts)), flush=True)
+        benchlib.print_result(worker(opts))
         return
 
     base = [sys.executable, __file__, "--resolution", str(opts.resolution), "--batch", str(opts.batch),
@@ -128,30 +125,21 @@ def main():
             "--steps", str(opts.steps), "--warmup", str(opts.warmup)]
     base += [flag for flag, on in (("--full-sdxl", opts.full_sdxl), ("--bf16", opts.bf16),
                                    ("--gradient-checkpointing", opts.gradient_checkpointing)) if on]
-    results = {"lllite": [], "bare": []}
-    info = {}
-    for _ in range(opts.rounds):
-        for variant in ("lllite", "bare", "bare", "lllite"):
-            proc = subprocess.run(base + ["--variant", variant], capture_output=True, text=True)
-            line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
-            if proc.returncode or line is None:
-                sys.exit(f"{variant} run failed:\n{proc.stderr[-3000:]}")
-            r = json.loads(line[7:])
-            results[variant].append(r)
-            info[variant] = r["info"]
-            print(f"  {variant:<6} median step {statistics.median(r['times']) * 1000:8.1f} ms  peak {r['peak'] / 2**20:8.1f} MiB", flush=True)
+    results = benchlib.run_variants(base, ["lllite", "bare"], opts.rounds, worker, opts, separate=not opts.smoke)
+    info = {v: rs[0]["info"] for v, rs in results.items()}
 
-    _bootstrap()
-    print(f"\nmachine: {_machine()}")
+    benchlib.bootstrap()
+    print(f"\nmachine: {benchlib.machine()}")
     model = "full-size SDXL U-Net" if opts.full_sdxl else "tiny SDXL-layout U-Net (tests/tiny_nodes)"
     print(f"setting: {model}, {opts.resolution}x{opts.resolution} px, batch {opts.batch}, cond_emb_dim {opts.cond_emb_dim} / "
           f"network_dim {opts.network_dim}, {'bf16' if opts.bf16 else 'fp32'}, gradient checkpointing "
-          f"{'on' if opts.gradient_checkpointing else 'off'}, AdamW, {opts.steps} timed steps x {2 * opts.rounds} runs each")
-    med = {v: statistics.median([t for r in rs for t in r["times"]]) for v, rs in results.items()}
-    peak = {v: statistics.median([r["peak"] for r in rs]) for v, rs in results.items()}
+          f"{'on' if opts.gradient_checkpointing else 'off'}, AdamW, {opts.steps} timed steps x {len(results['bare'])} runs each")
+    med = {v: benchlib.median([t for r in rs for t in r["times"]]) for v, rs in results.items()}
+    peak = {v: benchlib.median([r["peak"] for r in rs]) for v, rs in results.items()}
     for v, label in (("lllite", "LLLite training step"), ("bare", "bare U-Net fwd+bwd")):
         print(f"{label:<21} step {med[v] * 1000:9.1f} ms   peak {peak[v] / 2**20:9.1f} MiB   [{info[v]}]")
-    print(f"\nLLLite / bare step time : x{med['lllite'] / med['bare']:.2f}")
+    print()
+    benchlib.ratio("LLLite / bare step time", med["lllite"] / med["bare"])
     if opts.full_sdxl:
         print(f"LLLite peak memory      : {peak['lllite'] / 2**30:.2f} GiB   (goal < 16 GiB; kohya documents 24 GB)")
 

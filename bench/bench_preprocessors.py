@@ -1,47 +1,34 @@
-"""Preprocessor speed: our batched torch maps vs the per-image OpenCV loop users run today,
-measured in the same process, interleaved A B B A, medians; then depth images/s.
+"""Preprocessor speed against a baseline in the same process, interleaved A B B A, medians:
+Canny and standard lineart (our batched torch maps) vs the per-image OpenCV loop users run
+today; Depth Anything V2 (ours) vs transformers' own pipeline for it - its image processor
+(Depth-Anything-V2-Small-hf's settings, on the same device), DepthAnythingForDepthEstimation
+and post_process_depth_estimation - on the same weights, images and batch chunks, with a
+check that both give the same depth map.
 
     .venv/bin/python bench/bench_preprocessors.py            # CPU (or the GPU torch sees)
     .venv/bin/python bench/bench_preprocessors.py --real-size-depth   # Depth Anything V2 Small at full size
+    .venv/bin/python bench/bench_preprocessors.py --smoke    # seconds: 2 small images, tiny depth model
 
 Inputs are synthetic (blurred noise with shapes), 16 images of 1024x1024 unless told
 otherwise. Depth uses random weights: speed does not depend on their values."""
 import argparse
-import importlib.util
-import os
-import platform
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-COMFYUI_DIR = Path(os.environ.get("COMFYUI_DIR") or REPO / ".comfyui" / "ComfyUI")
-sys.path[:0] = [str(COMFYUI_DIR)]
+import cv2
+import numpy as np
+import torch
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402
 
-from comfy.cli_args import args  # noqa: E402
-
-
-def _import_pack():
-    spec = importlib.util.spec_from_file_location("lllite_kit", REPO / "__init__.py", submodule_search_locations=[str(REPO)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["lllite_kit"] = module
-    spec.loader.exec_module(module)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+# Both depth maps are scaled to 0..1 per image and come from the same network; they differ
+# only where the two resize to 518 px differently (ours: area, transformers: antialiased
+# bicubic) and by the processor's uint8 rounding, so they must agree to this mean absolute
+# difference. Pictures are at least 518 px: a smaller map is shrunk back by
+# post_process_depth_estimation without antialiasing, which is no reference to compare to.
+DEPTH_AGREEMENT = 0.02
 
 
 def _pictures(n: int, size: int) -> np.ndarray:
@@ -52,30 +39,17 @@ def _pictures(n: int, size: int) -> np.ndarray:
         img = cv2.resize(base, (size, size), interpolation=cv2.INTER_CUBIC)
         for _ in range(12):
             x, y = rng.integers(0, size, 2)
-            cv2.circle(img, (int(x), int(y)), int(rng.integers(20, size // 6)), rng.uniform(0, 255, 3).tolist(), -1)
+            cv2.circle(img, (int(x), int(y)), int(rng.integers(max(2, size // 50), max(3, size // 6))), rng.uniform(0, 255, 3).tolist(), -1)
         out[i] = np.clip(img, 0, 255)
     return out
 
 
-def _time(fn, sync) -> float:
-    sync()
-    t = time.perf_counter()
-    fn()
-    sync()
-    return time.perf_counter() - t
-
-
-def compare(name: str, ours, baseline, sync, rounds: int) -> None:
-    """ABBA rounds after one warm-up of each; prints medians and the speed-up."""
-    ours(), baseline()
-    a, b = [], []
-    for _ in range(rounds):
-        a.append(_time(ours, sync))
-        b.append(_time(baseline, sync))
-        b.append(_time(baseline, sync))
-        a.append(_time(ours, sync))
-    ma, mb = statistics.median(a), statistics.median(b)
-    print(f"{name:<18} ours {ma * 1000:9.1f} ms   OpenCV loop {mb * 1000:9.1f} ms   speed-up x{mb / ma:5.2f}")
+def compare(name: str, ours, baseline, baseline_name: str, rounds: int) -> None:
+    """A B B A rounds after one warm-up of each; prints medians and their ratio."""
+    times = benchlib.interleaved({"ours": ours, "baseline": baseline}, rounds)
+    ma, mb = benchlib.median(times["ours"]), benchlib.median(times["baseline"])
+    print(f"{name:<18} ours {ma * 1000:9.1f} ms   {baseline_name} {mb * 1000:9.1f} ms")
+    benchlib.ratio(f"{name}: ours / {baseline_name} time", ma / mb, "goal < 1")
 
 
 def opencv_lineart(img: np.ndarray) -> np.ndarray:
@@ -88,7 +62,9 @@ def opencv_lineart(img: np.ndarray) -> np.ndarray:
 
 
 def depth_model_folder(root: Path, real_size: bool) -> Path:
-    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+    """A transformers folder as published (config, weights, image processor settings of
+    Depth-Anything-V2-Small-hf) with random weights, nudged so the depth map varies."""
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
 
     if real_size:  # Depth Anything V2 Small: ViT-S/14 (384 wide, 12 layers, 6 heads), DPT head 64
         backbone = Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, image_size=518,
@@ -101,52 +77,105 @@ def depth_model_folder(root: Path, real_size: bool) -> Path:
         config = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=64, patch_size=14,
                                      neck_hidden_sizes=[8, 16, 32, 64], fusion_hidden_size=16, head_hidden_size=8)
     folder = root / ("Depth-Anything-V2-Small-hf" if real_size else "depth-anything-tiny")
-    DepthAnythingForDepthEstimation(config).save_pretrained(folder)
+    torch.manual_seed(0)
+    net = DepthAnythingForDepthEstimation(config)
+    with torch.no_grad():  # layer scales start at 1 and the head near 0: a flat map would hide differences
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    net.save_pretrained(folder)
+    DPTImageProcessor(do_resize=True, size={"height": 518, "width": 518}, keep_aspect_ratio=True, ensure_multiple_of=14,
+                      resample=3, do_rescale=True, do_normalize=True, image_mean=[0.485, 0.456, 0.406],
+                      image_std=[0.229, 0.224, 0.225], do_pad=False).save_pretrained(folder)
     return folder
+
+
+def transformers_depth(folder: Path, device, chunk: int):
+    """transformers' own way to run the model: its image processor on the device, the model
+    on batches of `chunk` images, post_process_depth_estimation back to each image's size."""
+    from transformers import AutoImageProcessor, DepthAnythingForDepthEstimation
+
+    processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
+    model = DepthAnythingForDepthEstimation.from_pretrained(folder, local_files_only=True).float().eval().to(device)
+
+    def run(pictures: np.ndarray) -> torch.Tensor:
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(pictures), chunk):
+                part = list(pictures[i:i + chunk])
+                inputs = processor(images=part, return_tensors="pt", device=device)
+                outputs = model(pixel_values=inputs["pixel_values"].to(device))
+                maps = processor.post_process_depth_estimation(outputs, target_sizes=[im.shape[:2] for im in part])
+                out.append(torch.stack([m["predicted_depth"] for m in maps]).unsqueeze(1).cpu())
+        return torch.cat(out)
+    return run
+
+
+def compare_depth(pictures: np.ndarray, device, real_size: bool, rounds: int) -> None:
+    from lllite_kit.preprocessors.depth import normalise_per_image
+    from lllite_kit.preprocessors.depth_anything import depth_anything, load_depth_anything
+    from lllite_kit.preprocessors.models import CHUNK
+
+    frames = torch.from_numpy(pictures).to(device).movedim(-1, 1).float() / 255.0
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = depth_model_folder(Path(tmp), real_size)
+        patcher = load_depth_anything(str(folder))
+        baseline = transformers_depth(folder, device, CHUNK)
+        ours_map = depth_anything(patcher, frames, 518)
+        theirs_map = normalise_per_image(baseline(pictures))  # the same 0..1 per-image scaling as ours
+        times = benchlib.interleaved({"ours": lambda: depth_anything(patcher, frames, 518),
+                                      "transformers": lambda: baseline(pictures)}, rounds)
+    diff = (ours_map.float().cpu() - theirs_map).abs()
+    n, size = len(pictures), pictures.shape[1]
+    kind = "Depth Anything V2 Small (real size, random weights)" if real_size else "Depth Anything V2, tiny test config"
+    ours_s, theirs_s = benchlib.median(times["ours"]), benchlib.median(times["transformers"])
+    print(f"\n{kind}: {n} images {size}x{size}, detect 518, batches of {CHUNK}, fp32")
+    print(f"  ours          {ours_s * 1000:9.1f} ms  ({n / ours_s:.2f} images/s)")
+    print(f"  transformers  {theirs_s * 1000:9.1f} ms  ({n / theirs_s:.2f} images/s): DPTImageProcessor on {device.type}, "
+          f"DepthAnythingForDepthEstimation, post_process_depth_estimation")
+    agree = diff.mean().item() < DEPTH_AGREEMENT
+    print(f"  same depth map: mean |diff| {diff.mean().item():.4f}, max {diff.max().item():.4f} on the 0..1 scale "
+          f"(tolerance: mean < {DEPTH_AGREEMENT}) -> {'agree' if agree else 'DISAGREE'}")
+    benchlib.ratio("Depth Anything V2: ours / transformers time", ours_s / theirs_s, "goal < 1")
+    if not agree:
+        sys.exit("our depth map differs from transformers' beyond the tolerance")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=16)
     p.add_argument("--size", type=int, default=1024)
-    p.add_argument("--rounds", type=int, default=3, help="ABBA rounds per comparison")
+    p.add_argument("--rounds", type=int, default=3, help="A B B A rounds per classical comparison")
+    p.add_argument("--depth-rounds", type=int, default=1, help="A B B A rounds for depth")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
     p.add_argument("--real-size-depth", action="store_true", help="Depth Anything V2 Small at its real size (24.8 M params)")
     p.add_argument("--depth-images", type=int, default=None, help="images for the depth run (default: --images)")
+    p.add_argument("--smoke", action="store_true", help="smallest settings: 2 images of 560x560, one round (a few seconds)")
     opts = p.parse_args()
-    args.cpu = opts.cpu or not torch.cuda.is_available()
+    if opts.size < 518:
+        sys.exit("--size must be at least 518 (Depth Anything's detection size; see DEPTH_AGREEMENT)")
+    if opts.smoke:
+        opts.images, opts.size, opts.rounds, opts.depth_rounds = 2, 560, 1, 1
+        benchlib.smoke_threads()
+    benchlib.bootstrap(cpu=opts.cpu)
     import comfy.model_management as mm
 
-    _import_pack()
     from lllite_kit.preprocessors.canny import canny
-    from lllite_kit.preprocessors.depth_anything import depth_anything, load_depth_anything
     from lllite_kit.preprocessors.lineart_standard import lineart_standard
 
     device = mm.get_torch_device()
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    print(f"CPU: {_cpu_model()} ({os.cpu_count()} cores, torch threads {torch.get_num_threads()})")
-    print(f"torch {torch.__version__}, OpenCV {cv2.__version__}, device {device}"
-          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+    print(f"machine: {benchlib.machine()}, OpenCV {cv2.__version__}, device {device}")
     pictures = _pictures(opts.images, opts.size)
     batch = torch.from_numpy(pictures).to(device).movedim(-1, 1).float() / 255.0
     print(f"batch: {opts.images} x {opts.size}x{opts.size} RGB; ours runs the whole batch at once on {device.type}, "
           f"OpenCV one image at a time\n")
 
     compare("Canny 100/200", lambda: canny(batch, 100, 200),
-            lambda: [cv2.Canny(cv2.cvtColor(im, cv2.COLOR_RGB2GRAY), 100, 200) for im in pictures], sync, opts.rounds)
+            lambda: [cv2.Canny(cv2.cvtColor(im, cv2.COLOR_RGB2GRAY), 100, 200) for im in pictures], "OpenCV loop", opts.rounds)
     compare("Standard lineart", lambda: lineart_standard(batch, 6.0, 8),
-            lambda: [opencv_lineart(im) for im in pictures], sync, opts.rounds)
+            lambda: [opencv_lineart(im) for im in pictures], "OpenCV loop", opts.rounds)
 
     n = opts.depth_images or opts.images
-    with tempfile.TemporaryDirectory() as tmp:
-        torch.manual_seed(0)
-        patcher = load_depth_anything(str(depth_model_folder(Path(tmp), opts.real_size_depth)))
-        frames = batch[:n] if n <= batch.shape[0] else batch[:1].expand(n, -1, -1, -1)
-        depth_anything(patcher, frames[:1], 518)  # load onto the device, warm up
-        seconds = statistics.median(_time(lambda: depth_anything(patcher, frames, 518), sync) for _ in range(2))
-    kind = "Depth Anything V2 Small (real size, random weights)" if opts.real_size_depth else "Depth Anything V2, tiny test config"
-    print(f"\n{kind}: {n} images {opts.size}x{opts.size}, detect 518 -> {n / seconds:.2f} images/s "
-          f"({seconds * 1000 / n:.0f} ms per image)")
+    compare_depth(pictures[np.arange(n) % len(pictures)], device, opts.real_size_depth, opts.depth_rounds)
 
 
 if __name__ == "__main__":

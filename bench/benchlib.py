@@ -1,0 +1,235 @@
+"""Shared by the bench scripts: importing ComfyUI and the pack, the full-size SDXL U-Net,
+timing (warm-up, device sync, interleaved medians), peak memory, the machine report, the
+one-process-per-run driver and the ratio lines the smoke test looks for."""
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+COMFYUI_DIR = Path(os.environ.get("COMFYUI_DIR") or REPO / ".comfyui" / "ComfyUI").resolve()
+
+# comfy.supported_models.SDXL's U-Net at full size (the published SDXL base checkpoint's layout)
+SDXL_FULL_UNET = {
+    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
+    "num_classes": "sequential", "adm_in_channels": 2816, "in_channels": 4, "model_channels": 320,
+    "num_res_blocks": [2, 2, 2], "transformer_depth": [0, 0, 2, 2, 10, 10], "channel_mult": [1, 2, 4],
+    "transformer_depth_middle": 10, "use_linear_in_transformer": True, "context_dim": 2048, "num_head_channels": 64,
+    "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10], "use_temporal_attention": False, "use_temporal_resblock": False,
+}
+SDXL_FULL_CONTEXT_DIM, SDXL_FULL_POOLED_DIM = 2048, 1280
+DTYPE_NAMES = ("fp32", "fp16", "bf16")
+# Ratio lines start with this word, so tests/test_bench_smoke.py can find them.
+RATIO_PREFIX = "ratio"
+
+
+def bootstrap(cpu: bool = False) -> None:
+    """Makes ComfyUI, the tiny test models and this checkout (as package `lllite_kit`,
+    without running its node registration) importable; cpu keeps ComfyUI off the GPU.
+    Must run before anything imports comfy.model_management."""
+    if "lllite_kit" in sys.modules:
+        return
+    import types
+
+    import torch
+
+    sys.path[:0] = [str(COMFYUI_DIR), str(REPO / "tests" / "tiny_nodes")]
+    from comfy.cli_args import args
+
+    args.cpu = cpu or not torch.cuda.is_available()
+    package = types.ModuleType("lllite_kit")
+    package.__path__ = [str(REPO)]
+    sys.modules["lllite_kit"] = package
+
+
+def smoke_threads() -> None:
+    """One torch thread for --smoke runs: on a busy shared CPU, torch's spinning worker
+    threads make a model of many small layers several times slower, not faster."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+def build_full_sdxl(dtype_name: str = "bf16", seed: int = 0):
+    """Full-size SDXL base U-Net with random weights (speed does not depend on their values),
+    in a ModelPatcher like a loaded checkpoint's. cached_patcher_init lets core's trainer
+    rebuild it, as it does with a loaded checkpoint."""
+    import torch
+
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    dtype, device = torch_dtype(dtype_name), comfy.model_management.get_torch_device()
+    config = comfy.supported_models.SDXL(dict(SDXL_FULL_UNET, dtype=dtype))
+    config.set_inference_dtype(dtype, None)
+    model = config.get_model({}, device=device)
+    g = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for p in model.diffusion_model.parameters():
+            p.normal_(0.0, 0.02, generator=g)
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))
+    patcher.cached_patcher_init = (build_full_sdxl, (dtype_name, seed))
+    return patcher
+
+
+# -- timing ---------------------------------------------------------------------------------
+
+def sync() -> None:
+    """Waits for the GPU's queued work, so a clock read after it covers that work."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn) -> float:
+    """Seconds fn takes, the device synced before and after."""
+    sync()
+    t = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - t
+
+
+def interleaved(fns: dict, rounds: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Times each fn in rounds of A B .. B A after `warmup` untimed calls of each, so slow
+    drift of the machine (clocks, other load) hits every variant alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name in list(fns) + list(reversed(fns)):
+            times[name].append(timed(fns[name]))
+    return times
+
+
+def median(values) -> float:
+    return statistics.median(values)
+
+
+class StepClock:
+    """Stamps the end of every optimizer step of any torch optimizer (a global step hook,
+    the device synced first), so two trainers are timed at the same point of their step."""
+
+    def __init__(self):
+        self.stamps: list[float] = []
+
+    def __enter__(self):
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        self._handle = register_optimizer_step_post_hook(self.stamp)
+        return self
+
+    def stamp(self, *_):
+        sync()
+        self.stamps.append(time.perf_counter())
+
+    def __exit__(self, *exc):
+        self._handle.remove()
+
+    def step_times(self, warmup: int) -> list[float]:
+        """Seconds of each step after the first `warmup` ones (a step ends at its stamp)."""
+        return [t1 - t0 for t0, t1 in zip(self.stamps, self.stamps[1:])][max(0, warmup - 1):]
+
+
+class Peak:
+    """Peak memory over a block: CUDA's allocator counter on a GPU, else RSS growth sampled
+    every 2 ms."""
+
+    def __enter__(self):
+        import torch
+
+        self.cuda = torch.cuda.is_available()
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            self.base = self.peak = _rss()
+            self.running = True
+            self.thread = threading.Thread(target=self._sample, daemon=True)
+            self.thread.start()
+        return self
+
+    def _sample(self):
+        while self.running:
+            self.peak = max(self.peak, _rss())
+            time.sleep(0.002)
+
+    def __exit__(self, *exc):
+        import torch
+
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.bytes = torch.cuda.max_memory_allocated() - self.base
+        else:
+            self.running = False
+            self.thread.join()
+            self.bytes = self.peak - self.base
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+# -- one process per run ----------------------------------------------------------------------
+
+def run_variants(base_cmd: list[str], variants: list[str], rounds: int, worker, opts, separate: bool = True) -> dict:
+    """Runs each variant in rounds of A B .. B A and returns {variant: [result, ...]}.
+    separate: each run in its own process `base_cmd + ["--variant", v]` (so peak memory is
+    that run's), whose worker prints one RESULT line; otherwise worker(opts with .variant)
+    in this process, once per variant (the quick smoke path)."""
+    results = {v: [] for v in variants}
+    order = (variants + variants[::-1]) * rounds if separate else variants
+    for variant in order:
+        if separate:
+            proc = subprocess.run(base_cmd + ["--variant", variant], capture_output=True, text=True)
+            line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+            if proc.returncode or line is None:
+                sys.exit(f"{variant} run failed:\n{proc.stderr[-3000:]}")
+            r = json.loads(line[len("RESULT "):])
+        else:
+            opts.variant = variant
+            r = worker(opts)
+        results[variant].append(r)
+        print(f"  {variant:<14} median step {median(r['times']) * 1000:9.1f} ms  peak {r['peak'] / 2**20:8.1f} MiB", flush=True)
+    return results
+
+
+def print_result(result: dict) -> None:
+    """The worker process's answer to run_variants."""
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+# -- reporting ------------------------------------------------------------------------------
+
+def machine() -> str:
+    """CPU model and cores, GPU name, torch and Python versions."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{cpu} ({os.cpu_count()} cores, torch threads {torch.get_num_threads()}), {gpu}, "
+            f"torch {torch.__version__}, Python {platform.python_version()}")
+
+
+def ratio(label: str, value: float, note: str = "") -> None:
+    print(f"{RATIO_PREFIX} {label:<44} x{value:.3f}" + (f"   ({note})" if note else ""), flush=True)
