@@ -61,10 +61,11 @@ def torch_dtype(name: str):
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
 
 
-def build_full_sdxl(dtype_name: str = "bf16", seed: int = 0):
+def build_full_sdxl(dtype_name: str = "bf16", seed: int = 0, **_loader_options):
     """Full-size SDXL base U-Net with random weights (speed does not depend on their values),
     in a ModelPatcher like a loaded checkpoint's. cached_patcher_init lets core's trainer
-    rebuild it, as it does with a loaded checkpoint."""
+    rebuild it, as it does with a loaded checkpoint (passing loader options such as
+    disable_dynamic, which a plain model ignores)."""
     import torch
 
     import comfy.model_management
