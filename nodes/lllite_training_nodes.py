@@ -119,7 +119,8 @@ class TrainLLLite(io.ComfyNode):
         import comfy.utils
 
         values = {**form, "output_name": output_name}
-        values.update(_extra_options(extra_options))
+        extra, dataset = _extra_options(extra_options, dataset, "Train ControlNet-LLLite node")
+        values.update(extra)
         cfg = config_from_dict(values, "Train ControlNet-LLLite node")
         cfg, out_dir = plan_run(cfg, lllite_output_dir(), if_exists, dataset)
 

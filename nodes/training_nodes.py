@@ -12,7 +12,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..training.comfy_bridge import default_output_dir, latent_cache_dir, model_source_name
-from ..training.config import config_from_dict
+from ..training.config import apply_dataset_options, config_from_dict
 from ..training.data.config import DatasetConfig, SubsetConfig, load_dataset_toml
 from ..training.data.errors import DatasetError
 from ..training.data.folders import subsets_from_folder_tree
@@ -148,11 +148,13 @@ def _preview(images: list[torch.Tensor]):
     return ("JPEG", Image.fromarray((grid.clamp(0, 1) * 255).byte().numpy()), 512)
 
 
-def _extra_options(text: str) -> dict:
+def _extra_options(text: str, dataset: list, node: str) -> tuple[dict, list]:
+    """extra_options TOML -> (training options, the dataset with the dataset options in it applied)."""
     try:
-        return tomllib.loads(text) if text.strip() else {}
+        options = tomllib.loads(text) if text.strip() else {}
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"extra_options must be TOML lines like `lr_scheduler_num_cycles = 3`: {e}") from e
+    return apply_dataset_options(dataset, options, node)
 
 
 def _lora_name(path: Path) -> str:
@@ -231,7 +233,8 @@ class TrainLoRA(io.ComfyNode):
         values = {**form, "output_name": output_name, "network_train_unet_only": not train_text_encoder}
         if conv_dim:
             values["network_args"] = {"conv_dim": str(conv_dim), "conv_alpha": str(form["network_alpha"])}
-        values.update(_extra_options(extra_options))
+        extra, dataset = _extra_options(extra_options, dataset, "Train LoRA node")
+        values.update(extra)
         cfg = config_from_dict(values, "Train LoRA node")
         cfg, out_dir = plan_run(cfg, default_output_dir(), if_exists, dataset)
 

@@ -2,11 +2,22 @@
 change the result, or refused with the key and the reason; each implemented precision, saving,
 text and sample option changes what the run does, measured."""
 import re
+from pathlib import Path
 
 import pytest
 import torch
 
-from lllite_kit.training.config import INERT_KEYS, KNOWN_KEYS, REFUSED_KEYS, TrainConfig, config_from_dict
+import comfy.ops
+from lllite_kit.training.comfy_bridge import TextConditioner, latent_encoder, trainable_model
+from lllite_kit.training.config import (INERT_KEYS, KNOWN_KEYS, REFUSED_KEYS, TrainConfig, apply_dataset_options,
+                                        config_from_dict)
+from lllite_kit.training.data.config import DatasetConfig, SubsetConfig
+from lllite_kit.training.data.errors import DatasetError
+from lllite_kit.training.engine import TrainingEngine
+from lllite_kit.training.lora import LoRAAdapter, LoRAConfig
+from lllite_kit.training.prompts import parse_prompt_line
+from lllite_kit.training.samples import SampleRenderer
+from training_helpers import ListData, TinyAdapter, eval_loss, no_metadata, unit_group_norms
 
 # every --option of sd-scripts' train_network.py, sdxl_train_network.py and
 # sdxl_train_control_net_lllite.py (kohya-ss/sd-scripts 48d368f: their setup_parser and the
@@ -104,3 +115,225 @@ def test_v2_and_sdxl_must_agree_with_the_model():
         config_from_dict({"v2": True}).check_model_family("sd15")
     with pytest.raises(ValueError, match="sdxl = true, but the model is an SD1.x model"):
         TrainConfig(sdxl=True).check_model_family("sd15")
+
+
+# ---- the implemented options, measured on the tiny SD1.5 model -------------------------------
+
+
+def _tiny(tiny):
+    with torch.inference_mode():
+        model, clip = tiny.build_model("sd15", 0), tiny.build_clip("sd15", 0)
+        unit_group_norms(model)
+    return model, clip
+
+
+@pytest.fixture(scope="module")
+def sd15(tiny):
+    model, clip = _tiny(tiny)
+    with torch.inference_mode(False), trainable_model(model) as tm:
+        text = TextConditioner(clip, tm.family)
+        text.precompute(ListData(6).captions)
+        yield tm, text, clip
+
+
+def _engine(tm, text, out, adapter=None, data=None, **options):
+    cfg = TrainConfig(**{"learning_rate": 1e-3, "max_train_steps": 6, "output_name": "t", **options})
+    return TrainingEngine(cfg, tm, text, adapter or TinyAdapter(), data or ListData(), out, no_metadata)
+
+
+def _matrix_weights(diffusion_model):
+    return [m.weight for m in diffusion_model.modules()
+            if isinstance(m, comfy.ops.CastWeightBiasOp) and m._parameters.get("weight") is not None and m.weight.ndim >= 2]
+
+
+def test_fp8_base_stores_the_unet_in_float8_and_still_learns(tiny, tmp_path):
+    model, clip = _tiny(tiny)
+    originals = [w.detach().clone() for w in _matrix_weights(model.model.diffusion_model)]
+    with torch.inference_mode(False), trainable_model(model, "bf16", fp8_base=True) as tm:
+        weights = _matrix_weights(tm.diffusion_model)
+        assert weights and all(w.dtype == torch.float8_e4m3fn for w in weights)
+        fp8_bytes = sum(p.numel() * p.element_size() for p in tm.diffusion_model.parameters())
+        bf16_bytes = sum(p.numel() * 2 for p in tm.diffusion_model.parameters())
+        assert fp8_bytes / bf16_bytes < 0.52, fp8_bytes / bf16_bytes  # ~half of the same U-Net in bf16
+        text = TextConditioner(clip, tm.family)
+        data = ListData(n=2, bs=2)
+        text.precompute(data.captions)
+        adapter = LoRAAdapter(LoRAConfig(dim=4, alpha=4.0, train_text_encoder=False), tm.model_config)
+        adapter.attach(tm.diffusion_model, {})
+        before = eval_loss(tm, text, data)
+        result = _engine(tm, text, tmp_path, adapter, data, learning_rate=1e-2, max_train_steps=8,
+                         mixed_precision="bf16", fp8_base=True).run()
+        adapter.attach(tm.diffusion_model, {})
+        adapter.train(False)
+        after = eval_loss(tm, text, data)
+        adapter.detach()
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    assert after < 0.9 * before, (before, after)
+    # the graph's model is as it was: float32 weights with their values
+    restored = _matrix_weights(model.model.diffusion_model)
+    assert len(restored) == len(originals)
+    assert all(w.dtype == torch.float32 and torch.equal(w, v) for w, v in zip(restored, originals))
+
+
+def test_full_bf16_trains_bf16_weights_and_gradients(sd15, tmp_path):
+    tm, text, _ = sd15
+    tm.compute_dtype = torch.bfloat16  # what trainable_model(mixed_precision="bf16") gives
+    try:
+        engine = _engine(tm, text, tmp_path, max_train_steps=2, mixed_precision="bf16", full_bf16=True)
+        result = engine.run()
+        plain = _engine(tm, text, tmp_path / "plain", max_train_steps=2, mixed_precision="bf16")
+        plain.run()
+    finally:
+        tm.compute_dtype = torch.float32
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    assert {p.dtype for p in engine.params} == {torch.bfloat16}
+    assert all(s["exp_avg"].dtype == torch.bfloat16 for s in engine.optimizer.state.values())
+    assert {p.dtype for p in plain.params} == {torch.float32}
+    assert any(v.abs().sum() > 0 for k, v in engine.adapter.state_dict().items() if k.endswith(".up"))
+
+
+def test_no_half_vae_encodes_in_float32_and_leaves_the_vae_as_it_was(tiny):
+    vae = tiny.build_vae(0)
+    vae.first_stage_model.to(torch.bfloat16)  # what ComfyUI picks for the VAE on a bf16-capable GPU
+    vae.vae_dtype = torch.bfloat16
+    fmt = tiny.build_model("sd15", 0).model.latent_format
+    seen = []
+    hook = vae.first_stage_model.encoder.register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
+    images = torch.rand(1, 3, 64, 64) * 2 - 1
+    half = latent_encoder(vae, fmt)(images)
+    full = latent_encoder(vae, fmt, no_half_vae=True)(images)
+    hook.remove()
+    assert seen == [torch.bfloat16, torch.float32]
+    assert not torch.equal(half, full)
+    assert vae.vae_dtype == torch.bfloat16 and next(vae.first_stage_model.parameters()).dtype == torch.bfloat16
+
+
+# ---- saving: save_last_n_*, their states, the default of one state ---------------------------
+
+
+def _names(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()}
+
+
+def test_save_last_n_steps_keeps_the_saves_of_the_last_n_steps(sd15, tmp_path):
+    tm, text, _ = sd15
+    result = _engine(tm, text, tmp_path, save_every_n_steps=1, save_last_n_steps=2).run()
+    # sd-scripts' rule: at step 5, saves at steps <= 5 - 2 - 1 go; step 6 is the final file
+    kept = {f"t-step{s:08d}" for s in (3, 4, 5)} | {"t"}
+    assert _names(tmp_path) == {n + ".safetensors" for n in kept} | {n + "-state.pt" for n in kept}
+    assert [p.name for p in result.saved] == [f"t-step{s:08d}.safetensors" for s in (3, 4, 5)] + ["t.safetensors"]
+
+
+def test_by_default_only_the_newest_state_is_kept(sd15, tmp_path):
+    tm, text, _ = sd15
+    _engine(tm, text, tmp_path, max_train_steps=4, save_every_n_steps=1).run()
+    assert _names(tmp_path) == {f"t-step{s:08d}.safetensors" for s in (1, 2, 3)} | {"t.safetensors", "t-state.pt"}
+    (tmp_path / "other-step00000001-state.pt").write_bytes(b"x")  # another run's state is never touched
+    _engine(tm, text, tmp_path, max_train_steps=2, save_every_n_steps=1).run()
+    assert "other-step00000001-state.pt" in _names(tmp_path)
+
+
+def test_save_last_n_epochs_and_its_state_variant(sd15, tmp_path):
+    tm, text, _ = sd15  # ListData(): 2 batches per epoch, 8 steps = 4 epochs; epoch 4 is the final file
+    _engine(tm, text, tmp_path, max_train_steps=8, save_every_n_epochs=1, save_last_n_epochs=2,
+            save_last_n_epochs_state=1).run()
+    assert _names(tmp_path) == {"t-000002.safetensors", "t-000003.safetensors", "t.safetensors",
+                                "t-000003-state.pt", "t-state.pt"}
+
+
+def test_save_state_on_train_end_without_save_state(sd15, tmp_path):
+    tm, text, _ = sd15
+    _engine(tm, text, tmp_path, max_train_steps=2, save_every_n_steps=1, save_state=False, save_state_on_train_end=True).run()
+    assert _names(tmp_path) == {"t-step00000001.safetensors", "t.safetensors", "t-state.pt"}
+
+
+# ---- captions: max_token_length and weighted_captions ----------------------------------------
+
+
+def test_max_token_length_keeps_that_many_77_token_windows_of_captions_only(sd15):
+    _, _, clip = sd15
+    long = ", ".join(["a very long caption"] * 40)  # 160 words: 3 windows in ComfyUI
+    with torch.inference_mode(False):
+        shapes = {}
+        for cap in (75, 150, 225, None):
+            text = TextConditioner(clip, "sd15", max_tokens=cap)
+            shapes[cap] = (text.encode([long], "cpu")[0].shape[1], text.encode([long], "cpu", prompts=True)[0].shape[1])
+        assert shapes == {75: (77, 231), 150: (154, 231), 225: (231, 231), None: (231, 231)}
+        text = TextConditioner(clip, "sd15", max_tokens=75)
+        first_window = clip.encode_from_tokens({k: v[:1] for k, v in clip.tokenize(long).items()})
+        torch.testing.assert_close(text.encode([long], "cpu")[0], first_window)
+
+
+def test_weighted_captions_parses_emphasis_only_when_asked(sd15):
+    _, _, clip = sd15
+    with torch.inference_mode(False):
+        plain = TextConditioner(clip, "sd15", caption_weights=False)
+        weighted = TextConditioner(clip, "sd15", caption_weights=True)
+        caption = "a (red:1.5) cat"
+        literal = plain.encode([caption], "cpu")[0]
+        emphasis = weighted.encode([caption], "cpu")[0]
+        assert not torch.allclose(literal, emphasis)
+        torch.testing.assert_close(plain.encode([caption], "cpu", prompts=True)[0], emphasis)  # prompts always weighted
+        tokens = clip.tokenize(caption, disable_weights=True)
+        assert all(w == 1.0 for window in tokens["l"] for _, w in window)
+        torch.testing.assert_close(literal, clip.encode_from_tokens(tokens))
+
+
+# ---- sample prompts: --ss, refused options and samplers ---------------------------------------
+
+
+def test_prompt_options_ss_cn_and_unknown():
+    assert parse_prompt_line("a cat --ss dpm_2 --s 4").sampler == "dpm_2"
+    assert parse_prompt_line("a cat --SS euler --W 256").width == 256  # case-insensitive, as sd-scripts
+    assert parse_prompt_line("a cat").sampler is None
+    with pytest.raises(ValueError, match="--cn gives a ControlNet guide image"):
+        parse_prompt_line("a cat --cn guide.png")
+    with pytest.raises(ValueError, match=r"unknown option --xx \(options: --n, --w"):
+        parse_prompt_line("a cat --xx 3")
+    with pytest.raises(ValueError, match="--g is the guidance of guidance-distilled models"):
+        parse_prompt_line("a cat --g 3.5")
+
+
+def test_ss_picks_the_sampler_of_each_prompt_and_missing_samplers_are_refused(sd15, tiny):
+    tm, text, _ = sd15
+    vae = tiny.build_vae(0)
+    prompts = [parse_prompt_line(line, 64) for line in (
+        "a photo of thing 0 --d 1 --s 3 --ss euler", "a photo of thing 0 --d 1 --s 3", "a photo of thing 0 --d 1 --s 3 --ss k_euler_a")]
+    renderer = SampleRenderer(tm, vae, prompts, "euler_a", seed=0)
+    assert renderer.choices == [("euler", "normal"), ("euler_ancestral", "normal"), ("euler_ancestral", "normal")]
+    with torch.inference_mode(False):
+        images = renderer.render(0, text)
+    assert torch.equal(images[1], images[2])  # same sampler and seed: the same image
+    assert not torch.equal(images[0], images[1])  # --ss euler: another sampler ran
+    with pytest.raises(ValueError, match=r"sample_sampler: sampler 'pndm': ComfyUI has no PNDM.*Available: .*euler_a.*ipndm"):
+        SampleRenderer(tm, vae, prompts[1:2], "pndm")
+    with pytest.raises(ValueError, match=r"sample prompt 'a cat': sampler 'dpmsingle': ComfyUI has no singlestep"):
+        SampleRenderer(tm, vae, [parse_prompt_line("a cat --ss dpmsingle")], "euler")
+    with pytest.raises(ValueError, match=r"unknown sampler 'eulr'"):
+        SampleRenderer(tm, vae, [parse_prompt_line("a cat --ss eulr")], "euler")
+
+
+# ---- dataset keys in a graph node's extra_options -------------------------------------------
+
+
+def test_dataset_keys_in_extra_options_apply_to_a_copy_of_the_dataset(tmp_path):
+    datasets = [DatasetConfig(subsets=[SubsetConfig(image_dir=tmp_path)], resolution=(512, 512))]
+    rest, applied = apply_dataset_options(datasets, {"resolution": 256, "flip_aug": True, "caption_prefix": "sks, ",
+                                                     "train_batch_size": 2, "learning_rate": 1e-3}, "Train LoRA node")
+    assert rest == {"learning_rate": 1e-3}
+    assert applied[0].resolution == (256, 256) and applied[0].batch_size == 2
+    assert applied[0].subsets[0].flip_aug and applied[0].subsets[0].caption_prefix == "sks, "
+    assert datasets[0].resolution == (512, 512) and not datasets[0].subsets[0].flip_aug  # the input is untouched
+    with pytest.raises(DatasetError, match="`train_data_dir` cannot apply: the images come from the `dataset` input. "
+                                           "Set it on the dataset node"):
+        apply_dataset_options(datasets, {"train_data_dir": "x"}, "Train LoRA node")
+    in_graph = [DatasetConfig(subsets=[SubsetConfig(items=[])])]
+    with pytest.raises(DatasetError, match="`caption_extension` cannot apply: this dataset has no image folder"):
+        apply_dataset_options(in_graph, {"caption_extension": ".txt"}, "Train LoRA node")
+    with pytest.raises(DatasetError, match="`flip_aug` must be bool, got 1"):
+        apply_dataset_options(datasets, {"flip_aug": 1}, "Train LoRA node")
+    with pytest.raises(DatasetError, match="resolution.*must be divisible by 8"):
+        apply_dataset_options(datasets, {"resolution": 100}, "Train LoRA node")
+    rest, _ = apply_dataset_options(datasets, {"flip_agu": True}, "Train LoRA node")
+    with pytest.raises(ValueError, match=r"flip_agu \(did you mean flip_aug\?\)"):
+        config_from_dict(rest, "Train LoRA node")

@@ -68,7 +68,8 @@ def test_resume_gives_the_uninterrupted_weights(sdxl, tmp_path):
     """3 batches per epoch with gradient accumulation 2: the state at step 3 sits mid-epoch."""
     tm, text = sdxl
     options = dict(max_train_steps=6, save_every_n_steps=3, gradient_accumulation_steps=2, lr_scheduler="cosine",
-                   lr_warmup_steps=2, optimizer_type="AdamW", noise_offset=0.05, min_snr_gamma=5.0)
+                   lr_warmup_steps=2, optimizer_type="AdamW", noise_offset=0.05, min_snr_gamma=5.0,
+                   save_last_n_steps_state=6)  # keep the step-3 state (by default only the newest state stays)
     whole = TinyAdapter()
     full = _engine(tm, text, tmp_path / "a", whole, ListData(n=6), **options).run()
     assert [p.name for p in full.saved] == ["t-step00000003.safetensors", "t.safetensors"]

@@ -13,7 +13,7 @@ in training/ takes plain tensors and modules from here.
 import hashlib
 import math
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +24,7 @@ import comfy.model_base
 import comfy.model_management
 import comfy.model_patcher
 import comfy.model_sampling
+import comfy.ops
 import comfy.sd
 import folder_paths
 from comfy.ldm.modules.attention import BasicTransformerBlock
@@ -257,16 +258,46 @@ def latent_cache_dir() -> str:
     return os.path.join(folder_paths.get_output_directory(), "lllite_kit", "latent_cache")
 
 
+def _store_weights_in_fp8(diffusion_model: torch.nn.Module):
+    """fp8_base: every matrix weight (Linear, Conv) of the frozen U-Net stored in float8_e4m3fn and
+    cast to the input's dtype at each use, the way ComfyUI runs a model loaded with an fp8
+    weight_dtype (comfy.ops' comfy_cast_weights). Biases and norm gains keep their dtype: under 1%
+    of the bytes, and the values 8 bits would hurt most. The original weights wait on the CPU;
+    the returned function puts them back."""
+    stored = []
+    for m in diffusion_model.modules():
+        w = m._parameters.get("weight") if isinstance(m, comfy.ops.CastWeightBiasOp) else None
+        if w is None or w.ndim < 2 or not w.is_floating_point():
+            continue
+        stored.append((m, w, w.device, m.__dict__.get("comfy_cast_weights")))
+        m.weight = torch.nn.Parameter(w.detach().to(torch.float8_e4m3fn), requires_grad=False)
+        m.comfy_cast_weights = True
+        w.data = w.data.cpu()
+
+    def restore():
+        for m, w, device, cast in stored:
+            w.data = w.data.to(device)
+            m.weight = w
+            if cast is None:
+                del m.comfy_cast_weights
+            else:
+                m.comfy_cast_weights = cast
+
+    return restore
+
+
 @contextmanager
 def trainable_model(model: comfy.model_patcher.ModelPatcher, mixed_precision: str = "no", gradient_checkpointing: bool = False,
-                    v_parameterization: bool = False, zero_terminal_snr: bool = False):
+                    v_parameterization: bool = False, zero_terminal_snr: bool = False, fp8_base: bool = False):
     """Context: the model prepared for training (see TrainingModel); on exit the shared model
     is as it was (checkpointing removed; weights keep their values).
 
     Inside a graph ComfyUI runs nodes under torch.inference_mode(); this must be entered
     under torch.inference_mode(False). Inference-tensor weights are replaced in place by
     ordinary tensors with the same values (no second copy of the model in memory); a
-    dynamic-VRAM model is rebuilt from its loader (cached_patcher_init), as core's trainer does."""
+    dynamic-VRAM model is rebuilt from its loader (cached_patcher_init), as core's trainer does.
+    fp8_base: the U-Net's matrix weights held in float8 while training (see _store_weights_in_fp8),
+    computed in the mixed-precision dtype (float32 with mixed_precision "no")."""
     if torch.is_inference_mode_enabled():
         raise RuntimeError("trainable_model must be used under torch.inference_mode(False)")
     family = model_family(model)
@@ -285,12 +316,15 @@ def trainable_model(model: comfy.model_patcher.ModelPatcher, mixed_precision: st
     diffusion_model.train(False)  # no dropout in the frozen model; adapters switch their own
     weight_dtype = patcher.model.get_dtype_inference()
     tm = TrainingModel(patcher, schedule, family, _compute_dtype(mixed_precision, weight_dtype))
+    restore_weights = _store_weights_in_fp8(diffusion_model) if fp8_base else None
     if gradient_checkpointing:
         set_gradient_checkpointing(diffusion_model, True)
     try:
         yield tm
     finally:
         tm.close()
+        if restore_weights is not None:
+            restore_weights()
 
 
 def reload_training_model(tm: TrainingModel) -> None:
@@ -343,15 +377,27 @@ class TextConditioner:
     """Captions -> (context, pooled). Frozen encoders: outputs are computed without gradients
     and kept per caption for captions given to precompute() (the fixed captions of a dataset,
     the sample prompts); `release()` then lets the encoders leave the device. Trained
-    encoders (adapter.trains_text_encoders): every call encodes with gradients."""
+    encoders (adapter.trains_text_encoders): every call encodes with gradients.
 
-    def __init__(self, clip: comfy.sd.CLIP, family: str, trainable: bool = False, clip_skip: int = 1):
+    Captions: ComfyUI's tokenizer splits text into 77-token windows (start, up to 75 tokens,
+    end; a word of under 8 tokens is not split, so a window may hold fewer) and the encoder
+    concatenates the windows' outputs. max_tokens (75/150/225, sd-scripts' max_token_length)
+    keeps the first 1/2/3 windows; None keeps all. caption_weights: ComfyUI's (word:1.2)
+    emphasis in captions (sd-scripts' weighted_captions); off, brackets are plain text.
+    Sample prompts (prompts=True) are encoded as ComfyUI encodes a prompt: every window, weights on."""
+
+    def __init__(self, clip: comfy.sd.CLIP, family: str, trainable: bool = False, clip_skip: int = 1,
+                 max_tokens: int | None = None, caption_weights: bool = True):
+        if max_tokens is not None and (max_tokens < 75 or max_tokens % 75):
+            raise ValueError(f"max_tokens must be a multiple of 75 (75, 150, 225), not {max_tokens}")
+        self.max_windows = None if max_tokens is None else max_tokens // 75
+        self.caption_weights = caption_weights
         self.clip = clip.clone()
         if clip_skip > 1 and family != "sdxl":  # SDXL always uses the penultimate layers
             self.clip.clip_layer(-clip_skip)
         self.family = family
         self.trainable = trainable
-        self.cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self.cache: dict[tuple[bool, str], tuple[torch.Tensor, torch.Tensor | None]] = {}  # (prompts, text)
         if trainable:
             if torch.is_inference_mode_enabled():
                 raise RuntimeError("a trainable text encoder must be prepared under torch.inference_mode(False)")
@@ -366,28 +412,35 @@ class TextConditioner:
     def modules(self) -> dict[str, torch.nn.Module]:
         return text_encoder_modules(self.clip, self.family)
 
-    def _encode_one(self, caption: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def tokenize(self, text: str, prompts: bool = False) -> dict:
+        """ComfyUI's tokens of `text` ({encoder: [77-token windows]}), cut to max_tokens for captions."""
+        if prompts:
+            return self.clip.tokenize(text)
+        tokens = self.clip.tokenize(text, disable_weights=not self.caption_weights)
+        return tokens if self.max_windows is None else {k: v[:self.max_windows] for k, v in tokens.items()}
+
+    def _encode_one(self, caption: str, prompts: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.clip is None:
             raise RuntimeError(f"caption {caption!r} was not encoded before the text encoders were released")
-        tokens = self.clip.tokenize(caption)
-        cond, pooled = self.clip.encode_from_tokens(tokens, return_pooled=True)
+        cond, pooled = self.clip.encode_from_tokens(self.tokenize(caption, prompts), return_pooled=True)
         return cond, (pooled if self.family == "sdxl" else None)
 
-    def precompute(self, captions) -> None:
+    def precompute(self, captions, prompts: bool = False) -> None:
         with torch.no_grad():
             for c in captions:
-                if c not in self.cache:
-                    cond, pooled = self._encode_one(c)
-                    self.cache[c] = (cond.detach().cpu(), None if pooled is None else pooled.detach().cpu())
+                if (prompts, c) not in self.cache:
+                    cond, pooled = self._encode_one(c, prompts)
+                    self.cache[(prompts, c)] = (cond.detach().cpu(), None if pooled is None else pooled.detach().cpu())
 
-    def encode(self, captions: list[str], device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def encode(self, captions: list[str], device, prompts: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Captions (prompts=False) or sample prompts (prompts=True) -> (context, pooled) on `device`."""
         outs = []
         for c in captions:
-            if not self.trainable and c in self.cache:
-                outs.append(self.cache[c])
+            if not self.trainable and (prompts, c) in self.cache:
+                outs.append(self.cache[(prompts, c)])
             else:
                 with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
-                    outs.append(self._encode_one(c))
+                    outs.append(self._encode_one(c, prompts))
         context = _lcm_repeat([o[0].to(device) for o in outs])
         pooled = None if outs[0][1] is None else torch.cat([o[1].to(device) for o in outs])
         return context, pooled
@@ -416,12 +469,30 @@ def vae_identity(vae: comfy.sd.VAE, latent_format) -> str:
     return h.hexdigest()[:32]
 
 
-def latent_encoder(vae: comfy.sd.VAE, latent_format):
+@contextmanager
+def _vae_in_float32(vae: comfy.sd.VAE):
+    """The VAE's weights and compute in float32 for a while (sd-scripts' no_half_vae); half
+    weights widen and narrow back exactly, so the shared VAE is unchanged afterwards."""
+    dtype = vae.vae_dtype
+    if dtype == torch.float32:
+        yield
+        return
+    vae.first_stage_model.to(torch.float32)
+    vae.vae_dtype = torch.float32
+    try:
+        yield
+    finally:
+        vae.first_stage_model.to(dtype)
+        vae.vae_dtype = dtype
+
+
+def latent_encoder(vae: comfy.sd.VAE, latent_format, no_half_vae: bool = False):
     """images (B, 3, H, W) in [-1, 1] -> latents multiplied by the model's scale factor (what
-    the U-Net is trained on), on the CPU."""
+    the U-Net is trained on), on the CPU. no_half_vae: encoded in float32 whatever dtype
+    ComfyUI picked for the VAE (a half-precision VAE can overflow to NaN on some images)."""
 
     def encode(images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
+        with torch.no_grad(), (_vae_in_float32(vae) if no_half_vae else nullcontext()):
             pixels = ((images.float() + 1.0) / 2.0).clamp(0, 1).movedim(1, -1)
             latents = vae.encode(pixels)
             return latent_format.process_in(latents).float().cpu()

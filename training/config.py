@@ -413,3 +413,60 @@ def load_config(path: str | Path, **overrides) -> TrainConfig:
     values = flatten_sections(read_toml(path))
     values.update({k: v for k, v in overrides.items() if v is not None})
     return config_from_dict(values, str(path))
+
+
+# Dataset options in a graph: the dataset arrives built on the `dataset` input, so training
+# options that sd-scripts passes to its dataset are applied to that dataset here (a value in
+# extra_options wins over the dataset node's), or refused where they cannot apply.
+_GRAPH_DATASET_KEYS = {"resolution": (int, list, str), "train_batch_size": int, "enable_bucket": bool, "min_bucket_reso": int,
+                       "max_bucket_reso": int, "bucket_reso_steps": int, "bucket_no_upscale": bool}
+_GRAPH_SUBSET_KEYS = {"caption_extension": str, "shuffle_caption": bool, "keep_tokens": int, "flip_aug": bool,
+                      "color_aug": bool, "random_crop": bool, "caption_dropout_rate": (float, int), "caption_separator": str,
+                      "keep_tokens_separator": str, "caption_prefix": str, "caption_suffix": str,
+                      "caption_dropout_every_n_epochs": int, "caption_tag_dropout_rate": (float, int)}
+_GRAPH_SOURCE_KEYS = ("train_data_dir", "reg_data_dir", "dataset_config", "conditioning_data_dir", "in_json")
+
+
+def apply_dataset_options(datasets: list, options: dict, where: str) -> tuple[dict, list]:
+    """Split a graph node's extra_options: dataset keys are applied to copies of `datasets`
+    (DatasetConfigs; the input stays untouched, ComfyUI caches it) and range-checked again;
+    returns (the remaining training options, the datasets)."""
+    from .data.config import check_dataset
+    from .data.errors import DatasetError
+
+    rest, ds_opts, sub_opts = {}, {}, {}
+    for key, value in options.items():
+        if key in _GRAPH_SOURCE_KEYS:
+            raise DatasetError(f"{where}: extra_options `{key}` cannot apply: the images come from the `dataset` input. "
+                               "Set it on the dataset node (Training Dataset from Folder / from TOML).")
+        types = _GRAPH_DATASET_KEYS.get(key) or _GRAPH_SUBSET_KEYS.get(key)
+        if types is None:
+            rest[key] = value
+            continue
+        types = types if isinstance(types, tuple) else (types,)
+        if isinstance(value, bool) != (bool in types) or not isinstance(value, types):
+            raise DatasetError(f"{where}: extra_options `{key}` must be {' or '.join(t.__name__ for t in types)}, got {value!r}.")
+        (ds_opts if key in _GRAPH_DATASET_KEYS else sub_opts)[key] = value
+    if "resolution" in ds_opts:
+        reso = ds_opts["resolution"]
+        parts = [int(p) for p in reso.replace("x", ",").split(",")] if isinstance(reso, str) else reso
+        parts = [parts] if isinstance(parts, int) else list(parts)
+        if len(parts) not in (1, 2) or not all(isinstance(p, int) for p in parts):
+            raise DatasetError(f"{where}: extra_options `resolution` must be an integer or [width, height], got {reso!r}.")
+        ds_opts["resolution"] = (parts[0], parts[-1])
+    if "train_batch_size" in ds_opts:
+        ds_opts["batch_size"] = ds_opts.pop("train_batch_size")
+    for key in ("caption_dropout_rate", "caption_tag_dropout_rate"):
+        if key in sub_opts:
+            sub_opts[key] = float(sub_opts[key])
+    if "caption_extension" in sub_opts and not any(s.image_dir is not None for d in datasets for s in d.subsets):
+        raise DatasetError(f"{where}: extra_options `caption_extension` cannot apply: this dataset has no image folder "
+                           "(in-graph images carry their captions).")
+    if not ds_opts and not sub_opts:
+        return rest, datasets
+    out = []
+    for i, ds in enumerate(datasets, 1):
+        new = dataclasses.replace(ds, subsets=[dataclasses.replace(s, **sub_opts) for s in ds.subsets], **ds_opts)
+        check_dataset(new, f"{where}: dataset #{i} with the extra_options {', '.join(sorted({**ds_opts, **sub_opts}))}")
+        out.append(new)
+    return rest, out

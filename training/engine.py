@@ -26,7 +26,7 @@ from .losses import huber_c, min_snr_weight, per_sample_loss
 from .noise import sample_timesteps, training_noise
 from .optimizers import adafactor_uses_relative_step, build_optimizer
 from .schedulers import build_scheduler
-from .state import load_state, save_state, state_path_for
+from .state import STATE_SUFFIX, load_state, save_state, state_path_for
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,9 @@ class TrainingEngine:
         if not groups:
             raise ValueError("the adapter has nothing to train at these learning rates")
         self.params = [p for g in groups for p in g["params"]]
+        if cfg.full_bf16:  # sd-scripts' full_bf16: trained weights, their gradients and optimizer state in bf16
+            for p in self.params:
+                p.data = p.data.to(torch.bfloat16)
         self.optimizer = build_optimizer(cfg.optimizer_type, groups, cfg.learning_rate, cfg.optimizer_args)
         scheduler_name = "adafactor" if adafactor_uses_relative_step(cfg.optimizer_type, cfg.optimizer_args) else cfg.lr_scheduler
         self.scheduler = build_scheduler(scheduler_name, self.optimizer, self.total_steps, cfg.warmup_steps(self.total_steps),
@@ -300,14 +303,54 @@ class TrainingEngine:
         return self.make_metadata(facts)
 
     def _save(self, path: Path) -> Path:
+        cfg = self.cfg
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.adapter.save(str(path), SAVE_DTYPES[self.cfg.save_dtype_name], self._metadata())
-        if self.cfg.save_state:
+        self.adapter.save(str(path), SAVE_DTYPES[cfg.save_dtype_name], self._metadata())
+        final = path == self.output_dir / f"{cfg.output_name}.safetensors"
+        wrote_state = cfg.save_state or (final and cfg.save_state_on_train_end)
+        if wrote_state:
             save_state(state_path_for(path), self._state())
         if path not in self.pos.saved:
             self.pos.saved.append(path)
         log.info("saved %s at step %d", path, self.pos.step)
+        self._prune_saves(path, wrote_state)
         return path
+
+    def _prune_saves(self, path: Path, wrote_state: bool) -> None:
+        """After saving `path`: remove this run's older saves as sd-scripts' save_last_n_* do
+        (train_util.get_remove_step_no / get_remove_epoch_no): save_last_n_steps = N keeps the
+        step saves of the last N steps (at step s those at steps <= s - N - 1, rounded down to a
+        save step, go); save_last_n_epochs = N keeps the last N epoch saves. States follow
+        save_last_n_*_state, else save_last_n_*; with none of the four set, only the newest
+        state is kept (a state is ~6x the file: one is what resuming needs)."""
+        cfg = self.cfg
+        folder, name = (self.output_dir / cfg.output_name).parent, Path(cfg.output_name).name
+        kind, number = _save_kind(path.name, name, ".safetensors")
+        limits = {"step": (cfg.save_last_n_steps, cfg.save_last_n_steps_state or cfg.save_last_n_steps),
+                  "epoch": (cfg.save_last_n_epochs, cfg.save_last_n_epochs_state or cfg.save_last_n_epochs)}
+
+        def cut(n_last: int) -> int:  # saves of this kind numbered <= cut go; -1: none
+            if not n_last or kind not in limits:
+                return -1
+            if kind == "step":
+                r = number - n_last - 1
+                return r - r % cfg.save_every_n_steps
+            return number - cfg.save_every_n_epochs * n_last
+
+        cut_file, cut_state = (cut(n) for n in limits.get(kind, (0, 0)))
+        newest_state_only = wrote_state and not any(v for pair in limits.values() for v in pair)
+        removed = []
+        for f in list(folder.iterdir()) if folder.is_dir() else []:
+            is_state = f.name.endswith(STATE_SUFFIX)
+            f_kind, f_number = _save_kind(f.name, name, STATE_SUFFIX if is_state else ".safetensors")
+            if f_kind is None or f == state_path_for(path) or not f.is_file():
+                continue
+            if (f_kind == kind and f_number is not None and f_number <= (cut_state if is_state else cut_file)) or (is_state and newest_state_only):
+                f.unlink(missing_ok=True)
+                removed.append(f)
+        if removed:
+            self.pos.saved = [p for p in self.pos.saved if p not in removed]
+            log.info("removed older saves: %s", ", ".join(p.name for p in removed))
 
     def _state(self) -> dict:
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
@@ -350,3 +393,16 @@ class TrainingEngine:
                              list(state.get("evaluations", [])))
         self.started_at = state["started_at"]
         log.info("resumed from %s at step %d (epoch %d)", path, self.pos.step, self.pos.epoch)
+
+
+def _save_kind(file_name: str, output_name: str, suffix: str) -> tuple[str | None, int | None]:
+    """("step", n) for <name>-step<n:08d><suffix>, ("epoch", n) for <name>-<n:06d><suffix>,
+    ("final", None) for <name><suffix>; (None, None) for any other file (another run's)."""
+    import re
+
+    m = re.fullmatch(re.escape(output_name) + r"(?:-step(\d{8})|-(\d{6}))?" + re.escape(suffix), file_name)
+    if m is None:
+        return None, None
+    if m.group(1):
+        return "step", int(m.group(1))
+    return ("epoch", int(m.group(2))) if m.group(2) else ("final", None)

@@ -1,6 +1,7 @@
 """Sample prompts in sd-scripts' line format (seed 003): one prompt per line, `#` starts a
 comment line, options `--n` (negative prompt, up to the next option), `--w` `--h` (size),
-`--d` (seed), `--l` (CFG scale), `--s` (steps)."""
+`--d` (seed), `--l` (CFG scale), `--s` (steps), `--ss` (sampler of this prompt). sd-scripts'
+other options, and unknown ones, are errors naming the option (sd-scripts ignores them)."""
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +16,21 @@ class SamplePrompt:
     seed: int | None = None  # None: derived from the training seed and the prompt's index
     cfg: float = 7.5
     steps: int = 20
+    sampler: str | None = None  # --ss; None: the run's sample_sampler
 
 
-_OPTION = re.compile(r"\s--([a-z]+)\s*")
+_OPTION = re.compile(r"\s--([A-Za-z]+)\s*")
+# sd-scripts options that do not apply to what this trainer samples
+_REFUSED_OPTIONS = {
+    "cn": "--cn gives a ControlNet guide image, and samples here run without a ControlNet (LLLite samples take "
+          "the node's sample_guide image)",
+    "g": "--g is the guidance of guidance-distilled models (FLUX); for SD U-Nets --l sets the CFG scale",
+    "ctr": "--ctr (CFG truncation) is for Lumina models",
+    "rcfg": "--rcfg (renormalized CFG) is for Lumina models",
+    "fs": "--fs (flow shift) is for flow-matching models",
+}
+_NUMBERS = {"w": ("width", int), "h": ("height", int), "d": ("seed", int), "l": ("cfg", float), "s": ("steps", int)}
+_OPTIONS = "--n, --w, --h, --d, --l, --s, --ss"
 
 
 def parse_prompt_line(line: str, default_size: int = 512) -> SamplePrompt | None:
@@ -28,23 +41,23 @@ def parse_prompt_line(line: str, default_size: int = 512) -> SamplePrompt | None
     parts = _OPTION.split(" " + line)
     sample = SamplePrompt(prompt=parts[0].strip(), width=default_size, height=default_size)
     for flag, value in zip(parts[1::2], parts[2::2]):
-        value = value.strip()
-        try:
-            if flag == "n":
-                sample.negative = value
-            elif flag == "w":
-                sample.width = int(value)
-            elif flag == "h":
-                sample.height = int(value)
-            elif flag == "d":
-                sample.seed = int(value)
-            elif flag == "l":
-                sample.cfg = float(value)
-            elif flag == "s":
-                sample.steps = int(value)
-            # other sd-scripts flags (--ss sampler, --cn ...) are not ours: ignored like unknown words
-        except ValueError:
-            raise ValueError(f"sample prompt {line!r}: --{flag} needs a number, got {value!r}") from None
+        value, flag = value.strip(), flag.lower()  # sd-scripts reads options case-insensitively
+        if flag in _REFUSED_OPTIONS:
+            raise ValueError(f"sample prompt {line!r}: {_REFUSED_OPTIONS[flag]}")
+        if flag == "n":
+            sample.negative = value
+        elif flag == "ss":
+            if not value:
+                raise ValueError(f"sample prompt {line!r}: --ss needs a sampler name")
+            sample.sampler = value  # checked against the samplers that exist when sampling is set up
+        elif flag in _NUMBERS:
+            name, kind = _NUMBERS[flag]
+            try:
+                setattr(sample, name, kind(value))
+            except ValueError:
+                raise ValueError(f"sample prompt {line!r}: --{flag} needs a number, got {value!r}") from None
+        else:
+            raise ValueError(f"sample prompt {line!r}: unknown option --{flag} (options: {_OPTIONS})")
     for name in ("width", "height"):
         v = getattr(sample, name)
         if v < 8 or v % 8:

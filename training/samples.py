@@ -7,18 +7,25 @@ import torch
 from .comfy_bridge import TextConditioner, TrainingModel, reload_training_model
 from .prompts import SamplePrompt
 
-# sd-scripts' --sample_sampler names -> (ComfyUI sampler, scheduler)
+# sd-scripts' --sample_sampler names -> the same method in ComfyUI (sampler, scheduler). sd-scripts
+# builds diffusers schedulers with their default, non-Karras timesteps: ComfyUI's "normal".
 SD_SCRIPTS_SAMPLERS = {
     "ddim": ("ddim", "ddim_uniform"),
-    "pndm": ("euler", "normal"),  # no PNDM in ComfyUI; a deterministic first-order stand-in
     "lms": ("lms", "normal"), "k_lms": ("lms", "normal"),
     "euler": ("euler", "normal"), "k_euler": ("euler", "normal"),
     "euler_a": ("euler_ancestral", "normal"), "k_euler_a": ("euler_ancestral", "normal"),
     "heun": ("heun", "normal"),
-    "dpmsolver": ("dpmpp_2m", "karras"), "dpmsolver++": ("dpmpp_2m", "karras"),
-    "dpmsingle": ("dpmpp_sde", "karras"),
+    "dpmsolver++": ("dpmpp_2m", "normal"),  # diffusers' DPMSolverMultistep: 2nd-order DPM-Solver++
     "dpm_2": ("dpm_2", "normal"), "k_dpm_2": ("dpm_2", "normal"),
     "dpm_2_a": ("dpm_2_ancestral", "normal"), "k_dpm_2_a": ("dpm_2_ancestral", "normal"),
+}
+
+
+# sd-scripts samplers ComfyUI has no equal of: refused rather than replaced by another method
+NOT_IN_COMFYUI = {
+    "pndm": "ComfyUI has no PNDM; ipndm is its improved variant (lower-order start instead of PNDM's Runge-Kutta warm-up)",
+    "dpmsolver": "ComfyUI has DPM-Solver++ (dpmsolver++ / dpmpp_2m), not the noise-prediction DPM-Solver multistep",
+    "dpmsingle": "ComfyUI has no singlestep DPM-Solver++ (dpm_fast is k-diffusion's singlestep DPM-Solver, a different method)",
 }
 
 
@@ -28,8 +35,10 @@ def resolve_sampler(name: str) -> tuple[str, str]:
         return SD_SCRIPTS_SAMPLERS[name]
     if name in comfy.samplers.KSampler.SAMPLERS:
         return name, "normal"
-    raise ValueError(f"unknown sample_sampler {name!r}: use an sd-scripts name ({', '.join(SD_SCRIPTS_SAMPLERS)}) "
-                     "or a ComfyUI sampler name")
+    names = f"sd-scripts names {', '.join(SD_SCRIPTS_SAMPLERS)}; or ComfyUI's {', '.join(comfy.samplers.KSampler.SAMPLERS)}"
+    if name in NOT_IN_COMFYUI:
+        raise ValueError(f"sampler {name!r}: {NOT_IN_COMFYUI[name]}. Available: {names}")
+    raise ValueError(f"unknown sampler {name!r}: use {names}")
 
 
 class SampleRenderer:
@@ -37,7 +46,13 @@ class SampleRenderer:
         self.model = model
         self.vae = vae
         self.prompts = prompts
-        self.sampler_name, self.scheduler = resolve_sampler(sampler)
+        # (sampler, scheduler) per prompt: its --ss, else the run's sampler; checked before training starts
+        self.choices = []
+        for p in prompts:
+            try:
+                self.choices.append(resolve_sampler(p.sampler or sampler))
+            except ValueError as e:
+                raise ValueError(f"sample prompt {p.prompt!r}: {e}" if p.sampler else f"sample_sampler: {e}") from None
         self.seed = seed
 
     def texts(self) -> list[str]:
@@ -45,19 +60,19 @@ class SampleRenderer:
         return [t for p in self.prompts for t in (p.prompt, p.negative)]
 
     def _cond(self, text: TextConditioner, caption: str):
-        context, pooled = text.encode([caption], self.model.device)
+        context, pooled = text.encode([caption], self.model.device, prompts=True)
         return [[context, {} if pooled is None else {"pooled_output": pooled}]]
 
     def render(self, step: int, text: TextConditioner) -> list[torch.Tensor]:
         """One IMAGE (1, H, W, 3) per prompt, in prompt order."""
         images = []
         try:
-            for i, p in enumerate(self.prompts):
+            for i, (p, (sampler_name, scheduler)) in enumerate(zip(self.prompts, self.choices)):
                 seed = p.seed if p.seed is not None else self.seed + i
                 latent = torch.zeros(1, 4, p.height // 8, p.width // 8)
                 noise = comfy.sample.prepare_noise(latent, seed)
                 out = comfy.sample.sample(
-                    self.model.patcher, noise, p.steps, p.cfg, self.sampler_name, self.scheduler,
+                    self.model.patcher, noise, p.steps, p.cfg, sampler_name, scheduler,
                     self._cond(text, p.prompt), self._cond(text, p.negative), latent, disable_pbar=True, seed=seed)
                 images.append(self.vae.decode(out).clamp(0, 1).float().cpu())
         finally:

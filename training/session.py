@@ -93,21 +93,25 @@ def run_training(cfg: TrainConfig, model, clip, vae, datasets: Sequence[DatasetC
     image ((1, 3, H, W) in [-1, 1]) of every sample of a guided adapter (LLLite)."""
     with torch.inference_mode(False):
         family = model_family(model)
+        cfg.check_model_family(family)
         latent_format = model.model.latent_format
-        data = TrainingData(datasets, encode_latents=latent_encoder(vae, latent_format), vae_id=vae_identity(vae, latent_format),
+        # no_half_vae on a half VAE makes other latents: they must not share a disk cache entry
+        vae_id = vae_identity(vae, latent_format) + (":fp32" if cfg.no_half_vae and vae.vae_dtype != torch.float32 else "")
+        data = TrainingData(datasets, encode_latents=latent_encoder(vae, latent_format, cfg.no_half_vae), vae_id=vae_id,
                             seed=cfg.seed, cache_latents=cfg.cache_latents,
                             cache_dir=latent_cache_dir if cfg.cache_latents_to_disk else None, **(data_options or {}))
         data.prepare(data_progress)
         if cfg.cache_latents:
             unload_from_device(vae.patcher)
 
-        text = TextConditioner(clip, family, trainable=trains_text_encoders, clip_skip=cfg.clip_skip)
+        text = TextConditioner(clip, family, trainable=trains_text_encoders, clip_skip=cfg.clip_skip,
+                               max_tokens=cfg.max_token_length or 75, caption_weights=cfg.weighted_captions)
         first = data.datasets[0]
         prompts = parse_prompts(cfg.sample_prompts, default_size=max(first.resolution))
         wants_samples = bool(prompts) and bool(cfg.sample_every_n_steps or cfg.sample_every_n_epochs)
         captions = data.fixed_captions()
         if not trains_text_encoders:
-            text.precompute([p for pr in (prompts if wants_samples else []) for p in (pr.prompt, pr.negative)])
+            text.precompute([p for pr in (prompts if wants_samples else []) for p in (pr.prompt, pr.negative)], prompts=True)
             if cfg.cache_text_encoder_outputs and captions is not None:
                 text.precompute(captions)
                 text.release()
@@ -121,7 +125,7 @@ def run_training(cfg: TrainConfig, model, clip, vae, datasets: Sequence[DatasetC
             return {**make_metadata(f), **data_meta}
 
         with trainable_model(model, cfg.mixed_precision, cfg.gradient_checkpointing,
-                             cfg.v_parameterization, cfg.zero_terminal_snr) as tm, closing(text):
+                             cfg.v_parameterization, cfg.zero_terminal_snr, cfg.fp8) as tm, closing(text):
             if tm.schedule.v_prediction:
                 log.info("training a v-prediction model")
             adapter = adapter_factory(tm)
