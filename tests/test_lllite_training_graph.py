@@ -2,6 +2,7 @@
 SD1.5 trains and its file loads in the apply node (and predicts what training predicted),
 resume continues exactly, and the synthetic loop (generate -> Canny -> train -> apply) runs."""
 import json
+import re
 
 import pytest
 import torch
@@ -54,8 +55,10 @@ def test_missing_and_extra_guide_images_are_listed_by_the_node(graph, folders):
     with pytest.raises(GraphError) as err:
         graph.run(_folder_graph("sdxl", "training/lllite_canny/bad_canny"))
     message = str(err.value)
-    assert "room_2.png" in message and "room_3.png" in message and "stray.png" in message
-    assert "room_0.png" not in message.split("Images without a guide image")[1].split("Guide images without")[0]
+    assert "3 dataset problems in 2 groups: Images without a guide image (2); Guide images without an image (1)." in message
+    missing, extra = message.split("\nImages without a guide image (2): ")[1].split("\nGuide images without an image (1): ")
+    assert re.findall(r"\n  - (.*)", missing) == ["images/1_photos/room_2.png", "images/1_photos/room_3.png"]
+    assert re.findall(r"\n  - (.*)", extra) == ["bad_canny/1_photos/stray.png"]
 
 
 def test_training_without_guide_images_is_refused_by_name(graph, folders):

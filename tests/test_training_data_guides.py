@@ -25,14 +25,16 @@ def test_missing_and_extra_guides_are_listed(tmp_path):
     with pytest.raises(DatasetError) as e:
         pair_guides(images, tmp_path / "cond", str(tmp_path / "img"))
     msg = str(e.value)
-    missing, extra = msg.split("Guide images without an image")
-    assert "b.png" in missing and "c.png" in missing and "a.png" not in missing
-    assert "zzz.png" in extra
+    assert msg.startswith("3 dataset problems in 2 groups: Images without a guide image (2); Guide images without an image (1).")
+    missing, extra = msg.split("\nGuide images without an image (1): ")
+    assert missing.endswith("Images without a guide image (2): put a guide image with the same basename (any image extension) "
+                            "in the subset's conditioning_data_dir.\n  - img/b.png\n  - img/c.png")
+    assert extra.endswith("\n  - cond/zzz.png")
 
 
 def test_missing_conditioning_dir(tmp_path):
     img = write_image(tmp_path / "img" / "a.png", 32, 32)
-    with pytest.raises(DatasetError, match="conditioning_data_dir .*cond.* does not exist"):
+    with pytest.raises(DatasetError, match=r"do not exist \(1\).*\n.*\n  - cond \(conditioning_data_dir, guide images for img\)$"):
         pair_guides([img], tmp_path / "cond", "img")
 
 
@@ -40,7 +42,7 @@ def test_guide_of_other_size_is_named(tmp_path):
     write_image(tmp_path / "img" / "a.png", 64, 48)
     write_image(tmp_path / "cond" / "a.png", 32, 24)
     subset = SubsetConfig(image_dir=tmp_path / "img", conditioning_data_dir=tmp_path / "cond", class_tokens="x")
-    with pytest.raises(DatasetError, match=r"same pixel size.*\n.*a\.png is 64x48, its guide .*cond/a\.png is 32x24"):
+    with pytest.raises(DatasetError, match=r"same pixel size as their image \(1\).*\n.*\n  - img/a\.png \(64x48, its guide cond/a\.png is 32x24\)$"):
         TrainingData([_dataset([subset])], encode_latents=CountingEncoder(), vae_id="t")
 
 
@@ -107,7 +109,7 @@ def test_in_graph_list_errors():
         items_from_tensors(images, "a", guides=torch.rand(1, 3, 32, 32))
     with pytest.raises(DatasetError, match=r"images\[1\] has shape \(1, 32, 32\)"):
         items_from_tensors([torch.rand(3, 32, 32), torch.rand(1, 32, 32)], "a")
-    with pytest.raises(DatasetError, match=r"images\[1\] is 32x32, its guide \(in-graph guide\) is 16x16"):
+    with pytest.raises(DatasetError, match=r"\n  - images\[1\] \(32x32, its guide \(in-graph guide\) is 16x16\)$"):
         items_from_tensors([torch.rand(3, 32, 32)] * 2, "a", guides=[torch.rand(3, 32, 32), torch.rand(3, 16, 16)])
     assert [i.caption for i in items_from_tensors([torch.rand(3, 32, 32), torch.rand(2, 3, 40, 32)], "same")] == ["same"] * 3
 
@@ -118,7 +120,7 @@ def test_guides_must_be_on_every_subset(tmp_path):
     write_image(tmp_path / "b" / "y.png", 32, 32)
     with_guides = SubsetConfig(image_dir=tmp_path / "a", conditioning_data_dir=tmp_path / "ca", class_tokens="x")
     without = SubsetConfig(image_dir=tmp_path / "b", class_tokens="y")
-    with pytest.raises(DatasetError, match=r"Subsets without guides:\n.*/b$"):
+    with pytest.raises(DatasetError, match=r"^Subsets without guide images \(1\): other subsets have guides.*\n.*\n  - b$"):
         TrainingData([_dataset([with_guides, without])], encode_latents=CountingEncoder(), vae_id="t")
     with pytest.raises(DatasetError, match="needs guide images"):
         TrainingData([_dataset([without])], encode_latents=CountingEncoder(), vae_id="t", require_guides=True)

@@ -138,7 +138,7 @@ def test_regularization_is_balanced_to_the_train_samples(tmp_path):
 def test_color_aug_refuses_cached_latents_and_encodes_each_step_without(tmp_path):
     write_image(tmp_path / "img" / "a.png", 64, 64)
     subset = SubsetConfig(image_dir=tmp_path / "img", class_tokens="x", color_aug=True, num_repeats=4)
-    with pytest.raises(DatasetError, match=r"img: color_aug changes the pixels every step.*turn off latent caching"):
+    with pytest.raises(DatasetError, match=r"^Subsets whose latents cannot be cached \(1\): .*changes the pixels every step: turn off latent caching.*\n.*\n  - img \(color_aug\)$"):
         _data([subset])
     encoder = CountingEncoder()
     data = _data([subset], encoder, cache_latents=False, batch_size=1)

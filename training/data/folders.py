@@ -8,18 +8,28 @@ class tokens "sks dog"; `reg` holds `<repeats>_<class>` folders of regularizatio
 caption file with an image's basename and the chosen extension replaces the folder caption.
 """
 import dataclasses
-import logging
 import re
 from pathlib import Path
 
 from .config import SubsetConfig
-from .errors import DatasetError, name_list
+from .errors import MISSING_PATH, DatasetProblems, Problem, collecting
 from .images import IMAGE_EXTENSIONS, ImageItem, read_sizes
 from .pairing import check_guide_sizes, pair_guides
 
-log = logging.getLogger(__name__)
-
 _FOLDER_NAME = re.compile(r"^(\d+)_(.*)$")
+_LAYOUT = "`<repeats>_<identifier> <class>` (e.g. `10_sks dog`; regularization: `<repeats>_<class>`, e.g. `1_dog`)"
+
+LOOSE_IMAGES = Problem("Images directly in a training or regularization folder", f"move them into a subfolder named {_LAYOUT}")
+NO_SUBFOLDERS = Problem("Training or regularization folders without subfolders", f"put the images in subfolders named {_LAYOUT}")
+BAD_FOLDER_NAMES = Problem("Folders not named `<repeats>_<identifier> <class>` with repeats >= 1", f"rename them as {_LAYOUT}")
+NO_IMAGES = Problem("Image folders without images", f"add images ({' '.join(IMAGE_EXTENSIONS)}) or remove the folder")
+ORPHAN_CAPTIONS = Problem("Caption files without an image of the same basename", "rename them to their image's basename, or delete them")
+UNCAPTIONED = Problem(
+    "Images without a caption file and no class tokens to fall back on",
+    "add a caption file with the image's basename, or give the subset class tokens",
+)
+UNDECODABLE_CAPTIONS = Problem("Caption files that are not UTF-8 text", "save them as UTF-8")
+EMPTY_CAPTIONS = Problem("Empty caption files", "write a caption, or delete the file to use the class tokens")
 
 
 def subsets_from_folder_tree(
@@ -30,38 +40,41 @@ def subsets_from_folder_tree(
 ) -> list[SubsetConfig]:
     """One subset per `<repeats>_<tokens>` subfolder; template carries the caption and
     augmentation options. conditioning_dir, when given, mirrors the train tree: guide images
-    for `train/10_sks dog/a.png` are looked up in `conditioning_dir/10_sks dog/`."""
+    for `train/10_sks dog/a.png` are looked up in `conditioning_dir/10_sks dog/`.
+
+    Problems of both trees are raised together; when there are any, the files of the
+    well-named folders are checked too, so the one error lists everything."""
     template = template or SubsetConfig()
-    subsets = _subsets_in(Path(train_dir), False, template, Path(conditioning_dir) if conditioning_dir else None)
+    problems = DatasetProblems()
+    cond = Path(conditioning_dir) if conditioning_dir else None
+    subsets = _subsets_in(Path(train_dir), False, template, cond, problems)
     if reg_dir:
-        subsets += _subsets_in(Path(reg_dir), True, template, None)
+        subsets += _subsets_in(Path(reg_dir), True, template, None, problems)
+    if problems:
+        for subset in subsets:
+            scan_image_dir(subset, problems)
+    problems.raise_if_any()
     return subsets
 
 
-def _subsets_in(root: Path, is_reg: bool, template: SubsetConfig, conditioning_dir: Path | None) -> list[SubsetConfig]:
-    label = "Regularization folder" if is_reg else "Training folder"
-    pattern = "<repeats>_<class>" if is_reg else "<repeats>_<identifier> <class>"
-    example = "1_dog" if is_reg else "10_sks dog"
+def _subsets_in(root: Path, is_reg: bool, template: SubsetConfig, conditioning_dir: Path | None,
+                problems: DatasetProblems) -> list[SubsetConfig]:
     if not root.is_dir():
-        raise DatasetError(f"{label} {root} does not exist (or is not a folder).")
+        problems.add(MISSING_PATH, root, "regularization folder" if is_reg else "training folder")
+        return []
     children = sorted(p for p in root.iterdir() if not p.name.startswith("."))
-    loose_images = [p for p in children if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
-    if loose_images:
-        raise DatasetError(
-            f"{label} {root} contains images directly; it must be the parent of folders named "
-            f"`{pattern}` (e.g. `{example}`) that hold the images. Loose images:\n" + name_list(loose_images)
-        )
+    for p in children:
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
+            problems.add(LOOSE_IMAGES, p)
     subdirs = [p for p in children if p.is_dir()]
     if not subdirs:
-        raise DatasetError(f"{label} {root} has no `{pattern}` subfolders (e.g. `{example}`).")
-    bad = [p for p in subdirs if not _FOLDER_NAME.match(p.name) or int(_FOLDER_NAME.match(p.name)[1]) < 1]
-    if bad:
-        raise DatasetError(
-            f"These folders in {root} are not named `{pattern}` with repeats >= 1 (e.g. `{example}`):\n" + name_list(bad)
-        )
+        problems.add(NO_SUBFOLDERS, root)
     subsets = []
     for d in subdirs:
         m = _FOLDER_NAME.match(d.name)
+        if not m or int(m[1]) < 1:
+            problems.add(BAD_FOLDER_NAMES, d)
+            continue
         subsets.append(dataclasses.replace(
             template,
             image_dir=d,
@@ -78,70 +91,76 @@ def caption_extension(subset: SubsetConfig) -> str:
     return ext if ext.startswith(".") else "." + ext
 
 
-def scan_image_dir(subset: SubsetConfig) -> list[ImageItem]:
-    """The images of a DreamBooth-style subset with their caption file text and guides."""
-    d = subset.image_dir
-    if not d.is_dir():
-        raise DatasetError(f"Image folder {d} does not exist (or is not a folder).")
-    files = sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith("."))
-    images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
-    if not images:
-        found = f" It holds {len(files)} other file(s), e.g. {files[0].name}." if files else " It is empty."
-        raise DatasetError(f"No images in {d} (expected {' '.join(IMAGE_EXTENSIONS)}).{found}")
-    ext = caption_extension(subset)
-    image_stems = {p.stem for p in images}
-    caption_files = {p.name[: -len(ext)]: p for p in files if p.name.lower().endswith(ext.lower()) and p not in images}
-    orphans = [p for stem, p in caption_files.items() if stem not in image_stems]
-    if orphans:
-        raise DatasetError(f"Caption files in {d} without an image of the same basename:\n" + name_list(orphans))
-    captions = _read_captions(caption_files)
+def scan_image_dir(subset: SubsetConfig, problems: DatasetProblems | None = None) -> list[ImageItem]:
+    """The images of a DreamBooth-style subset with their caption file text and guides.
+    Problems go to `problems`; the images they concern are left out."""
+    with collecting(problems) as problems:
+        d = subset.image_dir
+        if not d.is_dir():
+            problems.add(MISSING_PATH, d, "image folder")
+            return []
+        files = sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith("."))
+        images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+        if not images:
+            problems.add(NO_IMAGES, d, f"it holds {len(files)} other file(s), e.g. {files[0].name}" if files else "it is empty")
+            return []
+        ext = caption_extension(subset)
+        image_stems = {p.stem for p in images}
+        caption_files = {p.name[: -len(ext)]: p for p in files if p.name.lower().endswith(ext.lower()) and p not in images}
+        for stem, p in caption_files.items():
+            if stem not in image_stems:
+                problems.add(ORPHAN_CAPTIONS, p)
+        captions = _read_captions({s: p for s, p in caption_files.items() if s in image_stems}, problems)
+        _check_uncaptioned(subset, files, images, [p for p in images if p.stem not in caption_files], ext, problems)
 
-    uncaptioned = [p for p in images if p.stem not in captions]
-    if uncaptioned and subset.class_tokens is None:
-        raise DatasetError(
-            f"Images in {d} have no `{ext}` caption file and the subset has no class tokens to fall back on"
-            f"{_extension_hint(files, uncaptioned, ext)}:\n" + name_list(uncaptioned)
-        )
-    if uncaptioned and captions:
-        log.warning("%d image(s) in %s have no %s caption file; they use the class tokens %r.", len(uncaptioned), d, ext, subset.class_tokens)
-    elif uncaptioned and not subset.is_reg:
-        hint = _extension_hint(files, uncaptioned, ext)
-        if hint:
-            log.warning("No %s caption files in %s; training on the class tokens %r%s.", ext, d, subset.class_tokens, hint)
-
-    sizes = read_sizes(images)
-    guides = pair_guides(images, subset.conditioning_data_dir, str(d)) if subset.conditioning_data_dir else {}
-    items = [
-        ImageItem(name=str(p), source=p, size=sizes[p], caption=captions.get(p.stem), guide=guides.get(p))
-        for p in images
-    ]
-    check_guide_sizes(items)
-    return items
+        sizes = read_sizes(images, problems)
+        guides = pair_guides(images, subset.conditioning_data_dir, str(d), problems) if subset.conditioning_data_dir else {}
+        items = [
+            ImageItem(name=str(p), source=p, size=sizes[p], caption=captions.get(p.stem), guide=guides.get(p))
+            for p in images
+            if p in sizes and (p in guides or not subset.conditioning_data_dir)
+        ]
+        check_guide_sizes(items, problems)
+        return items
 
 
-def _read_captions(caption_files: dict[str, Path]) -> dict[str, str]:
-    """First non-empty line of each caption file (UTF-8); empty or undecodable files are errors."""
-    captions, empty, undecodable = {}, [], []
+def _check_uncaptioned(subset: SubsetConfig, files: list[Path], images: list[Path], uncaptioned: list[Path], ext: str,
+                       problems: DatasetProblems) -> None:
+    """As in sd-scripts, an image without a caption file trains on the class tokens (a note,
+    when some images have captions or other caption-like files exist); with no class tokens
+    either it would train on an empty caption, which is refused."""
+    if not uncaptioned:
+        return
+    if subset.class_tokens is None:
+        for p in uncaptioned:
+            others = _other_extensions(files, [p], ext)
+            problems.add(UNCAPTIONED, p, f"there is a {others[0]} file: set caption_extension to {others[0]}" if others else "")
+        return
+    others = _other_extensions(files, uncaptioned, ext)
+    if len(uncaptioned) < len(images) or (others and not subset.is_reg):
+        hint = f" (files with the same basenames end in {', '.join(others)}: set caption_extension to that)" if others else ""
+        problems.note(f"{len(uncaptioned)} image(s) in {subset.image_dir} have no {ext} caption file; "
+                      f"they use the class tokens {subset.class_tokens!r}{hint}.")
+
+
+def _read_captions(caption_files: dict[str, Path], problems: DatasetProblems) -> dict[str, str]:
+    """First non-empty line of each caption file (UTF-8); empty or undecodable files are problems."""
+    captions = {}
     for stem, p in caption_files.items():
         try:
             lines = [ln.strip() for ln in p.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
         except UnicodeDecodeError:
-            undecodable.append(p)
+            problems.add(UNDECODABLE_CAPTIONS, p)
             continue
         if not lines:
-            empty.append(p)
+            problems.add(EMPTY_CAPTIONS, p)
             continue
         captions[stem] = lines[0]
-    if undecodable:
-        raise DatasetError("Caption files that are not UTF-8 text:\n" + name_list(undecodable))
-    if empty:
-        raise DatasetError("Empty caption files (write a caption, or delete the file to use the class tokens):\n" + name_list(empty))
     return captions
 
 
-def _extension_hint(files: list[Path], uncaptioned: list[Path], ext: str) -> str:
-    """Names a different extension whose files match the images: the usual cause is
-    caption_extension left at .caption while the captions are .txt."""
+def _other_extensions(files: list[Path], uncaptioned: list[Path], ext: str) -> list[str]:
+    """Other extensions of files with the images' basenames: the usual cause of missing
+    captions is caption_extension left at .caption while the captions are .txt."""
     stems = {p.stem for p in uncaptioned}
-    others = sorted({p.suffix for p in files if p.stem in stems and p.suffix.lower() not in IMAGE_EXTENSIONS and p.suffix != ext})
-    return f" (files with the same basenames end in {', '.join(others)}: set caption_extension to that)" if others else ""
+    return sorted({p.suffix for p in files if p.stem in stems and p.suffix.lower() not in IMAGE_EXTENSIONS and p.suffix != ext})

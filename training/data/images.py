@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .errors import DatasetError, name_list
+from .errors import UNREADABLE_IMAGES, DatasetError, DatasetProblems, collecting
 
 # The extensions sd-scripts accepts, matched case-insensitively.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -33,6 +33,11 @@ class ImageItem:
     guide: ImageSource | None = None
 
 
+def item_path(item: ImageItem) -> Path | str:
+    """What a problem report calls the item: its file, or its in-graph name."""
+    return item.source if isinstance(item.source, Path) else item.name
+
+
 def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
 
@@ -43,17 +48,25 @@ def read_size(path: Path) -> tuple[int, int]:
         return img.size
 
 
-def read_sizes(paths: list[Path]) -> dict[Path, tuple[int, int]]:
-    """Header sizes of image files; every unreadable one is listed in one error."""
-    sizes, unreadable = {}, []
-    for p in paths:
-        try:
-            sizes[p] = read_size(p)
-        except (OSError, UnidentifiedImageError) as e:
-            unreadable.append(f"{p} ({e.__class__.__name__}: {e})")
-    if unreadable:
-        raise DatasetError("Cannot read these images (corrupt or not an image):\n" + name_list(unreadable))
+def read_sizes(paths: list[Path], problems: DatasetProblems | None = None) -> dict[Path, tuple[int, int]]:
+    """Header sizes of the readable image files; the others go to `problems`."""
+    sizes = {}
+    with collecting(problems) as problems:
+        for p in paths:
+            try:
+                sizes[p] = read_size(p)
+            except (OSError, UnidentifiedImageError) as e:
+                problems.add(UNREADABLE_IMAGES, p, unreadable_reason(e))
     return sizes
+
+
+def unreadable_reason(error: Exception) -> str:
+    """Why PIL could not read a file, without the path the message is listed under."""
+    if isinstance(error, UnidentifiedImageError):
+        return "not an image format PIL can read"
+    if isinstance(error, OSError) and error.filename is not None:
+        return error.strerror or error.__class__.__name__
+    return str(error) or error.__class__.__name__
 
 
 def source_size(source: ImageSource) -> tuple[int, int]:

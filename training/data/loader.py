@@ -36,14 +36,33 @@ from .batch import Batch
 from .buckets import Bucketer, Placement, resize_and_crop
 from .captions import base_caption, process_caption, tags_of
 from .config import DatasetConfig, SubsetConfig, check_dataset
-from .errors import DatasetError, name_list
+from .errors import DatasetError, DatasetProblems, Problem
 from .folders import scan_image_dir
-from .images import ImageItem, content_hash, load_image
+from .images import ImageItem, content_hash, item_path, load_image
 from .latent_cache import LatentCache, latent_key
 from .metadata import scan_metadata
 
 EncodeLatents = Callable[[torch.Tensor], torch.Tensor]
 Progress = Callable[[int, int], None]
+
+
+TOO_SMALL = Problem(
+    "Images smaller than bucket_reso_steps with bucket_no_upscale on",
+    "no bucket fits them: enlarge them, or turn bucket_no_upscale off",
+)
+GUIDES_MIXED = Problem(
+    "Subsets without guide images",
+    "other subsets have guides; every subset needs conditioning_data_dir (or guide images) when one has",
+)
+GUIDES_REQUIRED = Problem(
+    "Subsets without guide images",
+    "this training needs guide images: set conditioning_data_dir on every subset (or wire guide images into the list)",
+)
+UNCACHEABLE = Problem(
+    "Subsets whose latents cannot be cached",
+    "the option named changes the pixels every step: turn off latent caching, or that option",
+)
+NO_SOURCE = Problem("Subsets with no images", "give image_dir, metadata_file or in-graph images")
 
 
 @dataclass(eq=False)
@@ -100,10 +119,13 @@ class TrainingData:
         self.epoch = 0
         self.position = 0
 
-        self._entries = self._place_all()
-        self._check_sizes(size_multiple)
-        self.has_guides = self._check_guides(require_guides)
-        self._check_caching()
+        # Every problem of every dataset, subset and guide folder goes into one error.
+        problems = DatasetProblems()
+        self._entries = self._place_all(problems)
+        self._check_sizes(size_multiple, problems)
+        self.has_guides = self._check_guides(require_guides, problems)
+        self._check_caching(problems)
+        problems.raise_if_any()
         self._holdout = self._pick_holdout(holdout)
         self._groups = [self._bucket_samples(d) for d in range(len(self.datasets))]
         self.steps_per_epoch = sum(
@@ -115,56 +137,45 @@ class TrainingData:
 
     # ----- building -----
 
-    def _place_all(self) -> list[_Entry]:
+    def _place_all(self, problems: DatasetProblems) -> list[_Entry]:
         entries = []
         for d, ds in enumerate(self.datasets):
             bucketer = Bucketer(ds)
-            for subset in ds.subsets:
-                too_small = []
-                for item in _items_of(subset):
+            for j, subset in enumerate(ds.subsets, 1):
+                for item in _items_of(subset, f"dataset #{d + 1} subset #{j}", problems):
                     placement = bucketer.place(item.size)
                     if min(placement.bucket) <= 0:
-                        too_small.append(f"{item.name} ({item.size[0]}x{item.size[1]})")
+                        problems.add(TOO_SMALL, item_path(item), f"{item.size[0]}x{item.size[1]}, bucket_reso_steps {ds.bucket_reso_steps} px")
                         continue
                     entries.append(_Entry(item, subset, d, placement, base_caption(item.caption, subset) or ""))
-                if too_small:
-                    raise DatasetError(
-                        f"Images smaller than bucket_reso_steps ({ds.bucket_reso_steps} px) with bucket_no_upscale on, "
-                        "so no bucket fits them (enlarge them, or turn bucket_no_upscale off):\n" + name_list(too_small)
-                    )
         return entries
 
-    def _check_sizes(self, multiple: int) -> None:
-        bad = sorted({(e.dataset + 1, e.placement.bucket) for e in self._entries if e.placement.bucket[0] % multiple or e.placement.bucket[1] % multiple})
-        if bad:
-            listed = [f"dataset #{d}: {w}x{h}" for d, (w, h) in bad]
-            raise DatasetError(
-                f"Training sizes must be multiples of {multiple} px for this adapter; these buckets are not "
-                f"(use a resolution and bucket_reso_steps that are multiples of {multiple}):\n" + name_list(listed)
-            )
+    def _check_sizes(self, multiple: int, problems: DatasetProblems) -> None:
+        off_grid = Problem(
+            f"Buckets that are not multiples of {multiple} px",
+            f"this adapter trains on sizes that are multiples of {multiple}: use a resolution and bucket_reso_steps that are",
+        )
+        off = {(e.dataset + 1, e.placement.bucket) for e in self._entries if e.placement.bucket[0] % multiple or e.placement.bucket[1] % multiple}
+        for d, (w, h) in sorted(off):
+            problems.add(off_grid, f"dataset #{d}: {w}x{h}")
 
-    def _check_guides(self, required: bool) -> bool:
+    def _check_guides(self, required: bool, problems: DatasetProblems) -> bool:
         with_guides = [e.item.guide is not None for e in self._entries]
-        if any(with_guides) and not all(with_guides):
-            lacking = sorted({e.subset.location for e in self._entries if e.item.guide is None})
-            raise DatasetError(
-                "Some subsets have guide images and others do not; every subset needs conditioning_data_dir "
-                "(or guide images) when one has. Subsets without guides:\n" + name_list(lacking)
-            )
+        lacking = {id(e.subset): _where(e.subset) for e in self._entries if e.item.guide is None}.values()
         if required and not all(with_guides):
-            raise DatasetError("This training needs guide images: set conditioning_data_dir on every subset (or wire guide images into the list).")
+            for location in lacking:
+                problems.add(GUIDES_REQUIRED, location)
+        elif any(with_guides) and not all(with_guides):
+            for location in lacking:
+                problems.add(GUIDES_MIXED, location)
         return all(with_guides)
 
-    def _check_caching(self) -> None:
+    def _check_caching(self, problems: DatasetProblems) -> None:
         if not self.cache_latents:
             return
         for subset in {id(e.subset): e.subset for e in self._entries}.values():
             if subset.changes_pixels_each_step:
-                option = "color_aug" if subset.color_aug else "random_crop"
-                raise DatasetError(
-                    f"{subset.location}: {option} changes the pixels every step, so its latents cannot be cached; "
-                    f"turn off latent caching or {option}."
-                )
+                problems.add(UNCACHEABLE, _where(subset), "color_aug" if subset.color_aug else "random_crop")
 
     def _pick_holdout(self, count: int) -> list[int]:
         if count <= 0:
@@ -432,14 +443,20 @@ class TrainingData:
         }
 
 
-def _items_of(subset: SubsetConfig) -> list[ImageItem]:
+def _items_of(subset: SubsetConfig, where: str, problems: DatasetProblems) -> list[ImageItem]:
     if subset.items is not None:
         return subset.items
     if subset.metadata_file is not None:
-        return scan_metadata(subset)
+        return scan_metadata(subset, problems)
     if subset.image_dir is not None:
-        return scan_image_dir(subset)
-    raise DatasetError("A subset has no images: give image_dir, metadata_file or in-graph images.")
+        return scan_image_dir(subset, problems)
+    problems.add(NO_SOURCE, where)
+    return []
+
+
+def _where(subset: SubsetConfig) -> Path | str:
+    """A subset in a problem report: its folder or metadata file (a path), else its description."""
+    return subset.image_dir or subset.metadata_file or subset.location
 
 
 def _balance_reg(reg: list[int], train_samples: int, entries: list[_Entry]) -> list[tuple[int, int]]:

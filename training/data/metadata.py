@@ -8,41 +8,54 @@ import json
 from pathlib import Path
 
 from .config import SubsetConfig
-from .errors import DatasetError, name_list
+from .errors import MISSING_PATH, DatasetProblems, Problem, collecting
 from .images import IMAGE_EXTENSIONS, ImageItem, read_sizes
 from .pairing import check_guide_sizes, pair_guides
 
+INVALID_METADATA = Problem(
+    "Metadata files that cannot be read",
+    'a metadata_file must be a UTF-8 JSON object mapping image keys to {"caption": ..., "tags": ...}',
+)
+MISSING_IMAGES = Problem("Metadata entries whose image is not found", "fix the key, or add the image")
+NO_CAPTION = Problem("Metadata entries with neither caption nor tags", "add a caption or tags, or give the subset class tokens")
 
-def scan_metadata(subset: SubsetConfig) -> list[ImageItem]:
-    path = subset.metadata_file
-    if not path.is_file():
-        raise DatasetError(f"metadata_file {path} does not exist.")
-    try:
-        metadata = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DatasetError(f"metadata_file {path} is not valid JSON: {e}") from e
-    if not isinstance(metadata, dict) or not metadata:
-        raise DatasetError(f"metadata_file {path} must be a non-empty JSON object mapping image keys to {{\"caption\", \"tags\"}}.")
-    base = subset.image_dir or path.parent
-    found, missing, captions = {}, [], {}
-    for key, entry in metadata.items():
-        image = _find_image(base, key)
-        if image is None:
-            missing.append(key)
-            continue
-        found[key] = image
-        captions[image] = _caption(entry)
-    if missing:
-        raise DatasetError(f"Entries of {path} whose image is not found in {base}:\n" + name_list(missing))
-    images = list(found.values())
-    uncaptioned = [str(p) for p in images if captions[p] is None]
-    if uncaptioned and subset.class_tokens is None:
-        raise DatasetError(f"Entries of {path} with neither caption nor tags:\n" + name_list(uncaptioned))
-    sizes = read_sizes(images)
-    guides = pair_guides(images, subset.conditioning_data_dir, str(base)) if subset.conditioning_data_dir else {}
-    items = [ImageItem(name=str(p), source=p, size=sizes[p], caption=captions[p], guide=guides.get(p)) for p in images]
-    check_guide_sizes(items)
-    return items
+
+def scan_metadata(subset: SubsetConfig, problems: DatasetProblems | None = None) -> list[ImageItem]:
+    """The images a metadata file lists, with their captions and guides. Problems go to
+    `problems`; the entries they concern are left out."""
+    with collecting(problems) as problems:
+        path = subset.metadata_file
+        if not path.is_file():
+            problems.add(MISSING_PATH, path, "metadata_file")
+            return []
+        try:
+            metadata = json.loads(path.read_text(encoding="utf-8-sig"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            problems.add(INVALID_METADATA, path, f"not valid JSON: {e}")
+            return []
+        if not isinstance(metadata, dict) or not metadata:
+            problems.add(INVALID_METADATA, path, "not a non-empty JSON object")
+            return []
+        base = subset.image_dir or path.parent
+        captions = {}
+        for key, entry in metadata.items():
+            image = _find_image(base, key)
+            if image is None:
+                problems.add(MISSING_IMAGES, key, f"listed in {path}, looked in {base}", (path,))
+                continue
+            captions[image] = _caption(entry)
+            if captions[image] is None and subset.class_tokens is None:
+                problems.add(NO_CAPTION, key, f"in {path}", (path,))
+        images = list(captions)
+        sizes = read_sizes(images, problems)
+        guides = pair_guides(images, subset.conditioning_data_dir, str(base), problems) if subset.conditioning_data_dir else {}
+        items = [
+            ImageItem(name=str(p), source=p, size=sizes[p], caption=captions[p], guide=guides.get(p))
+            for p in images
+            if p in sizes and (p in guides or not subset.conditioning_data_dir)
+        ]
+        check_guide_sizes(items, problems)
+        return items
 
 
 def _find_image(base: Path, key: str) -> Path | None:

@@ -4,60 +4,67 @@ from pathlib import Path
 
 from PIL import UnidentifiedImageError
 
-from .errors import DatasetError, name_list
-from .images import ImageItem, is_image_file, source_size
+from .errors import MISSING_PATH, DatasetProblems, Problem, collecting
+from .images import ImageItem, is_image_file, item_path, source_size, unreadable_reason
+
+MISSING_GUIDES = Problem(
+    "Images without a guide image",
+    "put a guide image with the same basename (any image extension) in the subset's conditioning_data_dir",
+)
+EXTRA_GUIDES = Problem("Guide images without an image", "add the image with the same basename, or remove the guide")
+AMBIGUOUS_GUIDES = Problem(
+    "Guide images that share a basename with another guide", "the pairing is ambiguous: keep one guide per basename"
+)
+UNREADABLE_GUIDES = Problem("Cannot read these guide images", "they are corrupt or not images: replace them")
+GUIDE_SIZES = Problem(
+    "Guide images must have the same pixel size as their image", "resize the guide (it is cropped like its image)"
+)
 
 
-def pair_guides(images: list[Path], conditioning_dir: Path, image_dir_label: str) -> dict[Path, Path]:
+def pair_guides(
+    images: list[Path], conditioning_dir: Path, image_dir_label: str, problems: DatasetProblems | None = None
+) -> dict[Path, Path]:
     """Map each image path to the guide with the same basename (extension may differ).
-    Missing and extra guide images are all listed in one error."""
-    if not conditioning_dir.is_dir():
-        raise DatasetError(f"conditioning_data_dir {conditioning_dir} (guide images for {image_dir_label}) does not exist.")
-    guides = sorted(p for p in conditioning_dir.iterdir() if is_image_file(p))
-    by_stem: dict[str, Path] = {}
-    duplicates = []
-    for g in guides:
-        if g.stem in by_stem:
-            duplicates.append(g)
-        by_stem.setdefault(g.stem, g)
-    if duplicates:
-        raise DatasetError(
-            f"Guide images in {conditioning_dir} share a basename with another guide, so the pairing is ambiguous:\n"
-            + name_list(duplicates)
-        )
-    image_stems = {p.stem for p in images}
-    missing = [p for p in images if p.stem not in by_stem]
-    extra = [g for g in guides if g.stem not in image_stems]
-    if missing or extra:
-        parts = [f"Images and guide images do not pair up by basename ({image_dir_label} <-> {conditioning_dir})."]
-        if missing:
-            parts.append(f"Images without a guide image in {conditioning_dir}:\n" + name_list(missing))
-        if extra:
-            parts.append(f"Guide images without an image in {image_dir_label}:\n" + name_list(extra))
-        raise DatasetError("\n".join(parts))
-    return {p: by_stem[p.stem] for p in images}
+    Missing, extra and ambiguous guides go to `problems`; unpaired images are left out."""
+    with collecting(problems) as problems:
+        if not conditioning_dir.is_dir():
+            problems.add(MISSING_PATH, conditioning_dir, f"conditioning_data_dir, guide images for {image_dir_label}")
+            return {}
+        guides = sorted(p for p in conditioning_dir.iterdir() if is_image_file(p))
+        by_stem: dict[str, Path] = {}
+        for g in guides:
+            if g.stem in by_stem:
+                problems.add(AMBIGUOUS_GUIDES, g, f"same basename as {by_stem[g.stem].name}")
+            by_stem.setdefault(g.stem, g)
+        image_stems = {p.stem for p in images}
+        for p in images:
+            if p.stem not in by_stem:
+                problems.add(MISSING_GUIDES, p)
+        for g in guides:
+            if g.stem not in image_stems:
+                problems.add(EXTRA_GUIDES, g)
+        return {p: by_stem[p.stem] for p in images if p.stem in by_stem}
 
 
-def check_guide_sizes(items: list[ImageItem]) -> None:
+def check_guide_sizes(items: list[ImageItem], problems: DatasetProblems | None = None) -> None:
     """Every guide must have its image's pixel size (it is resized and cropped with the same
-    numbers); unreadable guides and mismatches are listed together."""
-    unreadable, mismatched = [], []
-    for item in items:
-        if item.guide is None:
-            continue
-        try:
-            size = source_size(item.guide)
-        except (OSError, UnidentifiedImageError) as e:
-            unreadable.append(f"{item.guide} ({e})")
-            continue
-        if size != item.size:
-            mismatched.append(f"{item.name} is {item.size[0]}x{item.size[1]}, its guide {_guide_name(item)} is {size[0]}x{size[1]}")
-    if unreadable:
-        raise DatasetError("Cannot read these guide images:\n" + name_list(unreadable))
-    if mismatched:
-        raise DatasetError("Guide images must have the same pixel size as their image:\n" + name_list(mismatched))
+    numbers); unreadable guides and mismatches go to `problems`."""
+    with collecting(problems) as problems:
+        for item in items:
+            if item.guide is None:
+                continue
+            try:
+                size = source_size(item.guide)
+            except (OSError, UnidentifiedImageError) as e:
+                problems.add(UNREADABLE_GUIDES, item.guide, unreadable_reason(e))
+                continue
+            if size != item.size:
+                problems.add(
+                    GUIDE_SIZES, item_path(item),
+                    f"{item.size[0]}x{item.size[1]}, its guide {_guide_name(item)} is {size[0]}x{size[1]}",
+                    (item.guide,) if isinstance(item.guide, Path) else (),
+                )
 
 
 def _guide_name(item: ImageItem) -> str:
     return str(item.guide) if isinstance(item.guide, Path) else "(in-graph guide)"
-
