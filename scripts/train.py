@@ -51,6 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--learning_rate", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--resume", help="a <name>-state.pt written next to a saved LoRA")
+    p.add_argument("--allow_module", action="append", default=[], metavar="PACKAGE",
+                   help="also import optimizer_type / lr_scheduler classes (module.Class) from PACKAGE; repeatable. "
+                        "Without it only the known optimizer packages are imported")
     return p.parse_args(argv)
 
 
@@ -58,15 +61,21 @@ def load_models(cfg):
     """(MODEL, CLIP, VAE, model file name) from the config's checkpoint (and vae)."""
     import comfy.sd
     import comfy.utils
+    from safetensors import SafetensorError
 
     ckpt = cfg.pretrained_model_name_or_path
     if not ckpt or not Path(ckpt).is_file():
         raise FileNotFoundError(f"pretrained_model_name_or_path: checkpoint file not found: {ckpt!r}")
-    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(ckpt, output_vae=True, output_clip=True)
+    if cfg.vae and not Path(cfg.vae).is_file():
+        raise FileNotFoundError(f"vae: file not found: {cfg.vae!r}")
+    try:
+        model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(ckpt, output_vae=True, output_clip=True)
+        if cfg.vae:
+            vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(cfg.vae))
+    except (OSError, RuntimeError, SafetensorError) as e:  # unreadable file, or a model ComfyUI cannot detect
+        raise ValueError(f"{ckpt}{' or ' + cfg.vae if cfg.vae else ''}: not a readable checkpoint ({e})") from e
     if model is None or clip is None:
         raise ValueError(f"{ckpt}: not a full Stable Diffusion checkpoint (U-Net and text encoders are needed)")
-    if cfg.vae:
-        vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(cfg.vae))
     return model, clip, vae, Path(ckpt).name
 
 
@@ -90,26 +99,28 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
     bootstrap_comfyui()
+    from lllite_kit.training.class_allowlist import allow_packages
     from lllite_kit.training.comfy_bridge import default_output_dir, latent_cache_dir
     from lllite_kit.training.config import load_config
     from lllite_kit.training.engine import TrainHooks
     from lllite_kit.training.loss_curve import draw_loss_curve
     from lllite_kit.training.session import datasets_from_config, train_lora
 
-    overrides = {k: v for k, v in vars(args).items() if k != "config_file"}
+    overrides = {k: v for k, v in vars(args).items() if k not in ("config_file", "allow_module")}
     try:
-        cfg = load_config(args.config_file, **overrides)
-        datasets = datasets_from_config(cfg)
-        model, clip, vae, model_name = load_models(cfg)
-        out_dir = Path(cfg.output_dir or default_output_dir())
+        with allow_packages(args.allow_module):  # command line only: graphs never widen the list
+            cfg = load_config(args.config_file, **overrides)
+            datasets = datasets_from_config(cfg)
+            model, clip, vae, model_name = load_models(cfg)
+            out_dir = Path(cfg.output_dir or default_output_dir())
 
-        def progress(step, total, loss):
-            if step == total or step % max(1, total // 100) == 0:
-                print(f"step {step}/{total}  loss {loss:.4f}", flush=True)
+            def progress(step, total, loss):
+                if step == total or step % max(1, total // 100) == 0:
+                    print(f"step {step}/{total}  loss {loss:.4f}", flush=True)
 
-        hooks = TrainHooks(progress=progress, samples=lambda step, images: _save_images(out_dir / "sample", cfg.output_name, step, images))
-        result = train_lora(cfg, model, clip, vae, datasets, output_dir=out_dir, model_name=model_name, hooks=hooks,
-                            latent_cache_dir=latent_cache_dir())
+            hooks = TrainHooks(progress=progress, samples=lambda step, images: _save_images(out_dir / "sample", cfg.output_name, step, images))
+            result = train_lora(cfg, model, clip, vae, datasets, output_dir=out_dir, model_name=model_name, hooks=hooks,
+                                latent_cache_dir=latent_cache_dir())
     except KeyboardInterrupt:
         print("train: interrupted; files saved so far are kept (resume with --resume <file>-state.pt)", file=sys.stderr)
         return 130

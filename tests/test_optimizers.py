@@ -132,3 +132,42 @@ def test_bitsandbytes_8bit_optimizers(name, args, lr):
     big = next(p for g in opt.param_groups for p in g["params"] if p.numel() >= 4096)
     assert opt.state[big]["state1"].dtype == torch.uint8  # really 8-bit state
     assert last < 0.5 * first, (name, first, last)
+
+
+# ---- through the training engine ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sd15(tiny):
+    from lllite_kit.training.comfy_bridge import TextConditioner, trainable_model
+    from training_helpers import ListData, unit_group_norms
+
+    with torch.inference_mode():
+        model, clip = tiny.build_model("sd15", 0), tiny.build_clip("sd15", 0)
+        unit_group_norms(model)
+    with torch.inference_mode(False), trainable_model(model) as tm:
+        text = TextConditioner(clip, tm.family)
+        text.precompute(ListData(2).captions)
+        yield tm, text
+
+
+def _engine(tm, text, out, **options):
+    from lllite_kit.training.config import TrainConfig
+    from lllite_kit.training.engine import TrainingEngine
+    from lllite_kit.training.lora import LoRAAdapter, LoRAConfig
+    from training_helpers import ListData, no_metadata
+
+    adapter = LoRAAdapter(LoRAConfig(dim=4, alpha=4.0, train_text_encoder=False), tm.model_config)
+    cfg = TrainConfig(**{"max_train_steps": 1, "output_name": "t", **options})
+    return TrainingEngine(cfg, tm, text, adapter, ListData(n=2, bs=2), out, no_metadata)
+
+
+def test_a_graph_config_cannot_name_an_unknown_class(sd15, tmp_path, monkeypatch):
+    """The graph path (TrainConfig -> engine) refuses before importing; nothing widens it."""
+    marker = _payload(tmp_path, monkeypatch, "graph_payload")
+    tm, text = sd15
+    with pytest.raises(DisallowedClass, match="'graph_payload.Opt' refused"):
+        _engine(tm, text, tmp_path, optimizer_type="graph_payload.Opt").run()
+    with pytest.raises(DisallowedClass, match="'graph_payload.Opt' refused"):
+        _engine(tm, text, tmp_path, lr_scheduler="graph_payload.Opt").run()
+    assert not marker.exists() and "graph_payload" not in sys.modules
+    assert not list(tmp_path.glob("t*.safetensors"))  # refused before any training

@@ -1,17 +1,57 @@
 """scripts/train.py: an sd-scripts config TOML and dataset TOML train the same LoRA the node
-would; bad input exits 1 with a message that names it."""
+would, from a real checkpoint file and a separate VAE file read by the script's own loading
+code; bad input exits 1 with a message that names it."""
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import safetensors
+import safetensors.torch
+import torch
 from PIL import Image
 
+import comfy.model_patcher
+import comfy.sd
+import comfy.sd1_clip
+import comfy.supported_models
+import comfy.supported_models_base
+import comfy.taesd.taesd
 from conftest import COMFYUI_DIR, REPO
 
 sys.path.insert(0, str(REPO / "scripts"))
 import train as cli  # noqa: E402
+
+# ComfyUI detects SD1.5 from a checkpoint by its widths (320 channels, 768 context), not its
+# depth: one level with one attention block keeps the file small. SD1.5's text encoder is
+# always the full CLIP-L (ComfyUI has no smaller layout for it), so the file is ~300 MB.
+DETECTABLE_SD15_UNET = {
+    "use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_channels": 4, "use_spatial_transformer": True,
+    "legacy": False, "model_channels": 320, "adm_in_channels": None, "num_res_blocks": [1], "channel_mult": [1],
+    "transformer_depth": [1], "transformer_depth_middle": 1, "transformer_depth_output": [1, 1],
+    "use_linear_in_transformer": False, "context_dim": 768, "use_temporal_attention": False, "use_temporal_resblock": False,
+}
+
+
+def _taesd(tiny, seed):
+    """A TAESD VAE (ComfyUI reads it from a plain state dict, in a checkpoint or its own file)."""
+    vae = comfy.taesd.taesd.TAESD(latent_channels=4)
+    tiny.fill_seeded(vae, seed)
+    return vae
+
+
+def _write_checkpoint(tiny, path):
+    """An SD1.5 checkpoint in the layout ComfyUI's CheckpointLoaderSimple reads, written by
+    ComfyUI's own save_checkpoint: U-Net, CLIP-L and VAE, fp16."""
+    model = comfy.supported_models.SD15(dict(DETECTABLE_SD15_UNET, dtype=torch.float16)).get_model({})
+    tiny.fill_seeded(model.diffusion_model, 0)
+    model.diffusion_model.to(torch.float16)
+    cpu = torch.device("cpu")
+    clip = comfy.sd.CLIP(comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel),
+                         model_options={"dtype": torch.float16})
+    tiny.fill_seeded(clip.cond_stage_model, 1)
+    vae = comfy.sd.VAE(sd=_taesd(tiny, 2).state_dict())
+    comfy.sd.save_checkpoint(str(path), comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu), clip, vae)
 
 
 def _dataset(root):
@@ -32,7 +72,8 @@ def _config(root, out):
     config = root / "config.toml"
     config.write_text(f"""
 [model_arguments]
-pretrained_model_name_or_path = "tiny_sd15.safetensors"
+pretrained_model_name_or_path = "{(root / 'tiny_sd15.safetensors').as_posix()}"
+vae = "{(root / 'tiny_vae.safetensors').as_posix()}"
 [network_arguments]
 network_dim = 4
 network_alpha = 2
@@ -57,11 +98,26 @@ sample_sampler = "k_euler"
     return config
 
 
-def test_cli_trains_from_sd_scripts_configs(tmp_path, tiny, comfy_dirs, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "load_models", lambda cfg: (*tiny.build_checkpoint("sd15", 0), "tiny_sd15.safetensors"))
+@pytest.mark.slow
+def test_cli_trains_from_a_checkpoint_file_and_a_vae_file(tmp_path, tiny, comfy_dirs, monkeypatch, capsys):
+    _write_checkpoint(tiny, tmp_path / "tiny_sd15.safetensors")
+    vae_file = _taesd(tiny, 7)  # differs from the checkpoint's own VAE (seed 2)
+    safetensors.torch.save_file(vae_file.state_dict(), tmp_path / "tiny_vae.safetensors")
+    loaded = []
+    real_load = cli.load_models
+    monkeypatch.setattr(cli, "load_models", lambda cfg: loaded.append(real_load(cfg)) or loaded[-1])  # watch, not replace
     out = tmp_path / "out"
-    rc = cli.main(["--config_file", str(_config(tmp_path, out)), "--dataset_config", str(_dataset(tmp_path)), "--seed", "3"])
+    try:
+        rc = cli.main(["--config_file", str(_config(tmp_path, out)), "--dataset_config", str(_dataset(tmp_path)), "--seed", "3"])
+    finally:
+        (tmp_path / "tiny_sd15.safetensors").unlink()  # 300 MB: not kept among pytest's last runs
     assert rc == 0, capsys.readouterr().err
+    model, clip, vae, name = loaded[0]
+    assert type(model.model.model_config) is comfy.supported_models.SD15 and name == "tiny_sd15.safetensors"
+    assert model.model.model_config.unet_config["model_channels"] == 320
+    assert isinstance(clip.cond_stage_model, comfy.sd1_clip.SD1ClipModel)
+    used = vae.first_stage_model.state_dict()  # the --vae file's weights, not the checkpoint's
+    assert all(torch.equal(used[k].float(), v.float()) for k, v in vae_file.state_dict().items())
     printed = capsys.readouterr().out
     assert "step 2/2  loss" in printed and "cli_lora.safetensors" in printed
     names = {p.name for p in out.iterdir()}
@@ -69,16 +125,33 @@ def test_cli_trains_from_sd_scripts_configs(tmp_path, tiny, comfy_dirs, monkeypa
     assert [p.name for p in (out / "sample").iterdir()] == ["cli_lora_000002_00.png"]
     with safetensors.safe_open(out / "cli_lora.safetensors", "pt") as f:
         meta = f.metadata()
+        keys = set(f.keys())
     assert meta["ss_sd_model_name"] == "tiny_sd15.safetensors" and "Lion" in meta["ss_optimizer"]
     assert meta["ss_seed"] == "3" and meta["ss_lr_scheduler"] == "cosine" and meta["ss_network_alpha"] == "2.0"
+    assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight" in keys  # kohya SD1.5 names
 
 
 def test_cli_names_the_bad_input(tmp_path, tiny, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "load_models", lambda cfg: (*tiny.build_checkpoint("sd15", 0), "tiny.safetensors"))
+    """A missing or unreadable checkpoint, a missing image folder, a malformed --allow_module."""
     dataset = _dataset(tmp_path)
+    config = _config(tmp_path, tmp_path / "out")
+    assert cli.main(["--config_file", str(config), "--dataset_config", str(dataset)]) == 1
+    err = capsys.readouterr().err
+    assert "checkpoint file not found" in err and "tiny_sd15.safetensors" in err
+    (tmp_path / "tiny_sd15.safetensors").write_bytes(b"not a checkpoint")
+    assert cli.main(["--config_file", str(config), "--dataset_config", str(dataset)]) == 1
+    err = capsys.readouterr().err
+    assert "vae: file not found" in err and "tiny_vae.safetensors" in err
+    (tmp_path / "tiny_vae.safetensors").write_bytes(b"not a vae")
+    assert cli.main(["--config_file", str(config), "--dataset_config", str(dataset)]) == 1
+    err = capsys.readouterr().err
+    assert "tiny_sd15.safetensors" in err and "not a readable checkpoint" in err
+    monkeypatch.setattr(cli, "load_models", lambda cfg: (*tiny.build_checkpoint("sd15", 0), "tiny.safetensors"))
     dataset.write_text(dataset.read_text().replace('"imgs"', '"missing_imgs"'), encoding="utf-8")
-    rc = cli.main(["--config_file", str(_config(tmp_path, tmp_path / "out")), "--dataset_config", str(dataset)])
-    assert rc == 1 and "missing_imgs" in capsys.readouterr().err
+    assert cli.main(["--config_file", str(config), "--dataset_config", str(dataset)]) == 1
+    assert "missing_imgs" in capsys.readouterr().err
+    assert cli.main(["--config_file", str(config), "--allow_module", "bad name"]) == 1
+    assert "--allow_module 'bad name'" in capsys.readouterr().err
 
 
 @pytest.mark.slow

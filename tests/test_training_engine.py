@@ -150,14 +150,36 @@ def test_option_paths_train(sd15, tmp_path, options):
     assert any(v.abs().sum() > 0 for k, v in engine.adapter.state_dict().items() if k.endswith(".up"))
 
 
-def test_v_prediction_model_trains_on_velocity(sd15_v, tmp_path):
+def test_v_prediction_model_trains_on_velocity(sd15_v, tmp_path, monkeypatch):
+    """The engine's target, fed to ComfyUI's own v-prediction formula with the input the U-Net
+    saw, gives back the clean latents: it is the velocity sqrt(a) n - sqrt(1-a) x0 (an epsilon
+    target would give x0 / (1 + sigma^2) instead)."""
+    import lllite_kit.training.engine as engine_module
+
     tm, text = sd15_v
     assert tm.schedule.v_prediction
-    data = ListData(n=2, bs=2)
-    adapter = TinyAdapter(dropout=0.0)
-    before = eval_loss(tm, text, data)
-    result = _engine(tm, text, tmp_path, adapter, data, max_train_steps=2, min_snr_gamma=5.0).run()
+    seen = {}
+
+    def watch(name, fn, pick=lambda args, out: out):
+        def wrapper(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            seen.setdefault(name, pick(args, out))
+            return out
+        return wrapper
+
+    monkeypatch.setattr(engine_module, "training_noise", watch("noise", engine_module.training_noise))
+    monkeypatch.setattr(engine_module, "sample_timesteps", watch("t", engine_module.sample_timesteps))
+    monkeypatch.setattr(engine_module, "per_sample_loss", watch("target", engine_module.per_sample_loss, lambda a, _: a[1]))
+    monkeypatch.setattr(tm.schedule, "noisy_input", watch("x0", tm.schedule.noisy_input, lambda a, _: a[0]))
+    monkeypatch.setattr(tm, "predict", watch("x_in", tm.predict, lambda a, _: a[0]))
+    result = _engine(tm, text, tmp_path, TinyAdapter(dropout=0.0), ListData(n=2, bs=2), max_train_steps=2, min_snr_gamma=5.0).run()
     assert all(torch.isfinite(torch.tensor(result.losses)))
-    adapter.attach(tm.diffusion_model, {})
-    assert eval_loss(tm, text, data) != before  # eval_loss scores against the v target
-    adapter.detach()
+
+    ms = tm.schedule.model_sampling  # ComfyUI's sampling object: the formulas the sampler uses
+    x0, noise, target = seen["x0"].float(), seen["noise"].float(), seen["target"].float()
+    sigma = ms.sigmas[seen["t"].cpu()].float()
+    noised = ms.noise_scaling(sigma, noise, x0)  # x0 + sigma n
+    torch.testing.assert_close(seen["x_in"].float(), ms.calculate_input(sigma, noised), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ms.calculate_denoised(sigma, target, noised), x0, rtol=1e-4, atol=1e-4)
+    a = (1 / (1 + sigma**2)).view(-1, 1, 1, 1)
+    torch.testing.assert_close(target, a.sqrt() * noise - (1 - a).sqrt() * x0, rtol=1e-5, atol=1e-5)
