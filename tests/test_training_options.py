@@ -333,5 +333,5 @@ def test_state_file_round_trip_is_atomic(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary left
     assert latest_state(tmp_path, "lora") == path and latest_state(tmp_path, "other") is None
     path.write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="not a readable training state"):
+    with pytest.raises(ValueError, match=rf"{path.name}: refused"):  # garbage is refused, naming the file
         load_state(path)
