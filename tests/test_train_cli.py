@@ -1,8 +1,10 @@
 """scripts/train.py: an sd-scripts config TOML and dataset TOML train the same LoRA the node
 would, from a real checkpoint file and a separate VAE file read by the script's own loading
 code; bad input exits 1 with a message that names it."""
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -98,19 +100,31 @@ sample_sampler = "k_euler"
     return config
 
 
-@pytest.mark.slow
-def test_cli_trains_from_a_checkpoint_file_and_a_vae_file(tmp_path, tiny, comfy_dirs, monkeypatch, capsys):
-    _write_checkpoint(tiny, tmp_path / "tiny_sd15.safetensors")
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory, tiny):
+    """A real checkpoint file and a separate VAE file, written once for the module's tests."""
+    root = tmp_path_factory.mktemp("model_files")
+    _write_checkpoint(tiny, root / "tiny_sd15.safetensors")
     vae_file = _taesd(tiny, 7)  # differs from the checkpoint's own VAE (seed 2)
-    safetensors.torch.save_file(vae_file.state_dict(), tmp_path / "tiny_vae.safetensors")
+    safetensors.torch.save_file(vae_file.state_dict(), root / "tiny_vae.safetensors")
+    yield root, vae_file
+    (root / "tiny_sd15.safetensors").unlink()  # 300 MB: not kept among pytest's last runs
+
+
+def _use_model_files(root, model_files):
+    for name in ("tiny_sd15.safetensors", "tiny_vae.safetensors"):
+        (root / name).symlink_to(model_files[0] / name)
+
+
+@pytest.mark.slow
+def test_cli_trains_from_a_checkpoint_file_and_a_vae_file(tmp_path, model_files, comfy_dirs, monkeypatch, capsys):
+    _use_model_files(tmp_path, model_files)
+    vae_file = model_files[1]
     loaded = []
     real_load = cli.load_models
     monkeypatch.setattr(cli, "load_models", lambda cfg: loaded.append(real_load(cfg)) or loaded[-1])  # watch, not replace
     out = tmp_path / "out"
-    try:
-        rc = cli.main(["--config_file", str(_config(tmp_path, out)), "--dataset_config", str(_dataset(tmp_path)), "--seed", "3"])
-    finally:
-        (tmp_path / "tiny_sd15.safetensors").unlink()  # 300 MB: not kept among pytest's last runs
+    rc = cli.main(["--config_file", str(_config(tmp_path, out)), "--dataset_config", str(_dataset(tmp_path)), "--seed", "3"])
     assert rc == 0, capsys.readouterr().err
     model, clip, vae, name = loaded[0]
     assert type(model.model.model_config) is comfy.supported_models.SD15 and name == "tiny_sd15.safetensors"
@@ -161,3 +175,46 @@ def test_cli_runs_as_a_program_and_finds_comfyui(tmp_path):
                           capture_output=True, text=True, env={"COMFYUI_DIR": str(COMFYUI_DIR), "PATH": "/usr/bin:/bin"},
                           timeout=300)
     assert proc.returncode == 1 and "config file not found" in proc.stderr and "none.toml" in proc.stderr
+
+
+def _run_cli(args, **kw):
+    return subprocess.Popen([sys.executable, str(REPO / "scripts" / "train.py"), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={"COMFYUI_DIR": str(COMFYUI_DIR), "PATH": "/usr/bin:/bin"}, **kw)
+
+
+@pytest.mark.slow
+def test_a_run_killed_right_after_a_save_resumes_to_the_same_weights(tmp_path, model_files):
+    """kill -9 as soon as the step-2 state is on disk, resume from the newest state file: the
+    final LoRA equals an uninterrupted run's."""
+    _use_model_files(tmp_path, model_files)
+    dataset, out = _dataset(tmp_path), tmp_path / "out"
+    config = _config(tmp_path, out)
+    text = config.read_text(encoding="utf-8").replace("max_train_steps = 2", "max_train_steps = 4")
+    text = text.replace("cache_latents_to_disk = true", 'save_precision = "float"').replace("sample_every_n_steps = 2", "")
+    config.write_text(text, encoding="utf-8")
+    common = ["--config_file", str(config), "--dataset_config", str(dataset), "--seed", "5"]
+
+    whole = _run_cli([*common, "--output_name", "whole"])
+    assert whole.wait(timeout=900) == 0, whole.stderr.read()
+
+    half = _run_cli([*common, "--output_name", "half"])
+    saved = out / "half-step00000002-state.pt"
+    deadline = time.monotonic() + 900
+    while not saved.exists() and half.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    half.send_signal(signal.SIGKILL)
+    assert half.wait(timeout=60) == -signal.SIGKILL and saved.exists()
+    assert not (out / "half.safetensors").exists()  # killed before the end
+    for file in out.glob("half-step*.safetensors"):  # whatever the kill cut short, no saved file is torn
+        safetensors.torch.load_file(file)
+    states = sorted(out.glob("half-step*-state.pt"))
+    resumed = _run_cli([*common, "--output_name", "half", "--resume", str(states[-1])])
+    assert resumed.wait(timeout=900) == 0, resumed.stderr.read()
+    assert "step 4/4" in resumed.stdout.read()
+
+    a = safetensors.torch.load_file(out / "whole.safetensors")
+    b = safetensors.torch.load_file(out / "half.safetensors")
+    assert a.keys() == b.keys() and len(a) > 0
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-7), k
+    assert any(a[k].abs().sum() > 0 for k in a if k.endswith("lora_up.weight"))
