@@ -7,7 +7,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..errors import user_error
 
+
+@user_error
 class WriteFailed(OSError):
     """A file could not be written; the previous file at that path is unchanged."""
 
@@ -33,7 +36,7 @@ def atomic_path(path: str | Path, what: str = "file") -> Iterator[Path]:
             tmp.unlink(missing_ok=True)
         if isinstance(e, OSError) and not isinstance(e, WriteFailed):
             kept = "the previous file there is unchanged" if path.exists() else "nothing was written"
-            raise WriteFailed(e.errno, f"could not write {what} {path}: {e.strerror or e}; {kept}. "
+            raise WriteFailed(e.errno, f"could not write {what} {path}: {e.strerror or e}; {kept}.\n"
                                        "Free disk space (or raise the file size limit) and run again.") from e
         raise
 

@@ -3,12 +3,15 @@ name that cannot leave its folder. Checked before any work starts."""
 import re
 from pathlib import Path, PurePosixPath
 
+from ..errors import user_error
+
 RULE = ("a plain file name without extension, optionally in subfolders (e.g. `my_lora` or `people/my_lora`): "
         "no `..`, no absolute path, no drive letter, no backslash, no control characters, no part starting with a dot")
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+@user_error
 class BadName(ValueError):
     pass
 
@@ -33,7 +36,7 @@ def check_output_name(name: str, what: str = "output_name") -> str:
         elif any(p.startswith(".") for p in parts) or name.endswith("/"):
             problem = "a part of it is hidden or empty"
     if problem:
-        raise BadName(f"{what} {name!r} is not allowed: {problem}. Use {RULE}.")
+        raise BadName(f"{what} {name!r} is not allowed: {problem}.\nUse {RULE}.")
     return name
 
 

@@ -9,11 +9,13 @@ comments) inside the ComfyUI folder: a file the HTTP API cannot write.
 import ipaddress
 from pathlib import Path
 
+from ..errors import user_error
 from .names import inside
 
 READ_ROOTS_FILE = "lllite_kit_read_roots.txt"
 
 
+@user_error
 class PathNotAllowed(PermissionError):
     pass
 
@@ -32,8 +34,8 @@ def check_writable(folder: str | Path, what: str = "output_dir") -> Path:
     folder = Path(folder).expanduser()
     if any(inside(folder, root) for root in _comfy_folders()):
         return folder
-    raise PathNotAllowed(f"{what} {str(folder)!r} is outside ComfyUI's model, output and temp folders; a graph writes "
-                         "only there. Use a folder inside ComfyUI's models or output folder.")
+    raise PathNotAllowed(f"{what} {str(folder)!r} is outside ComfyUI's model, output and temp folders, where graphs write.\n"
+                         "Use a folder inside ComfyUI's models or output folder.")
 
 
 def _loopback_only() -> bool:
@@ -72,7 +74,6 @@ def check_readable(path: str | Path, what: str) -> Path:
     import folder_paths
 
     raise PathNotAllowed(
-        f"{what} {str(path)!r} is outside ComfyUI's folders, and ComfyUI listens on a network address, so graphs may "
-        f"read only ComfyUI's input, output, temp and model folders and the folders listed in "
-        f"{Path(folder_paths.base_path) / READ_ROOTS_FILE} (one absolute path per line). Move the data into ComfyUI's "
-        "input folder or list its folder there.")
+        f"{what} {str(path)!r} is outside ComfyUI's folders, and ComfyUI listens on a network address.\n"
+        f"Move the data into ComfyUI's input folder, or list its folder in {Path(folder_paths.base_path) / READ_ROOTS_FILE} "
+        "(one absolute path per line): graphs on a network-facing ComfyUI read only ComfyUI's folders and those.")

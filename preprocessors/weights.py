@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import user_error
+
 WEIGHT_EXTENSIONS = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
 FOLDER_MARKER = "config.json"  # a transformers model folder (save_pretrained layout)
 
@@ -56,10 +58,12 @@ CATALOGUE = (HED, PIDINET, MLSD, LINEART, LINEART_COARSE, DEPTH_ANYTHING_V2_SMAL
              DEPTH_ANYTHING_V2_LARGE, DEPTH_ANYTHING_V2_SMALL_HF, MIDAS_DPT_HYBRID)
 
 
+@user_error
 class WeightFileMissing(FileNotFoundError):
     pass
 
 
+@user_error
 class WrongWeightLayout(ValueError):
     pass
 

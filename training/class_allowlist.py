@@ -10,6 +10,8 @@ import importlib
 import re
 from collections.abc import Iterable, Iterator
 
+from ..errors import user_error
+
 # What sd-scripts users name in optimizer_type / lr_scheduler_type (sd-scripts' own
 # get_optimizer imports, its docs' `bitsandbytes.optim.lamb.LAMB`, and the packages its
 # community configs use: CAME, pytorch_optimizer, prodigy-plus-schedule-free, torchao).
@@ -31,10 +33,12 @@ _DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", re.ASCII)
 _command_line_packages: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("command_line_packages", default=())
 
 
+@user_error
 class DisallowedClass(ValueError):
     pass
 
 
+@user_error
 class OptimizerUnavailable(ImportError):
     pass
 

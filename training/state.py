@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import user_error
 from ..files.atomic import write_atomic
 
 STATE_VERSION = 1
@@ -18,6 +19,7 @@ STATE_SUFFIX = "-state.pt"
 _SAVE_TAG = r"(?:-step\d{8}|-\d{6})?"
 
 
+@user_error
 class UnsafeStateFile(ValueError):
     pass
 

@@ -15,9 +15,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...errors import user_error
+
 log = logging.getLogger(__name__)
 
 
+@user_error
 class DatasetError(ValueError):
     """A dataset problem the user can fix; the message names the files, folders or keys."""
 
