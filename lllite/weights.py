@@ -3,7 +3,9 @@
 Keys are `lllite_unet_<module path>.<conditioning1|down|mid|up>.<i>.<weight|bias>`; nothing
 but the shapes tells cond_emb_dim (E), network_dim (R) and each module's conditioning depth.
 """
+import datetime
 import os
+import time
 from collections import defaultdict
 
 import torch
@@ -96,21 +98,31 @@ def read_lllite(path: str, name: str | None = None) -> LLLiteNetwork:
     return LLLiteNetwork(modules, label)
 
 
+def modelspec(architecture: str, title: str) -> dict[str, str]:
+    """The SAI model-spec 1.0.1 keys of an LLLite file that follow from its layout, as
+    sd-scripts' LLLite trainer writes them (sai_model_spec.py): Stability's implementation id
+    for an SDXL adapter, "diffusers" otherwise; the family's default resolution and the time
+    of writing, which a training run replaces with its own (with its other modelspec keys)."""
+    sdxl = architecture.startswith("stable-diffusion-xl")
+    return {
+        "modelspec.sai_model_spec": "1.0.1",
+        "modelspec.architecture": architecture,
+        "modelspec.implementation": "https://github.com/Stability-AI/generative-models" if sdxl else "diffusers",
+        "modelspec.title": title,
+        "modelspec.resolution": "1024x1024" if sdxl else "512x512",
+        "modelspec.date": datetime.datetime.fromtimestamp(int(time.time())).isoformat(),
+    }
+
+
 def save_lllite(path: str, network: LLLiteNetwork, architecture: str | None = None,
                 dtype: torch.dtype | None = None, metadata: dict | None = None) -> None:
-    """Write `network` in kohya's format, atomically. The model-spec architecture follows the
-    network's layout (SDXL or SD1.5) unless given."""
+    """Write `network` in kohya's format, atomically; metadata (strings) over modelspec()'s.
+    The model-spec architecture follows the network's layout (SDXL or SD1.5) unless given."""
     if architecture is None:
         layout = next((l for l in LAYOUTS.values() if l.display == network.layout_name()), None)
         if layout is None:
             raise ValueError(f"{network.name}: custom module layout, pass the model-spec architecture to save it")
         architecture = layout.architecture
-    meta = {
-        "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": architecture,
-        "modelspec.implementation": "https://github.com/kohya-ss/sd-scripts",
-        "modelspec.title": os.path.splitext(os.path.basename(path))[0],
-        **(metadata or {}),
-    }
+    meta = {**modelspec(architecture, os.path.splitext(os.path.basename(path))[0]), **(metadata or {})}
     state = {k: (v.to(dtype) if dtype is not None else v).detach().cpu().contiguous() for k, v in network.state_dict().items()}
     write_atomic(path, lambda tmp: save_file(state, str(tmp), metadata=meta), "ControlNet-LLLite file")

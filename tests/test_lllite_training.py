@@ -27,6 +27,7 @@ from lllite_kit.training.data import DatasetConfig, SubsetConfig, TrainingData, 
 from lllite_kit.training.engine import TrainHooks, TrainingEngine
 from lllite_kit.training.lllite_adapter import LLLiteAdapter
 from lllite_kit.training.lora import training_metadata
+from lllite_kit.training.session import data_facts
 
 E, R = 8, 16
 STEPS = 40
@@ -75,8 +76,7 @@ def trained(tiny, tmp_path_factory):
             adapter = LLLiteAdapter("sdxl", E, R, name="fill_lllite")
             hooks = TrainHooks()
             engine = TrainingEngine(cfg, tm, text, adapter, data, out, training_metadata,
-                                    {"sd_model_name": "tiny", "num_train_images": 32, "datasets": [], "bucket_info": {},
-                                     "tag_frequency": {}, "resolution": (64, 64), "batch_size_per_device": 2}, hooks=hooks)
+                                    {**data_facts(data)[0], "sd_model_name": "tiny"}, hooks=hooks)
             hooks.evaluate = ControlGap(tm, text, adapter, data.holdout_batches(), (cfg.min_timestep, cfg.max_timestep))
             result = engine.run()
             yield {"tm": tm, "text": text, "adapter": adapter, "data": data, "result": result, "model": model}
@@ -145,7 +145,7 @@ def test_file_is_kohya_format_and_reads_back_with_dims_and_depths(trained):
         meta = f.metadata()
         shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base/control-net-lllite"
-    assert meta["modelspec.sai_model_spec"] == "1.0.0" and meta["modelspec.title"] == "fill_lllite"
+    assert meta["modelspec.sai_model_spec"] == "1.0.1" and meta["modelspec.title"] == "fill_lllite"
     assert meta["ss_network_module"] == "networks.control_net_lllite" and meta["ss_cond_emb_dim"] == str(E)
 
     dm = trained["tm"].diffusion_model

@@ -14,22 +14,29 @@ import lllite_kit.training.lora.file as lora_file
 from lllite_kit.training.lora import TRAINING_FACTS, load_lora, training_metadata
 from lora_helpers import attached, randomize
 
-# every ss_* key reference/TRAINING.md lists
-DOCUMENTED_KEYS = """ss_network_module ss_network_dim ss_network_alpha ss_network_args ss_base_model_version
-ss_sd_model_name ss_resolution ss_learning_rate ss_unet_lr ss_text_encoder_lr ss_optimizer ss_lr_scheduler
-ss_num_train_images ss_num_epochs ss_steps ss_batch_size_per_device ss_mixed_precision ss_seed ss_datasets
-ss_bucket_info ss_tag_frequency ss_training_started_at ss_training_finished_at ss_output_name ss_noise_offset
-ss_min_snr_gamma sshs_model_hash""".split()
-
 
 def facts(**changes):
+    """Every training fact, as a plain SDXL run with no optional option would give them."""
     f = {
-        "sd_model_name": "sd_xl_base_1.0.safetensors", "resolution": (1024, 1024), "learning_rate": 1e-4,
-        "unet_lr": 1e-4, "text_encoder_lr": 5e-5, "optimizer": "AdamW", "lr_scheduler": "constant",
-        "num_train_images": 10, "num_epochs": 2, "steps": 20, "batch_size_per_device": 1, "mixed_precision": "bf16",
-        "seed": 42, "datasets": [{"n_repeats": 10}], "bucket_info": {"buckets": {}}, "tag_frequency": {"cat": 3},
-        "training_started_at": 1700000000.0, "training_finished_at": 1700000100.5, "output_name": "my_lora",
-        "noise_offset": None, "min_snr_gamma": 5.0, "prediction_type": "epsilon",
+        "session_id": 1234567890, "training_started_at": 1700000000.0, "training_finished_at": 1700000100.5,
+        "output_name": "my_lora", "sd_model_name": "sd_xl_base_1.0.safetensors", "learning_rate": 1e-4,
+        "text_encoder_lr": 5e-5, "unet_lr": None, "optimizer": "torch.optim.adamw.AdamW", "lr_scheduler": "constant",
+        "lr_warmup_steps": 0, "max_grad_norm": 1.0, "num_epochs": 2, "max_train_steps": 20, "steps": 20, "epoch": 2,
+        "gradient_checkpointing": True, "gradient_accumulation_steps": 1, "mixed_precision": "bf16", "full_fp16": False,
+        "fp8_base": False, "fp8_base_unet": False, "clip_skip": None, "max_token_length": None, "cache_latents": True, "seed": 42,
+        "noise_offset": None, "multires_noise_iterations": None, "multires_noise_discount": 0.3,
+        "adaptive_noise_scale": None, "zero_terminal_snr": False, "min_snr_gamma": 5.0, "loss_type": "l2",
+        "huber_schedule": "snr", "huber_c": 0.1, "prior_loss_weight": 1.0, "training_comment": None,
+        "validate_every_n_steps": None,
+        "num_train_images": 10, "num_reg_images": 0, "num_batches_per_epoch": 10, "batch_size_per_device": 1,
+        "enable_bucket": False, "bucket_no_upscale": False, "min_bucket_reso": 256, "max_bucket_reso": 1024,
+        "color_aug": False, "flip_aug": False, "random_crop": False, "shuffle_caption": False, "keep_tokens": 0,
+        "caption_dropout_rate": 0.0, "caption_dropout_every_n_epochs": 0, "caption_tag_dropout_rate": 0.0,
+        "datasets": [{"n_repeats": 10}], "tag_frequency": {"cat": 3}, "dataset_dirs": {"cat": {"n_repeats": 10, "img_count": 1}},
+        "reg_dataset_dirs": {}, "bucket_info": {"buckets": {}},
+        "resolution": (1024, 1024), "prediction_type": "epsilon", "metadata_title": None, "metadata_author": None,
+        "metadata_description": None, "metadata_license": None, "metadata_tags": None, "timestep_range": None,
+        "sd_model_file": None, "vae_file": None,
     }
     f.update(changes)
     return f
@@ -51,19 +58,29 @@ def test_metadata_keys_and_values(sd15_adapter, tmp_path):
     path = tmp_path / "my_lora.safetensors"
     sd15_adapter.save(str(path), torch.float16, training_metadata(facts()))
     _, meta = _read(path)
-    assert set(DOCUMENTED_KEYS) <= set(meta)
     assert meta["ss_network_module"] == "networks.lora"
     assert (meta["ss_network_dim"], meta["ss_network_alpha"]) == ("4", "2.0")
     assert json.loads(meta["ss_network_args"]) == {"conv_dim": "2", "module_dropout": "0.1"}
     assert meta["ss_base_model_version"] == "sd_v1" and meta["ss_resolution"] == "(1024, 1024)"
     assert json.loads(meta["ss_tag_frequency"]) == {"cat": 3} and meta["ss_noise_offset"] == "None"
+    assert meta["ss_unet_lr"] == "None" and meta["ss_session_id"] == "1234567890"
+    # sd-scripts' train_batch_size x processes (1) x gradient_accumulation_steps
+    assert training_metadata(facts(batch_size_per_device=2, gradient_accumulation_steps=3))["ss_total_batch_size"] == "6"
     assert meta["modelspec.architecture"] == "stable-diffusion-v1/lora" and meta["modelspec.title"] == "my_lora"
     assert meta["modelspec.resolution"] == "1024x1024" and meta["modelspec.prediction_type"] == "epsilon"
-    assert meta["modelspec.date"].startswith("2023-11-1")
+    assert meta["modelspec.date"].startswith("2023-11-1") and meta["modelspec.sai_model_spec"] == "1.0.1"
+    assert "modelspec.encoder_layer" not in meta and "modelspec.timestep_range" not in meta
+    assert "ss_sd_model_hash" not in meta and meta["ss_sd_model_name"] == "sd_xl_base_1.0.safetensors"
     assert len(meta["sshs_model_hash"]) == 64 and len(meta["sshs_legacy_hash"]) == 8
     with pytest.raises(ValueError, match="training facts missing: steps"):
         training_metadata({k: v for k, v in facts().items() if k != "steps"})
-    assert len(TRAINING_FACTS) == 22
+    assert set(TRAINING_FACTS) == set(facts())
+
+
+def test_a_model_path_that_is_no_file_gets_no_hash(tmp_path):
+    meta = training_metadata(facts(sd_model_file=str(tmp_path / "gone.safetensors"), vae_file=str(tmp_path)))
+    assert not {"ss_sd_model_hash", "ss_new_sd_model_hash", "ss_vae_name", "ss_vae_hash"} & set(meta)
+    assert meta["ss_sd_model_name"] == "sd_xl_base_1.0.safetensors"
 
 
 def test_save_precision_and_hash(sd15_adapter, tmp_path):
@@ -91,7 +108,7 @@ def test_failed_write_keeps_previous_file(sd15_adapter, tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(lora_file.os, "fsync", disk_full)
-    with pytest.raises(OSError, match="No space left on device.*previous file there, if any, is unchanged") as err:
+    with pytest.raises(OSError, match="No space left on device.*previous file there is unchanged") as err:
         sd15_adapter.save(str(path), torch.float32, training_metadata(facts()))
     assert str(path) in str(err.value)
     assert path.read_bytes() == before

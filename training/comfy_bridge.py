@@ -247,6 +247,22 @@ def model_source_name(patcher: comfy.model_patcher.ModelPatcher) -> str:
     return ""
 
 
+def model_file(patcher: comfy.model_patcher.ModelPatcher) -> str | None:
+    """Full path of the checkpoint or diffusion-model file a core loader made this model from
+    (its reload factory keeps it), or None (ss_sd_model_hash needs the file)."""
+    init = getattr(patcher, "cached_patcher_init", None)
+    if init and init[0] in (comfy.sd.load_checkpoint_guess_config, comfy.sd.load_diffusion_model):
+        return init[1][0]
+    return None
+
+
+def vae_file(vae) -> str | None:
+    """Full path of the separate VAE file Load VAE read, or None, also for a checkpoint's own
+    VAE (sd-scripts writes ss_vae_* only for a separate --vae)."""
+    init = getattr(getattr(vae, "patcher", None), "cached_patcher_init", None)
+    return init[1][0] if init and init[0] is comfy.sd.load_vae_patcher else None
+
+
 def default_output_dir() -> str:
     """ComfyUI's (first) loras folder, where LoraLoader finds the trained file."""
     return folder_paths.get_folder_paths("loras")[0]

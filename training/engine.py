@@ -279,27 +279,61 @@ class TrainingEngine:
     # -- saving and resuming ---------------------------------------------------------------------
 
     def _metadata(self) -> dict[str, str]:
+        """The run's facts in sd-scripts' terms (an option that is off is None where sd-scripts'
+        default is None), merged with the caller's (data, model name and files)."""
+        import secrets  # here: this method alone makes the run's metadata
+
         cfg = self.cfg
-        opt = self.optimizer
         args = ",".join(f"{k}={v}" for k, v in cfg.optimizer_args.items())
+        opt = type(self.optimizer)
+        final = self.pos.step >= self.total_steps
+        # sd-scripts: a random id per run, telling which run a set of saves came from
+        self.facts.setdefault("session_id", secrets.randbelow(2**32 + 1))
         facts = {
-            "learning_rate": cfg.learning_rate,
-            "unet_lr": cfg.unet_lr if cfg.unet_lr is not None else cfg.learning_rate,
-            "text_encoder_lr": cfg.text_encoder_lr,
-            "optimizer": f"{type(opt).__module__}.{type(opt).__name__}({args})",
-            "lr_scheduler": cfg.lr_scheduler,
-            "num_epochs": self.total_epochs,
-            "steps": self.pos.step,
-            "mixed_precision": cfg.mixed_precision,
-            "seed": cfg.seed,
             "training_started_at": self.started_at,
             "training_finished_at": time.time(),
             "output_name": cfg.output_name,
+            "learning_rate": cfg.learning_rate,
+            "unet_lr": cfg.unet_lr,
+            "text_encoder_lr": cfg.text_encoder_lr,
+            "optimizer": f"{opt.__module__}.{opt.__name__}" + (f"({args})" if args else ""),
+            "lr_scheduler": cfg.lr_scheduler,
+            "lr_warmup_steps": cfg.lr_warmup_steps,
+            "max_grad_norm": cfg.max_grad_norm,
+            "num_epochs": self.total_epochs,
+            "max_train_steps": self.total_steps,
+            "steps": self.pos.step,
+            "epoch": self.total_epochs if final else self.pos.epoch,  # epochs done; the last save: all
+            "gradient_checkpointing": cfg.gradient_checkpointing,
+            "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+            "mixed_precision": cfg.mixed_precision,
+            "full_fp16": cfg.full_fp16,
+            "fp8_base": cfg.fp8_base,
+            "fp8_base_unet": cfg.fp8_base_unet,
+            "clip_skip": cfg.clip_skip if cfg.clip_skip and cfg.clip_skip > 1 else None,  # 1 is the last layer: no skip
+            "max_token_length": cfg.max_token_length,
+            "cache_latents": cfg.cache_latents,
+            "seed": cfg.seed,
             "noise_offset": cfg.noise_offset or None,
+            "multires_noise_iterations": cfg.multires_noise_iterations or None,
+            "multires_noise_discount": cfg.multires_noise_discount,
+            "adaptive_noise_scale": cfg.adaptive_noise_scale or None,
+            "zero_terminal_snr": cfg.zero_terminal_snr,
             "min_snr_gamma": cfg.min_snr_gamma or None,
+            "loss_type": cfg.loss_type,
+            "huber_schedule": cfg.huber_schedule,
+            "huber_c": cfg.huber_c,
+            "prior_loss_weight": cfg.prior_loss_weight,
+            "training_comment": cfg.training_comment,
+            "validate_every_n_steps": cfg.validate_every_n_steps or None,
             "prediction_type": self.model.schedule.prediction_type,
+            "timestep_range": None if (cfg.min_timestep, cfg.max_timestep) == (0, 1000) else (cfg.min_timestep, cfg.max_timestep),
+            **{f"metadata_{k}": getattr(cfg, f"metadata_{k}") for k in ("title", "author", "description", "license", "tags")},
             **self.facts,
         }
+        # the files the model and a separate VAE came from: what the caller saw loaded, else the config's paths
+        facts["sd_model_file"] = self.facts.get("sd_model_file") or cfg.pretrained_model_name_or_path
+        facts["vae_file"] = self.facts.get("vae_file") or cfg.vae
         return self.make_metadata(facts)
 
     def _save(self, path: Path) -> Path:

@@ -170,15 +170,10 @@ class LLLiteAdapter:
                 v.copy_(sd[k])
 
     def metadata(self) -> dict[str, str]:
-        """SAI model-spec keys as sd-scripts' LLLite trainer writes them (the architecture
-        `<base>/control-net-lllite`), plus the dims for tools that list them."""
+        """The dims for tools that list them (sd-scripts' LLLite trainer writes no ss_* key);
+        the modelspec keys that follow from the layout come from save_lllite."""
         m = self.network.module(next(iter(self.network.paths)))
         return {
-            "modelspec.sai_model_spec": "1.0.0",
-            "modelspec.architecture": self.layout.architecture,
-            # sd-scripts' sai_model_spec: Stability's implementation id for SDXL adapters, diffusers otherwise
-            "modelspec.implementation": ("https://github.com/Stability-AI/generative-models"
-                                         if self.layout.family == "sdxl" else "diffusers"),
             "ss_network_module": "networks.control_net_lllite",
             "ss_network_dim": str(m.mlp_dim),
             "ss_cond_emb_dim": str(m.cond_emb_dim),

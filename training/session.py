@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from .comfy_bridge import (TextConditioner, TrainingModel, latent_encoder, model_family, trainable_model,
-                           unload_from_device, vae_identity)
+from .comfy_bridge import (TextConditioner, TrainingModel, latent_encoder, model_family, model_file, trainable_model,
+                           unload_from_device, vae_file, vae_identity)
 from .config import TrainConfig
 from .data.config import DatasetConfig, SubsetConfig, load_dataset_toml
 from .data.errors import DatasetError
@@ -59,18 +59,28 @@ def datasets_from_config(cfg: TrainConfig) -> list[DatasetConfig]:
     raise DatasetError("No training data: set dataset_config (a dataset TOML) or train_data_dir (a folder tree).")
 
 
-def _data_facts(data: TrainingData) -> tuple[dict, dict[str, str]]:
-    """Training facts about the data, and the data side's own ss_* metadata strings."""
+def data_facts(data: TrainingData) -> tuple[dict, dict[str, str]]:
+    """Training facts about the data, and the data side's own ss_* metadata strings. Facts
+    sd-scripts takes from its one dataset's options come from the first dataset and subset."""
     meta = data.metadata()
     datasets = json.loads(meta["ss_datasets"])
     first = data.datasets[0]
     facts = {
         "num_train_images": data.num_train_images,
+        "num_reg_images": data.num_reg_images,
+        "num_batches_per_epoch": len(data),
         "datasets": datasets,
         "bucket_info": datasets[0]["bucket_info"] if len(datasets) == 1 else [d["bucket_info"] for d in datasets],
         "tag_frequency": json.loads(meta["ss_tag_frequency"]),
+        "dataset_dirs": json.loads(meta["ss_dataset_dirs"]),
+        "reg_dataset_dirs": {sub.name: {"n_repeats": info["num_repeats"], "img_count": info["img_count"]}
+                             for ds, d in zip(data.datasets, datasets) for sub, info in zip(ds.subsets, d["subsets"]) if sub.is_reg},
         "resolution": tuple(first.resolution),
         "batch_size_per_device": first.batch_size,
+        **{k: getattr(first, k) for k in ("enable_bucket", "bucket_no_upscale", "min_bucket_reso", "max_bucket_reso")},
+        **{k: getattr(first.subsets[0], k) for k in ("color_aug", "flip_aug", "random_crop", "shuffle_caption", "keep_tokens",
+                                                     "caption_dropout_rate", "caption_dropout_every_n_epochs",
+                                                     "caption_tag_dropout_rate")},
     }
     return facts, meta
 
@@ -118,8 +128,8 @@ def run_training(cfg: TrainConfig, model, clip, vae, datasets: Sequence[DatasetC
             elif captions is None:
                 log.info("captions change every step (shuffle/dropout): the text encoders stay loaded and run each step")
 
-        facts, data_meta = _data_facts(data)
-        facts["sd_model_name"] = model_name
+        facts, data_meta = data_facts(data)
+        facts.update(sd_model_name=model_name, sd_model_file=model_file(model), vae_file=vae_file(vae))
 
         def metadata(f: dict) -> dict[str, str]:
             return {**make_metadata(f), **data_meta}

@@ -173,15 +173,14 @@ class LoRAAdapter:
         c = self.config
         ranks = sorted({m.rank for m in self.modules.values()})
         alphas = sorted({m.alpha for m in self.modules.values()})
+        args = c.network_args()
         return {
             **base_model_metadata(self.family),
             "ss_network_module": c.network_module,
             "ss_network_dim": str(c.dim if c.network_weights is None else max(ranks)),
             "ss_network_alpha": str(c.alpha if c.network_weights is None else alphas[-1]),
-            "ss_network_args": json.dumps(c.network_args()),
+            **({"ss_network_args": json.dumps(args)} if args else {}),  # sd-scripts: only when network_args are given
             "ss_network_dropout": str(c.dropout),
-            "ss_network_train_unet_only": str(not c.train_text_encoder),
-            "ss_network_train_text_encoder_only": str(not c.train_unet),
         }
 
     def save(self, path: str, dtype: torch.dtype, metadata: dict[str, str]) -> None:

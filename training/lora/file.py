@@ -1,15 +1,20 @@
 """The one reader/writer of kohya LoRA files (.safetensors).
 
 Layout: `<module>.lora_down.weight`, `<module>.lora_up.weight`, `<module>.alpha` (0-d),
-all in the save precision; metadata strings: sd-scripts' ss_* training keys,
-sshs_model_hash / sshs_legacy_hash (the hashes sd-webui-additional-networks indexes by),
-and SAI modelspec.* keys. Files are written to a temporary file beside the target and
-renamed over it, so a failed save leaves the previous file as it was.
+all in the save precision; metadata strings: every ss_* key sd-scripts' train_network.py
+writes, sshs_model_hash / sshs_legacy_hash (the hashes sd-webui-additional-networks indexes
+by), and the SAI modelspec 1.0.1 keys of sd-scripts' sai_model_spec.py. Files are written to
+a temporary file beside the target and renamed over it, so a failed save leaves the previous
+file as it was.
 """
 import datetime
+import functools
 import hashlib
 import json
 import os
+import re
+import subprocess
+from pathlib import Path
 
 import safetensors
 import safetensors.torch
@@ -18,15 +23,47 @@ import torch
 from ...files.atomic import write_atomic
 
 SAVE_PRECISIONS = {"float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+SAI_MODEL_SPEC = "1.0.1"
 _SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha")
+_PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
-# Facts only the training loop knows; every file carries all of them (tools show them).
-TRAINING_FACTS = (
-    "sd_model_name", "resolution", "learning_rate", "unet_lr", "text_encoder_lr", "optimizer",
-    "lr_scheduler", "num_train_images", "num_epochs", "steps", "batch_size_per_device",
-    "mixed_precision", "seed", "datasets", "bucket_info", "tag_frequency", "training_started_at",
-    "training_finished_at", "output_name", "noise_offset", "min_snr_gamma", "prediction_type",
+# Facts written as ss_<name> = str(value) (dicts and lists as JSON), in sd-scripts' formats:
+# Python's str() of the option's value, so an option that is off reads "None" where
+# sd-scripts' default is None and "False" where it is a flag.
+_PLAIN_FACTS = (
+    # the run (training/engine.py) and its options
+    "session_id", "training_started_at", "training_finished_at", "output_name", "sd_model_name",
+    "learning_rate", "text_encoder_lr", "unet_lr", "optimizer", "lr_scheduler", "lr_warmup_steps",
+    "max_grad_norm", "num_epochs", "max_train_steps", "steps", "epoch", "gradient_checkpointing",
+    "gradient_accumulation_steps", "mixed_precision", "full_fp16", "fp8_base", "fp8_base_unet", "clip_skip", "max_token_length",
+    "cache_latents", "seed", "noise_offset", "multires_noise_iterations", "multires_noise_discount",
+    "adaptive_noise_scale", "zero_terminal_snr", "min_snr_gamma", "loss_type", "huber_schedule", "huber_c",
+    "prior_loss_weight", "training_comment", "validate_every_n_steps",
+    # the data (training/session.py data_facts)
+    "num_train_images", "num_reg_images", "num_batches_per_epoch", "batch_size_per_device", "enable_bucket",
+    "bucket_no_upscale", "min_bucket_reso", "max_bucket_reso", "color_aug", "flip_aug", "random_crop",
+    "shuffle_caption", "keep_tokens", "caption_dropout_rate", "caption_dropout_every_n_epochs",
+    "caption_tag_dropout_rate", "datasets", "tag_frequency", "dataset_dirs", "reg_dataset_dirs", "bucket_info",
 )
+# Every fact training_metadata needs (None where a value does not apply). Besides the plain ones:
+# resolution ((width, height) or one int), prediction_type ("epsilon" | "v"), the modelspec
+# options (metadata_*; timestep_range (min, max) or None), and the files the base model and a
+# separate VAE were loaded from (None when unknown: the hash keys are then left out, as
+# sd-scripts leaves them out when the path is no file).
+TRAINING_FACTS = _PLAIN_FACTS + (
+    "resolution", "prediction_type", "metadata_title", "metadata_author", "metadata_description",
+    "metadata_license", "metadata_tags", "timestep_range", "sd_model_file", "vae_file",
+)
+# sd-scripts options this trainer does not have (a fact of that name wins): files carry the
+# value sd-scripts writes when they are not given (ss_sd_scripts_commit_hash: no sd-scripts
+# commit made the file; what did is modelspec.implementation_version).
+_ABSENT_OPTIONS = {
+    "lowram": False, "face_crop_aug_range": None, "scale_weight_norms": None, "ip_noise_gamma": None,
+    "debiased_estimation": False, "noise_offset_random_strength": False, "ip_noise_gamma_random_strength": False,
+    "huber_scale": 1.0, "num_validation_images": 0, "validation_seed": None,
+    "validation_split": 0.0, "max_validation_steps": None, "validate_every_n_epochs": None,
+    "resize_interpolation": None, "sd_scripts_commit_hash": "(unknown)",
+}
 _BASE_MODEL = {
     # ss_base_model_version as sd-scripts writes it; modelspec architecture / implementation
     # as sd-scripts' sai_model_spec.py sets them for LoRAs.
@@ -37,17 +74,84 @@ _BASE_MODEL = {
 
 def _text(value) -> str:
     if isinstance(value, (dict, list)):
-        return json.dumps(value, ensure_ascii=False)
+        return json.dumps(value)
     return str(value)
 
 
-def training_metadata(facts: dict) -> dict[str, str]:
-    """ss_* and modelspec title/date/resolution/prediction strings from the loop's facts.
+@functools.lru_cache(maxsize=1)
+def implementation_version() -> str:
+    """modelspec.implementation_version: this pack and its version (and git commit when it runs
+    from a checkout), as sd-scripts writes "sd-scripts/<commit>"."""
+    try:
+        text = (_PACKAGE_ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    except OSError:
+        text = ""
+    found = {key: re.search(rf'^{key}\s*=\s*"([^"]+)"', text, re.M) for key in ("name", "version")}
+    name, version = (m.group(1) if m else "unknown" for m in found.values())
+    commit = ""
+    if (_PACKAGE_ROOT / ".git").exists():
+        try:
+            out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_PACKAGE_ROOT, capture_output=True, text=True, timeout=5)
+            commit = out.stdout.strip() if out.returncode == 0 else ""
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return f"{name}/{version}" + (f"+{commit}" if commit else "")
 
-    facts holds every key of TRAINING_FACTS (None where a value does not apply: written
-    as "None" like sd-scripts does); resolution is (width, height) or one int; datasets,
-    bucket_info, tag_frequency may be dicts/lists (stored as JSON); training_*_at are
-    time.time() values; prediction_type is "epsilon" or "v". Extra keys are kept as ss_<key>."""
+
+@functools.lru_cache(maxsize=8)
+def _file_hashes(path: str, size: int, mtime_ns: int) -> tuple[str, str]:
+    """(old, new) A1111 model hash of a file, as sd-scripts' train_util.model_hash and
+    calculate_sha256: 8 hex of the sha256 of the 64 KiB at 1 MiB, and the sha256 of the whole
+    file. Cached per file version: a checkpoint is hashed once per process, not per save."""
+    legacy, full = hashlib.sha256(), hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(0x100000)
+        legacy.update(f.read(0x10000))
+        f.seek(0)
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            full.update(chunk)
+    return legacy.hexdigest()[:8], full.hexdigest()
+
+
+def _source_file_metadata(kind: str, path: str | None) -> dict[str, str]:
+    """ss_<kind>_hash, ss_new_<kind>_hash, ss_<kind>_name of a model file; nothing when the
+    path is no file (sd-scripts then writes no hash)."""
+    if not path or not os.path.isfile(path):
+        return {}
+    st = os.stat(path)
+    old, new = _file_hashes(os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    return {f"ss_{kind}_hash": old, f"ss_new_{kind}_hash": new, f"ss_{kind}_name": os.path.basename(path)}
+
+
+def _modelspec(facts: dict, width: int, height: int) -> dict[str, str]:
+    """The modelspec keys sd-scripts' get_sai_model_spec writes that follow from the run
+    (architecture and implementation come with the adapter)."""
+    meta = {
+        "modelspec.sai_model_spec": SAI_MODEL_SPEC,
+        "modelspec.title": str(facts["metadata_title"] if facts["metadata_title"] is not None else facts["output_name"]),
+        "modelspec.resolution": f"{width}x{height}",
+        "modelspec.prediction_type": facts["prediction_type"],
+        "modelspec.implementation_version": implementation_version(),
+    }
+    for key in ("author", "description", "license", "tags"):
+        if facts[f"metadata_{key}"] is not None:
+            meta[f"modelspec.{key}"] = str(facts[f"metadata_{key}"])
+    finished = facts["training_finished_at"]
+    if finished is not None:
+        meta["modelspec.date"] = datetime.datetime.fromtimestamp(int(float(finished))).isoformat()
+    if facts["timestep_range"] is not None:
+        meta["modelspec.timestep_range"] = "{},{}".format(*facts["timestep_range"])
+    if facts["clip_skip"] is not None:
+        meta["modelspec.encoder_layer"] = str(facts["clip_skip"])
+    return meta
+
+
+def training_metadata(facts: dict) -> dict[str, str]:
+    """Every ss_* string of sd-scripts' train_network.py but the network's own (the adapter
+    adds ss_network_*, ss_v2, ss_base_model_version), and the run's modelspec keys.
+
+    facts holds every key of TRAINING_FACTS (and may set an absent option's value); other
+    keys are ignored."""
     missing = [k for k in TRAINING_FACTS if k not in facts]
     if missing:
         raise ValueError(f"LoRA metadata: training facts missing: {', '.join(missing)}")
@@ -55,14 +159,13 @@ def training_metadata(facts: dict) -> dict[str, str]:
         raise ValueError(f"LoRA metadata: prediction_type must be 'epsilon' or 'v', got {facts['prediction_type']!r}")
     reso = facts["resolution"]
     width, height = (reso, reso) if isinstance(reso, int) else tuple(reso)
-    meta = {f"ss_{k}": _text(v) for k, v in facts.items() if k not in ("resolution", "prediction_type")}
-    meta["ss_resolution"] = f"({width}, {height})"
-    meta["modelspec.title"] = str(facts["output_name"])
-    meta["modelspec.resolution"] = f"{width}x{height}"
-    meta["modelspec.prediction_type"] = facts["prediction_type"]
-    finished = facts["training_finished_at"]
-    if finished is not None:
-        meta["modelspec.date"] = datetime.datetime.fromtimestamp(int(float(finished))).isoformat()
+    meta = {f"ss_{k}": _text(facts.get(k, v)) for k, v in _ABSENT_OPTIONS.items()}
+    meta.update({f"ss_{k}": _text(facts[k]) for k in _PLAIN_FACTS})
+    meta["ss_resolution"] = str((width, height))
+    meta["ss_total_batch_size"] = str(facts["batch_size_per_device"] * facts["gradient_accumulation_steps"])
+    meta.update(_source_file_metadata("sd_model", facts["sd_model_file"]))
+    meta.update(_source_file_metadata("vae", facts["vae_file"]))
+    meta.update(_modelspec(facts, width, height))
     return meta
 
 
@@ -71,7 +174,7 @@ def base_model_metadata(family: str) -> dict[str, str]:
     return {
         "ss_base_model_version": version,
         "ss_v2": "False",
-        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.sai_model_spec": SAI_MODEL_SPEC,
         "modelspec.architecture": architecture,
         "modelspec.implementation": implementation,
     }
