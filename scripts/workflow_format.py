@@ -9,7 +9,7 @@ _WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 _SKIPPED_UI_NODES = ("Note", "MarkdownNote")
 
 
-def _input_specs(class_type: str):
+def input_specs(class_type: str):
     """[(name, type, options, required)] in definition order."""
     if class_type not in nodes.NODE_CLASS_MAPPINGS:
         raise KeyError(f"unknown node type {class_type!r} (is its pack loaded?)")
@@ -23,18 +23,18 @@ def _input_specs(class_type: str):
     return out
 
 
-def _output_types(class_type: str):
+def output_types(class_type: str):
     cls = nodes.NODE_CLASS_MAPPINGS[class_type]
     types = list(cls.RETURN_TYPES)
     names = list(getattr(cls, "RETURN_NAMES", None) or types)
     return list(zip(names, types))
 
 
-def _is_widget(typ) -> bool:
+def is_widget(typ) -> bool:
     return typ in _WIDGET_TYPES
 
 
-def _extra_widget_values(name, typ, opts) -> list:
+def extra_widget_values(name, typ, opts) -> list:
     extra = []
     if typ == "INT" and (opts.get("control_after_generate") or name in _SEED_NAMES):
         extra.append("fixed")
@@ -44,45 +44,34 @@ def _extra_widget_values(name, typ, opts) -> list:
 
 
 def api_to_ui(prompt: dict) -> dict:
-    """API-format graph -> UI workflow (version 0.4) with a simple left-to-right layout."""
+    """API-format graph -> UI workflow (version 0.4); node positions and sizes are left for
+    workflow_layout.apply_layout to set."""
     ids = {key: i + 1 for i, key in enumerate(prompt)}
     links, ui_nodes = [], []
     outgoing: dict[tuple[int, int], list[int]] = {}
-    depth = {}
-
-    def node_depth(key):
-        if key not in depth:
-            ups = [v[0] for v in prompt[key]["inputs"].values() if isinstance(v, list)]
-            depth[key] = 1 + max((node_depth(u) for u in ups), default=-1)
-        return depth[key]
-
-    rows: dict[int, int] = {}
     for order, (key, node) in enumerate(prompt.items()):
         ct = node["class_type"]
         inputs, widgets = [], []
-        for name, typ, opts, _required in _input_specs(ct):
+        for name, typ, opts, _required in input_specs(ct):
             value = node["inputs"].get(name)
             entry = {"name": name, "type": typ if isinstance(typ, str) else "COMBO", "link": None}
             if isinstance(value, list):  # a link [from_node, slot]
                 link_id = len(links) + 1
                 src = ids[value[0]]
-                out_type = _output_types(prompt[value[0]]["class_type"])[value[1]][1]
+                out_type = output_types(prompt[value[0]]["class_type"])[value[1]][1]
                 links.append([link_id, src, value[1], ids[key], len(inputs), out_type])
                 outgoing.setdefault((src, value[1]), []).append(link_id)
                 entry["link"] = link_id
                 value = opts.get("default")
-            if _is_widget(typ):
+            if is_widget(typ):
                 entry["widget"] = {"name": name}
                 widgets.append(value if value is not None else opts.get("default"))
-                widgets.extend(_extra_widget_values(name, typ, opts))
+                widgets.extend(extra_widget_values(name, typ, opts))
             inputs.append(entry)
-        col = node_depth(key)
-        row = rows.get(col, 0)
-        rows[col] = row + 1
         ui_nodes.append({
-            "id": ids[key], "type": ct, "pos": [40 + 360 * col, 40 + 260 * row], "size": [320, 200],
+            "id": ids[key], "type": ct, "pos": [0, 0], "size": [0, 0],
             "flags": {}, "order": order, "mode": 0, "inputs": inputs,
-            "outputs": [{"name": n, "type": t, "links": []} for n, t in _output_types(ct)],
+            "outputs": [{"name": n, "type": t, "links": []} for n, t in output_types(ct)],
             "properties": {"Node name for S&R": ct}, "widgets_values": widgets,
             **({"title": node["_meta"]["title"]} if node.get("_meta", {}).get("title") else {}),
         })
@@ -105,12 +94,12 @@ def ui_to_api(workflow: dict) -> dict:
         linked = {i["name"]: link_src[i["link"]] for i in n.get("inputs", []) if i.get("link") is not None}
         values = list(n.get("widgets_values") or [])
         inputs = {}
-        for name, typ, opts, _required in _input_specs(n["type"]):
-            if _is_widget(typ):
+        for name, typ, opts, _required in input_specs(n["type"]):
+            if is_widget(typ):
                 if not values:
                     raise ValueError(f"node {n['id']} ({n['type']}): no widget value for {name!r}")
                 inputs[name] = values.pop(0)
-                del values[: len(_extra_widget_values(name, typ, opts))]
+                del values[: len(extra_widget_values(name, typ, opts))]
             if name in linked:
                 inputs[name] = list(linked[name])
         prompt[str(n["id"])] = {"class_type": n["type"], "inputs": inputs}

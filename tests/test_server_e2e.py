@@ -72,10 +72,24 @@ def test_server_reports_comfyui_030_and_lists_the_pack(server):
     assert "LLLiteKit_Canny" in info and "LLLiteKitTest_TinyCheckpoint" in info
     assert info["LLLiteKit_Canny"]["category"].startswith("LLLite Kit")
     templates = requests.get(url + "/workflow_templates").json()
-    assert "canny_edges" in templates.get("comfyui-lllite-kit", [])
+    assert "Canny edges from a picture" in templates.get("comfyui-lllite-kit", [])
+    thumb = requests.get(url + "/api/workflow_templates/comfyui-lllite-kit/Canny edges from a picture.jpg")
+    assert thumb.ok and thumb.content[:3] == b"\xff\xd8\xff"  # the template browser's picture, a JPEG
     log = (base / "server.log").read_text()
     pack_lines = [l for l in log.splitlines() if "lllite" in l.lower() and ("warn" in l.lower() or "error" in l.lower() or "failed" in l.lower())]
     assert pack_lines == []
+
+
+def test_a_fresh_comfyui_gets_the_pack_model_folders(server):
+    url, base = server
+    for name in ("lllite", "preprocessors"):
+        assert (base / "models" / name).is_dir(), f"models/{name} not created at start-up"
+    listed = {f["name"]: f["folders"] for f in requests.get(url + "/experiment/models").json()}
+    assert str(base / "models" / "lllite") in listed["lllite"]
+    assert str(base / "models" / "preprocessors") in listed["preprocessors"]
+    hed = requests.get(url + "/object_info/LLLiteKit_HED").json()["LLLiteKit_HED"]
+    assert hed["input"]["required"]["weights"][1]["options"][0] == \
+        "ControlNetHED.pth (missing: put it in models/preprocessors)"
 
 
 def test_queue_a_workflow_over_http(server):

@@ -1,5 +1,53 @@
-"""Files the example workflows name, built tiny: `prepare_<workflow name>(models_dir, input_dir, tiny)`
-writes them and may return {node_id: {input: value}} overrides (e.g. fewer training steps)."""
+"""Example workflows made runnable on the tiny models: `tiny_prompt` converts a shipped UI
+workflow as the frontend would queue it, swaps checkpoint loaders for the tiny test
+checkpoint and shrinks sizes and step counts; `prepare_<workflow key>(models_dir, input_dir,
+tiny)` writes the files a workflow names and may return {node_id: {input: value}} overrides
+(e.g. fewer training steps). Used by the tests and by the thumbnail builder."""
+
+
+def _family(ckpt_name: str) -> str:
+    name = ckpt_name.lower()
+    return "sd15" if any(t in name for t in ("v1-5", "sd15", "sd_v1", "1.5")) else "sdxl"
+
+
+def synthetic_image(path, size=64):
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:size, 0:size]
+    img = np.stack([x * 4 % 256, y * 4 % 256, ((x - 32) ** 2 + (y - 32) ** 2 < 300) * 255], -1).astype(np.uint8)
+    Image.fromarray(img).save(path)
+
+
+def _adapt_to_tiny(prompt: dict, input_dir) -> dict:
+    for node in prompt.values():
+        ct, inputs = node["class_type"], node["inputs"]
+        if ct == "CheckpointLoaderSimple":
+            node["class_type"] = "LLLiteKitTest_TinyCheckpoint"
+            node["inputs"] = {"family": _family(inputs["ckpt_name"]), "seed": 0}
+        elif ct == "LoadImage" and not (input_dir / inputs["image"]).exists():
+            synthetic_image(input_dir / inputs["image"])
+        elif ct == "EmptyLatentImage":
+            inputs.update(width=64, height=64, batch_size=1)
+        elif ct in ("KSampler", "KSamplerAdvanced"):
+            inputs["steps"] = min(inputs["steps"], 2)
+            if "end_at_step" in inputs:
+                inputs["end_at_step"] = min(inputs["end_at_step"], 2)
+                inputs["start_at_step"] = min(inputs["start_at_step"], 1)
+    return prompt
+
+
+def tiny_prompt(key: str, workflow: dict, comfy_dir, tiny) -> dict:
+    """The API prompt of UI `workflow` (example `key`), runnable on the tiny models with the
+    ComfyUI folders under `comfy_dir` (models/, input/)."""
+    from workflow_format import ui_to_api
+
+    prompt = _adapt_to_tiny(ui_to_api(workflow), comfy_dir / "input")
+    prepare = globals().get(f"prepare_{key}")
+    overrides = prepare(comfy_dir / "models", comfy_dir / "input", tiny) if prepare else None
+    for node_id, values in (overrides or {}).items():
+        prompt[node_id]["inputs"].update(values)
+    return prompt
 
 
 def prepare_preprocessors_all(models_dir, input_dir, tiny):
