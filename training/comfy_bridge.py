@@ -30,7 +30,10 @@ import folder_paths
 from comfy.ldm.modules.attention import BasicTransformerBlock
 from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock, UNetModel
 
+from ..errors import user_error
 
+
+@user_error
 class UnsupportedModel(ValueError):
     pass
 

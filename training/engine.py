@@ -18,6 +18,7 @@ from typing import Protocol
 
 import torch
 
+from ..errors import user_error
 from .adapter import TrainableAdapter
 from .comfy_bridge import TextConditioner, TrainingModel
 from .config import TrainConfig
@@ -44,6 +45,7 @@ class TrainingData(Protocol):
         same seed and epoch, so a resumed run sees what the uninterrupted run saw."""
 
 
+@user_error
 class TrainingDiverged(FloatingPointError):
     pass
 
