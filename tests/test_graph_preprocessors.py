@@ -92,7 +92,7 @@ def test_models_stay_loaded_between_runs(graph, preprocessors_dir):
     assert models._loaded[path][1] is loaded
 
 
-def test_choices_offer_the_public_names_and_found_folders(preprocessors_dir):
+def test_choices_offer_the_public_names_and_found_folders(graph, preprocessors_dir):
     from nodes import NODE_CLASS_MAPPINGS
 
     def choices(node_id):
