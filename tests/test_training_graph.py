@@ -1,6 +1,8 @@
 """The training nodes in a real graph (ComfyUI's validation and executor, inference mode and
 all): files and metadata in the loras folder, progress with the loss, samples, loss curve,
 resume from the saved state, errors that name the folder."""
+import re
+
 import numpy as np
 import pytest
 import safetensors
@@ -45,7 +47,7 @@ def images(comfy_dirs):
 
 def test_train_lora_node_in_a_graph(graph, comfy_dirs, images):
     outputs = graph.run(_graph(2))
-    name, curve, samples = (out[0] for out in graph.node_outputs("6"))
+    name, curve, samples, saved = (out[0] for out in graph.node_outputs("6"))
     loras = comfy_dirs / "models" / "loras"
     assert name == "graph_lora.safetensors"
     assert {"graph_lora.safetensors", "graph_lora-state.pt", "graph_lora-step00000001.safetensors"} <= {p.name for p in loras.iterdir()}
@@ -59,7 +61,15 @@ def test_train_lora_node_in_a_graph(graph, comfy_dirs, images):
     assert curve.shape == (1, 360, 640, 3) and outputs["6"]["images"]
     assert samples.shape == (1, 64, 64, 3) and samples.std() > 0.01
     texts = [d["text"] for e, d in graph.server.messages if e == "progress_text" and d["node"] == "6"]
-    assert texts[-1].startswith("step 2/2  loss ") and float(texts[-1].split()[-1]) > 0
+    steps = [t for t in texts if t.startswith("step ")]
+    assert steps[-1].startswith("step 2/2  loss ") and float(steps[-1].split()[-1]) > 0
+    # every phase shows with its count, in order: latents, text, training, saving, sampling
+    assert texts[:3] == ["caching latents 2/2", "caching text 1/2", "caching text 2/2"]
+    saves = [t for t in texts if t.startswith("saved ")]
+    assert saves[0].startswith("saved graph_lora-step00000001.safetensors (state ") and saves[0].endswith(" MB)")
+    assert saves[-1].startswith("saved graph_lora.safetensors (state ")
+    assert "sampling 1 image(s) at step 2" in texts
+    assert set(saved.splitlines()) == {"graph_lora-step00000001.safetensors", "graph_lora.safetensors"}
 
 
 def test_train_lora_node_resumes_from_the_last_state(graph, comfy_dirs, images):
@@ -68,7 +78,7 @@ def test_train_lora_node_resumes_from_the_last_state(graph, comfy_dirs, images):
     with safetensors.safe_open(comfy_dirs / "models" / "loras" / "graph_lora.safetensors", "pt") as f:
         assert f.metadata()["ss_steps"] == "3"
     texts = [d["text"] for e, d in graph.server.messages if e == "progress_text" and d["node"] == "6"]
-    assert [t.split("  ")[0] for t in texts] == ["step 3/3"]  # only the one remaining step ran
+    assert [t.split("  ")[0] for t in texts if t.startswith("step ")] == ["step 3/3"]  # only the one remaining step ran
 
 
 def test_dataset_folder_errors_name_the_folder(graph, comfy_dirs):
@@ -106,3 +116,21 @@ def test_bad_output_names_are_refused_before_any_work(graph, comfy_dirs, images,
 def test_an_output_dir_outside_comfyuis_folders_is_refused(graph, images, extra):
     with pytest.raises(GraphError, match="outside ComfyUI's model, output and temp folders"):
         graph.run(_graph(1, extra_options=extra))
+
+
+@pytest.mark.parametrize("train, reason", [
+    ({"lr_scheduler": "cosine", "lr_warmup_steps": 5}, "lr_warmup_steps (5) is not shorter than the run"),
+    ({"extra_options": "resolution = 32"}, "resolution 32 is below the 64 px this model's U-Net can take"),
+])
+def test_options_that_cannot_train_as_expected_are_refused_before_any_work(graph, images, train, reason):
+    with pytest.raises(GraphError, match=re.escape(reason)):
+        graph.run(_graph(2, **train))
+    texts = [d["text"] for e, d in graph.server.messages if e == "progress_text" and d["node"] == "6"]
+    assert not texts  # refused before latents were encoded
+
+
+def test_a_batch_larger_than_the_dataset_is_refused(graph, images):
+    prompt = _graph(2)
+    prompt["5"]["inputs"]["batch_size"] = 3
+    with pytest.raises(GraphError, match="batch_size 3 is larger than its 2 training samples per epoch"):
+        graph.run(prompt)

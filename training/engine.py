@@ -8,19 +8,20 @@ gradient accumulation, fp16 loss scaling, clipping, optimizer and scheduler. Sav
 N steps/epochs through adapter.save() with a resumable state beside each file; a resumed
 run continues exactly as the uninterrupted run would have.
 """
+from __future__ import annotations
+
 import logging
 import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from ..errors import user_error
 from .adapter import TrainableAdapter
-from .comfy_bridge import TextConditioner, TrainingModel
 from .config import TrainConfig
 from .data.batch import Batch
 from .losses import huber_c, min_snr_weight, per_sample_loss
@@ -28,6 +29,9 @@ from .noise import sample_timesteps, training_noise
 from .optimizers import adafactor_uses_relative_step, build_optimizer
 from .schedulers import build_scheduler
 from .state import STATE_SUFFIX, load_state, save_state, state_path_for
+
+if TYPE_CHECKING:  # only type names: the loop itself needs no ComfyUI
+    from .comfy_bridge import TextConditioner, TrainingModel
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,9 @@ class TrainHooks:
     # before the first step, every cfg.validate_every_n_steps and after the last
     evaluate: Callable[[int], dict[str, float]] | None = None
     evaluated: Callable[[int, dict[str, float]], None] | None = None  # (step, evaluate's result), for progress text
+    # the other phases of a run, as one line of text each: "caching latents 3/10", "caching text 4/12",
+    # "saving name.safetensors (state 46.1 MB)", "sampling 2 images at step 100"
+    phase: Callable[[str], None] | None = None
 
 
 @dataclass
@@ -234,6 +241,10 @@ class TrainingEngine:
         if every_steps or every_epochs or (final and (cfg.sample_every_n_steps or cfg.sample_every_n_epochs)):
             self._sample()
 
+    def _phase(self, text: str) -> None:
+        if self.hooks.phase is not None:
+            self.hooks.phase(text)
+
     def _check_interrupt(self) -> None:
         if self.hooks.check_interrupt is not None:
             try:
@@ -267,6 +278,7 @@ class TrainingEngine:
     def _sample(self) -> None:
         if self.sampler is None:
             return
+        self._phase(f"sampling {len(self.sampler.prompts)} image(s) at step {self.pos.step}")
         self.adapter.train(False)
         try:
             # sampling seeds the global generator (comfy.sample): keep training's draws untouched
@@ -348,7 +360,9 @@ class TrainingEngine:
             save_state(state_path_for(path), self._state())
         if path not in self.pos.saved:
             self.pos.saved.append(path)
-        log.info("saved %s at step %d", path, self.pos.step)
+        state_size = f" (state {state_path_for(path).stat().st_size / 2**20:.1f} MB)" if wrote_state else ""
+        log.info("saved %s at step %d%s", path, self.pos.step, state_size)
+        self._phase(f"saved {path.name}{state_size}")
         self._prune_saves(path, wrote_state)
         return path
 

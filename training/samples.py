@@ -88,6 +88,7 @@ class GuidedSamples:
         if not hasattr(adapter, "using_guide"):
             raise TypeError(f"{type(adapter).__name__} takes no guide image for its samples")
         self.renderer, self.adapter, self.guide = renderer, adapter, guide
+        self.prompts = renderer.prompts
 
     def texts(self) -> list[str]:
         return self.renderer.texts()

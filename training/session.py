@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .comfy_bridge import (TextConditioner, TrainingModel, latent_encoder, model_family, model_file, trainable_model,
+from .comfy_bridge import (TextConditioner, TrainingModel, latent_encoder, model_file, trainable_family, trainable_model,
                            unload_from_device, vae_file, vae_identity)
 from .config import TrainConfig
 from .data.config import DatasetConfig, SubsetConfig, load_dataset_toml
@@ -19,6 +19,7 @@ from .data.errors import DatasetError
 from .data.folders import subsets_from_folder_tree
 from .data.loader import TrainingData
 from .engine import TrainHooks, TrainingEngine, TrainResult
+from .preflight import check_batches, check_options
 from .prompts import parse_prompts
 from .samples import GuidedSamples, SampleRenderer
 
@@ -94,7 +95,7 @@ EvaluationFactory = Callable[[TrainingModel, TextConditioner, object, TrainingDa
 def run_training(cfg: TrainConfig, model, clip, vae, datasets: Sequence[DatasetConfig], adapter_factory: AdapterFactory,
                  make_metadata: MetadataMaker, *, output_dir: str | Path, model_name: str = "", hooks: TrainHooks | None = None,
                  latent_cache_dir: str | Path | None = None, data_options: dict | None = None,
-                 trains_text_encoders: bool = False, data_progress: Callable[[int, int], None] | None = None,
+                 trains_text_encoders: bool = False,
                  evaluation: EvaluationFactory | None = None, sample_guide: torch.Tensor | None = None) -> TrainResult:
     """Train one adapter. Callable inside a ComfyUI graph (it leaves inference mode itself).
     trains_text_encoders must match the adapter the factory builds: it decides whether text
@@ -102,15 +103,18 @@ def run_training(cfg: TrainConfig, model, clip, vae, datasets: Sequence[DatasetC
     evaluation hook (data_options holdout=N sets the held-out images). sample_guide: the guide
     image ((1, 3, H, W) in [-1, 1]) of every sample of a guided adapter (LLLite)."""
     with torch.inference_mode(False):
-        family = model_family(model)
+        family = trainable_family(model)
         cfg.check_model_family(family)
+        check_options(cfg, datasets, model.model.model_config.unet_config)
         latent_format = model.model.latent_format
         # no_half_vae on a half VAE makes other latents: they must not share a disk cache entry
         vae_id = vae_identity(vae, latent_format) + (":fp32" if cfg.no_half_vae and vae.vae_dtype != torch.float32 else "")
         data = TrainingData(datasets, encode_latents=latent_encoder(vae, latent_format, cfg.no_half_vae), vae_id=vae_id,
                             seed=cfg.seed, cache_latents=cfg.cache_latents,
                             cache_dir=latent_cache_dir if cfg.cache_latents_to_disk else None, **(data_options or {}))
-        data.prepare(data_progress)
+        check_batches(data)
+        phase = (hooks.phase if hooks else None) or (lambda text: None)
+        data.prepare(lambda done, total: phase(f"caching latents {done}/{total}"))
         if cfg.cache_latents:
             unload_from_device(vae.patcher)
 
@@ -123,7 +127,10 @@ def run_training(cfg: TrainConfig, model, clip, vae, datasets: Sequence[DatasetC
         if not trains_text_encoders:
             text.precompute([p for pr in (prompts if wants_samples else []) for p in (pr.prompt, pr.negative)], prompts=True)
             if cfg.cache_text_encoder_outputs and captions is not None:
-                text.precompute(captions)
+                unique = list(dict.fromkeys(captions))
+                for i, caption in enumerate(unique):
+                    text.precompute([caption])
+                    phase(f"caching text {i + 1}/{len(unique)}")
                 text.release()
             elif captions is None:
                 log.info("captions change every step (shuffle/dropout): the text encoders stay loaded and run each step")
@@ -163,7 +170,7 @@ def lora_config(cfg: TrainConfig):
 
 def train_lora(cfg: TrainConfig, model, clip, vae, datasets: Sequence[DatasetConfig], *, output_dir: str | Path,
                model_name: str = "", hooks: TrainHooks | None = None, latent_cache_dir: str | Path | None = None,
-               data_progress: Callable[[int, int], None] | None = None) -> TrainResult:
+               ) -> TrainResult:
     """Train a kohya LoRA; files land in output_dir as <output_name>.safetensors (and the
     step/epoch saves), each with its resumable state."""
     from .lora import LoRAAdapter, training_metadata
@@ -172,12 +179,12 @@ def train_lora(cfg: TrainConfig, model, clip, vae, datasets: Sequence[DatasetCon
     return run_training(
         cfg, model, clip, vae, datasets, lambda tm: LoRAAdapter(lcfg, tm.model_config), training_metadata,
         output_dir=output_dir, model_name=model_name, hooks=hooks, latent_cache_dir=latent_cache_dir,
-        trains_text_encoders=lcfg.train_text_encoder, data_progress=data_progress)
+        trains_text_encoders=lcfg.train_text_encoder)
 
 
 def train_lllite(cfg: TrainConfig, model, clip, vae, datasets: Sequence[DatasetConfig], *, output_dir: str | Path,
                  model_name: str = "", hooks: TrainHooks | None = None, latent_cache_dir: str | Path | None = None,
-                 data_progress: Callable[[int, int], None] | None = None, holdout: int = 4,
+                 holdout: int = 4,
                  sample_guide: torch.Tensor | None = None) -> TrainResult:
     """Train a kohya ControlNet-LLLite (cfg.cond_emb_dim, network_dim, network_dropout,
     network_weights) on datasets with guide images; files land in output_dir as for LoRA.
@@ -189,7 +196,7 @@ def train_lllite(cfg: TrainConfig, model, clip, vae, datasets: Sequence[DatasetC
     from .lllite_adapter import LLLiteAdapter
     from .lora import training_metadata
 
-    family = model_family(model)
+    family = trainable_family(model)
     if family not in LAYOUTS:
         raise ValueError(f"ControlNet-LLLite training supports SDXL and SD1.5 models; this one is {family}")
     if sample_guide is None and cfg.sample_prompts and (cfg.sample_every_n_steps or cfg.sample_every_n_epochs):
@@ -204,6 +211,6 @@ def train_lllite(cfg: TrainConfig, model, clip, vae, datasets: Sequence[DatasetC
 
     return run_training(
         cfg, model, clip, vae, datasets, adapter, training_metadata, output_dir=output_dir, model_name=model_name,
-        hooks=hooks, latent_cache_dir=latent_cache_dir, data_progress=data_progress,
+        hooks=hooks, latent_cache_dir=latent_cache_dir,
         data_options={"size_multiple": 32, "require_guides": True, "holdout": holdout},
         evaluation=control_gap if holdout else None, sample_guide=sample_guide)

@@ -374,6 +374,10 @@ class TrainingData:
 
     # ----- facts for the engine and the saved file -----
 
+    def samples_per_dataset(self) -> list[int]:
+        """Samples of each dataset in one epoch (repeats included, held-out images excluded)."""
+        return [sum(len(samples) for _, samples in groups) for groups in self._groups]
+
     @property
     def num_train_images(self) -> int:
         """Training samples per epoch: repeats x images (sd-scripts' num_train_images)."""
