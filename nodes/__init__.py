@@ -3,10 +3,12 @@ from . import preprocessor_nodes
 from . import lllite_nodes
 from . import training_nodes
 from . import lllite_training_nodes
+from . import lora_tools_nodes
 
 NODE_CLASSES = [
     *preprocessor_nodes.NODES,
     *lllite_nodes.NODES,
     *training_nodes.NODES,
     *lllite_training_nodes.NODES,
+    *lora_tools_nodes.NODES,
 ]
