@@ -18,7 +18,7 @@ common.SVD_METHODS = ("exact", "lowrank")
 merge.merge_concat(loras: list[LoRA], ratios: list[float] | None = None,
                    block_ratios: list[list[float] | str | None] | None = None, name="merged") -> LoRA
     exact: rank = sum of ranks, delta = sum(ratio_i * block_w * delta_i).
-merge.merge_weighted(loras, ratios=None, name="merged") -> LoRA
+merge.merge_weighted(loras, ratios=None, block_ratios=None, name="merged") -> LoRA
     sd-scripts merge_lora.py (non-concat): down/up summed with sqrt(alpha/base_alpha)*ratio;
     every LoRA must have the same rank per module (ValueError otherwise).
 merge.merge_svd(loras, ratios=None, new_rank: int = 4, new_conv_rank: int | None = None,
@@ -30,8 +30,9 @@ merge.merge_svd(loras, ratios=None, new_rank: int = 4, new_conv_rank: int | None
 
 resize.resize(lora, new_rank: int, new_conv_rank: int | None = None,
               dynamic_method: str | None = None, dynamic_param: float | None = None,
-              method="exact") -> tuple[LoRA, list[ModuleReport]]
+              name: str | None = None) -> tuple[LoRA, list[ModuleReport]]
     dynamic_method: None | "sv_ratio" | "sv_fro" | "sv_cumulative" (new_rank is then the cap).
+    A module never gets more than its old rank. new_alpha = old_alpha / old_rank * new_rank.
     ModuleReport(name, old_rank, new_rank, new_alpha, fro_retained, sum_retained, max_ratio)
 resize.report_text(reports, old_bytes=None, new_bytes=None) -> str   sd-scripts' verbose lines
 
@@ -46,18 +47,28 @@ extract.extract(base: dict[str, Tensor], tuned: dict[str, Tensor], dim: int = 4,
     Returns (lora, per-module relative Frobenius error of the rank-k factorization).
 
 dylora.unit_of(lora) -> int | None          from ss_network_args["unit"]
-dylora.cut(lora, rank: int, unit: int | None = None) -> LoRA    first rank rows of down /
+dylora.cut(lora, rank: int, unit: int | None = None, name=None) -> LoRA    first rank rows of down /
     columns of up, alpha kept (sd-scripts extract_lora_from_dylora.py).
 
 block_weights.PRESETS: dict[int, dict[str, list[float]]]   vector length -> preset -> values
 block_weights.parse(spec: str | list[float], family: str) -> list[float]
     "ALL", "INS", ..., or "1,0,0.5,..." (12/17/20/26 values; SD1.5 17/26/12, SDXL 12/20/26).
+    parse(preset, family, length=None): a preset means 17 values on sd15, 12 on sdxl.
+block_weights.PRESET_NAMES, block_weights.LAYOUTS (length -> block labels),
+block_weights.block_label(module_name, family) -> "BASE" | "INnn" | "MID" | "OUTnn" | None
 block_weights.module_multipliers(names, weights: list[float], family) -> dict[str, float]
 block_weights.apply(lora, spec, family=None) -> LoRA    up scaled per module, 0 -> module dropped
 block_weights.scale_state_dict(tensors: dict[str, Tensor], spec, family) -> dict[str, Tensor]
     the same on raw kohya tensors (for a loader node feeding comfy.lora.load_lora).
 
-inspect.inspect(lora) -> dict with keys "metadata" (training options), "tags" ({tag: count}),
+inspect.inspect(lora) -> dict with keys "family", "metadata" (ss_*/modelspec/sshs keys), "tags" ({tag: count}),
     "base_model_hash", "modules" (per module rank, alpha, norm), "blocks" (block label ->
-    {"modules", "ranks", "alphas", "norm"}), norm = Frobenius norm of the weight difference.
+    {"modules", "ranks", "alphas", "norm"}, in block order), norm = Frobenius norm of the weight
+    difference (alpha/rank included). Modules carry "block", "rank", "alpha", "norm".
+resize.ModuleReport is a frozen dataclass; report_text gives sd-scripts' --verbose lines.
+
+Every tool's output has ss_lora_tool (tool name), ss_lora_tool_args (JSON: sources with
+name and sshs_model_hash, ratios, ranks, ...) and ss_training_comment; network keys
+ss_network_module/dim/alpha/args and the source's base-model keys (ss_base_model_version,
+ss_v2, modelspec.*).
 """
