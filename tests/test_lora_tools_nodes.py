@@ -112,3 +112,112 @@ def test_block_weight_loader_sdxl_20_values_base_zero(graph, loras):
 def test_block_weight_loader_bad_vector_names_the_counts(graph, loras):
     with pytest.raises(GraphError, match="17, 26, 12 values, got 5"):
         _run_loaders(graph, _loaders("sd15", "tools_sd15_a.safetensors", "custom", "1,1,1,1,1"))
+
+
+def _tool(graph, class_type: str, **inputs):
+    """Runs one tools node (an output node) and returns its Python outputs."""
+    graph.run({"1": {"class_type": class_type, "inputs": inputs}})
+    return graph.node_outputs("1")
+
+
+def _load(path):
+    from lllite_kit.training.lora.tools.common import LoRA
+
+    return LoRA.load(str(path))
+
+
+def _loads_in_core(tiny, name, family, caplog):
+    import nodes
+
+    model, clip = tiny.build_model(family), tiny.build_clip(family)
+    caplog.set_level(logging.WARNING)
+    caplog.clear()
+    model_lora, clip_lora = nodes.LoraLoader().load_lora(model, clip, name, 1.0, 1.0)
+    assert [r.getMessage() for r in caplog.records if "not loaded" in r.getMessage().lower()] == []
+    return len(model_lora.patches) + len(clip_lora.patcher.patches)
+
+
+def test_inspect_node_shows_blocks_metadata_and_a_chart(graph, loras):
+    (text,), (chart,) = _tool(graph, "LLLiteKit_InspectLoRA", lora_name="tools_sd15_a.safetensors")
+    a = _load(loras / "tools_sd15_a.safetensors")
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if line[:3] in ("BAS", "IN0", "IN1", "MID", "OUT")}
+    assert {"BASE", "IN01", "IN04", "MID", "OUT05", "OUT11"} <= set(rows)
+    assert sum(int(r[1]) for r in rows.values()) == len(a.modules)
+    assert rows["IN01"][2] == "2,4"  # C3Lier: conv modules rank 2, linear rank 4
+    in04 = [n for n in a.modules if "down_blocks_1_attentions_0_" in n or "down_blocks_1_resnets_0_" in n]
+    expected = sum(float(a.delta(n).norm()) ** 2 for n in in04) ** 0.5
+    assert float(rows["IN04"][4]) == pytest.approx(expected, rel=1e-3)
+    assert "ss_network_dim: 4" in text
+    assert chart.shape == (1, 320, 640, 3) and (chart < 0.5).any()
+
+
+def test_merge_node_concat_sums_the_differences_and_never_overwrites(graph, loras, tiny, caplog):
+    inputs = dict(lora_1="tools_sd15_a.safetensors", ratio_1=1.0, block_ratios_1="",
+                  lora_2="tools_sd15_b.safetensors", ratio_2=-0.5, block_ratios_2="", lora_3="none", ratio_3=1.0,
+                  block_ratios_3="", mode="concat", new_rank=4, new_conv_rank=0, svd_method="exact",
+                  output_name="tools/merged", if_exists="new name", save_precision="float")
+    (name,), (report,) = _tool(graph, "LLLiteKit_MergeLoRAs", **inputs)
+    assert name == "tools/merged.safetensors" and "tools_sd15_b.safetensors x -0.5" in report
+    merged, a, b = _load(loras / name), _load(loras / "tools_sd15_a.safetensors"), _load(loras / "tools_sd15_b.safetensors")
+    for n in list(b.modules)[:5]:
+        torch.testing.assert_close(merged.delta(n), a.delta(n) - 0.5 * b.delta(n), rtol=1e-5, atol=1e-6)
+    assert merged.metadata["ss_lora_tool"] == "merge_concat"
+    assert _loads_in_core(tiny, name, "sd15", caplog) > 0
+
+    before = (loras / name).read_bytes()
+    (second,), _ = _tool(graph, "LLLiteKit_MergeLoRAs", **dict(inputs, ratio_2=1.0))
+    assert second == "tools/merged_2.safetensors" and (loras / name).read_bytes() == before
+    (third,), _ = _tool(graph, "LLLiteKit_MergeLoRAs", **dict(inputs, ratio_2=1.0, if_exists="overwrite"))
+    assert third == name and (loras / name).read_bytes() != before
+
+
+def test_merge_node_refuses_a_name_outside_the_folder(graph, loras):
+    with pytest.raises(GraphError, match="not allowed"):
+        _tool(graph, "LLLiteKit_MergeLoRAs", lora_1="tools_sd15_a.safetensors", ratio_1=1.0, block_ratios_1="",
+              lora_2="tools_sd15_b.safetensors", ratio_2=1.0, block_ratios_2="", lora_3="none", ratio_3=1.0,
+              block_ratios_3="", mode="svd", new_rank=2, new_conv_rank=0, svd_method="exact",
+              output_name="../escape", if_exists="new name", save_precision="fp16")
+    assert not (loras.parent / "escape.safetensors").exists()
+
+
+def test_resize_and_dylora_cut_nodes_write_the_asked_ranks(graph, loras, tiny, caplog):
+    (name,), (report,) = _tool(graph, "LLLiteKit_ResizeLoRA", lora_name="tools_sd15_a.safetensors", new_rank=2,
+                               new_conv_rank=1, dynamic_method="none", dynamic_param=0.9, output_name="tools_resized",
+                               if_exists="new name", save_precision="fp16")
+    resized = _load(loras / name)
+    assert {p["down"].shape[0] for n, p in resized.modules.items() if p["down"].dim() == 2} == {2}
+    assert "->" in report or "size" in report.lower()
+    assert _loads_in_core(tiny, name, "sd15", caplog) > 0
+
+    (cut_name,), _ = _tool(graph, "LLLiteKit_CutDyLoRA", lora_name="tools_dylora.safetensors", rank=2,
+                           output_name="tools_cut", if_exists="new name", save_precision="float")
+    cut, full = _load(loras / cut_name), _load(loras / "tools_dylora.safetensors")
+    n = next(iter(full.modules))
+    assert cut.modules[n]["down"].shape[0] == 2
+    torch.testing.assert_close(cut.modules[n]["down"], full.modules[n]["down"][:2])
+    with pytest.raises(GraphError, match="unit|multiple"):
+        _tool(graph, "LLLiteKit_CutDyLoRA", lora_name="tools_dylora.safetensors", rank=3,
+              output_name="tools_cut", if_exists="new name", save_precision="float")
+
+
+def test_extract_node_recovers_a_lora_applied_by_core(graph, loras, tiny, caplog):
+    """model_tuned = base + LoRA b through core's LoraLoader: extracting at b's rank, without
+    clamping, gives b's weight differences back to float precision, text encoders included."""
+    prompt = {
+        **_checkpoint("sd15"),
+        "2": {"class_type": "LoraLoader", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "lora_name": "tools_sd15_b.safetensors", "strength_model": 1.0,
+            "strength_clip": 1.0}},
+        "3": {"class_type": "LLLiteKit_ExtractLoRA", "inputs": {
+            "model_base": ["1", 0], "model_tuned": ["2", 0], "clip_base": ["1", 1], "clip_tuned": ["2", 1], "dim": 2,
+            "conv_dim": 0, "clamp_quantile": 1.0, "min_diff": 0.0, "svd_method": "exact",
+            "output_name": "tools_extracted", "if_exists": "new name", "save_precision": "float"}},
+    }
+    graph.run(prompt)
+    name, report = graph.node_outputs("3")
+    extracted, b = _load(loras / name[0]), _load(loras / "tools_sd15_b.safetensors")
+    assert any(n.startswith("lora_te_") for n in b.modules)
+    for n in b.modules:
+        torch.testing.assert_close(extracted.delta(n), b.delta(n), rtol=1e-3, atol=1e-5)
+    assert "relative error" in report[0]
+    assert _loads_in_core(tiny, name[0], "sd15", caplog) > 0
