@@ -271,14 +271,3 @@ def build_network(diffusion_model: nn.Module, layout: Layout, cond_emb_dim: int,
         for path, depth in layout_modules(diffusion_model, layout).items()
     }
     return LLLiteNetwork(modules, name)
-
-
-def model_family(model_config) -> str | None:
-    """"sdxl" / "sd15" for ComfyUI model configs of those families (subclasses included)."""
-    import comfy.supported_models as sm
-
-    if isinstance(model_config, sm.SDXL):
-        return "sdxl"
-    if isinstance(model_config, sm.SD15):
-        return "sd15"
-    return None

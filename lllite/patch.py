@@ -12,8 +12,9 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 
+from ..model_family import model_family
 from .guide import fit_guide
-from .module import LAYOUTS, LLLiteNetwork, ModuleGroup, model_family
+from .module import LAYOUTS, LLLiteNetwork, ModuleGroup
 
 _TARGETS = {"attn1": ("attn1.to_q", "attn1.to_k", "attn1.to_v"), "attn2": ("attn2.to_q",)}
 _CACHED_SIZES = 2  # guide sizes kept per control (e.g. a base pass and a hires pass)
@@ -198,9 +199,10 @@ class LLLitePatch:
 
 
 def model_label(model) -> str:
+    """The model as error messages name it: 'SDXL (TinySDXL)', 'sd2 (SD20)'."""
     config = model.model.model_config
     family = model_family(config)
-    shown = LAYOUTS[family].display if family else "unknown-family"
+    shown = LAYOUTS[family].display if family in LAYOUTS else family or "unknown-family"
     return f"'{shown} ({type(config).__name__})'"
 
 

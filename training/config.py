@@ -184,7 +184,7 @@ class TrainConfig:
 
     def check_model_family(self, family: str) -> None:
         """v2 / sdxl say what the model is; ComfyUI's loader already knows, so they can only agree
-        or be wrong. family: comfy_bridge.model_family's "sd15" | "sd2" | "sdxl"."""
+        or be wrong. family: comfy_bridge.trainable_family's "sd15" | "sd2" | "sdxl"."""
         names = {"sd15": "an SD1.x", "sd2": "an SD2.x", "sdxl": "an SDXL"}
         if self.v2 and family != "sd2":
             raise ValueError(f"TrainConfig: v2 = true, but the model is {names.get(family, family)} model. The model "

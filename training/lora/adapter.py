@@ -10,7 +10,7 @@ from .blocks import block_index, block_lr_weights, block_ranks
 from .config import LoRAConfig
 from .file import base_model_metadata, load_lora, save_lora, split_modules
 from .network import LoRAModule
-from .targets import Target, model_family, text_encoder_targets, unet_targets
+from .targets import Target, lora_family, text_encoder_targets, unet_targets
 
 
 class LoRAAdapter:
@@ -20,7 +20,7 @@ class LoRAAdapter:
         """model_config: the ComfyUI model config (ModelPatcher.model.model_config); it
         tells SD1.5 from SDXL and gives SD1.5's diffusers key names. dtype: LoRA weights."""
         self.config = config
-        self.family = model_family(model_config)
+        self.family = lora_family(model_config)
         self.unet_config = model_config.unet_config
         self.dtype = dtype
         self.trains_text_encoders = config.train_text_encoder

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 import torch
 
 import comfy.clip_model
-import comfy.supported_models
 import comfy.utils
 from comfy.ldm.modules.attention import SpatialTransformer
 from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, ResBlock, Upsample
+
+from ...model_family import model_family
 
 TEXT_ENCODER_ROLES = {"sdxl": ("te1", "te2"), "sd15": ("te",)}
 _TE_PREFIX = {"te1": "lora_te1_", "te2": "lora_te2_", "te": "lora_te_"}
@@ -37,13 +38,12 @@ class Target:
         return isinstance(self.module, torch.nn.Conv2d) and self.module.kernel_size != (1, 1)
 
 
-def model_family(model_config) -> str:
-    """"sdxl" or "sd15" from a ComfyUI model config (ModelPatcher.model.model_config)."""
-    if isinstance(model_config, comfy.supported_models.SDXL):
-        return "sdxl"
-    if isinstance(model_config, comfy.supported_models.SD15):
-        return "sd15"
-    raise ValueError(f"LoRA training supports SD1.5 and SDXL base models; this model is {type(model_config).__name__}")
+def lora_family(model_config) -> str:
+    """"sdxl" or "sd15": the model's family (model_family.py) when LoRA has key names for it."""
+    family = model_family(model_config)
+    if family not in TEXT_ENCODER_ROLES:
+        raise ValueError(f"LoRA training supports SD1.5 and SDXL base models; this model is {type(model_config).__name__}")
+    return family
 
 
 def _layers(root: torch.nn.Module, block_types: tuple) -> dict[str, torch.nn.Module]:
