@@ -89,6 +89,8 @@ def main() -> None:
             worst = (n, over, errs["exact"], errs["lowrank"])
         if opts.smoke or len(names) <= 20:
             print(f"  {n:70} {str(shape):22} error exact {errs['exact']:.6f} ours {errs['lowrank']:.6f} (+{over:.4%})")
+        elif len(excess) % 50 == 0:
+            print(f"  {len(excess)}/{len(names)} modules: exact {times['exact']:.1f} s, ours {times['lowrank']:.1f} s", flush=True)
     mean = sum(excess) / len(excess)
     print(f"time exact torch.linalg.svd {times['exact']:.2f} s, ours (svd_lowrank) {times['lowrank']:.2f} s")
     print(f"relative error above the exact truncated SVD: mean {mean:.4%}, worst {worst[1]:.4%} ({worst[0]}: "
