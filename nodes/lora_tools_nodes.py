@@ -8,6 +8,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..files.names import check_output_name
+from ..model_family import model_family
 from ..training.lora.file import SAVE_PRECISIONS
 from ..training.lora.tools import block_weights, dylora, extract, merge, resize
 from ..training.lora.tools import inspect as inspect_lora
@@ -33,11 +34,10 @@ def load(name: str) -> LoRA:
 
 
 def unet_family(model) -> str:
-    """"sdxl" or "sd15" by the U-Net's block layout (SD2.x shares SD1.x's blocks)."""
-    blocks = getattr(getattr(model.model, "diffusion_model", None), "input_blocks", None)
-    family = {9: "sdxl", 12: "sd15"}.get(len(blocks) if blocks is not None else -1)
+    """"sdxl" or "sd15" (SD2.x LoRAs use SD1.x's module names) of a MODEL."""
+    family = {"sdxl": "sdxl", "sd15": "sd15", "sd2": "sd15"}.get(model_family(model))
     if family is None:
-        raise ValueError("LoRA block weights are defined for SD1.x/SD2.x and SDXL U-Nets only; this model is neither.")
+        raise ValueError("LoRA tools work on SD1.x/SD2.x and SDXL models only; this model is neither.")
     return family
 
 
@@ -49,9 +49,8 @@ def output_path(output_name: str, if_exists: str) -> Path:
     return out_dir / f"{name}.safetensors"
 
 
-def save(lora: LoRA, output_name: str, if_exists: str, precision: str) -> str:
+def save(lora: LoRA, path: Path, precision: str) -> str:
     """Writes `lora` (atomically, with its ss_* metadata); returns its name in the loras list."""
-    path = output_path(output_name, if_exists)
     lora.save(str(path), SAVE_PRECISIONS[precision])
     return path.relative_to(folder_paths.get_folder_paths("loras")[0]).as_posix()
 
@@ -193,6 +192,8 @@ class MergeLoRAs(io.ComfyNode):
                 io.Int.Input("new_rank", default=16, min=1, max=1024, tooltip="svd: rank of the result."),
                 io.Int.Input("new_conv_rank", default=0, min=0, max=1024,
                              tooltip="svd: rank of 3x3 conv modules; 0: new_rank."),
+                io.Float.Input("clamp_quantile", default=0.99, min=0.0, max=1.0, step=0.001,
+                               tooltip="svd: clamp the factors at this quantile of their values (sd-scripts); 1: no clamping."),
                 method_input("exact"),
                 *output_inputs("merged"),
             ],
@@ -201,8 +202,9 @@ class MergeLoRAs(io.ComfyNode):
 
     @classmethod
     def execute(cls, lora_1, ratio_1, block_ratios_1, lora_2, ratio_2, block_ratios_2, lora_3, ratio_3,
-                block_ratios_3, mode, new_rank, new_conv_rank, svd_method, output_name, if_exists,
+                block_ratios_3, mode, new_rank, new_conv_rank, clamp_quantile, svd_method, output_name, if_exists,
                 save_precision) -> io.NodeOutput:
+        path = output_path(output_name, if_exists)  # a bad name fails before any work
         picked = [(n, r, b.strip() or None) for n, r, b in ((lora_1, ratio_1, block_ratios_1),
                   (lora_2, ratio_2, block_ratios_2), (lora_3, ratio_3, block_ratios_3)) if n != NONE]
         loras = [load(n) for n, _, _ in picked]
@@ -214,8 +216,9 @@ class MergeLoRAs(io.ComfyNode):
         elif mode == "weighted":
             merged = merge.merge_weighted(loras, ratios, blocks, name=name)
         else:
-            merged = merge.merge_svd(loras, ratios, new_rank, new_conv_rank or None, blocks, method=svd_method, name=name)
-        written = save(merged, output_name, if_exists, save_precision)
+            merged = merge.merge_svd(loras, ratios, new_rank, new_conv_rank or None, blocks,
+                                     clamp_quantile if clamp_quantile < 1 else None, svd_method, name)
+        written = save(merged, path, save_precision)
         report = f"{mode} merge of " + ", ".join(f"{n} x {r:g}" + (f" blocks {b}" if b else "") for n, r, b in picked)
         return io.NodeOutput(written, f"{written}: {report}", ui=ui.PreviewText(f"{written}: {report}"))
 
@@ -248,13 +251,13 @@ class ResizeLoRA(io.ComfyNode):
     @classmethod
     def execute(cls, lora_name, new_rank, new_conv_rank, dynamic_method, dynamic_param, output_name, if_exists,
                 save_precision) -> io.NodeOutput:
+        path = output_path(output_name, if_exists)
         source = folder_paths.get_full_path_or_raise("loras", lora_name)
         dynamic = None if dynamic_method == NONE else dynamic_method
         resized, reports = resize.resize(LoRA.load(source), new_rank, new_conv_rank or None, dynamic,
                                          dynamic_param if dynamic else None, name=Path(output_name).name)
-        written = save(resized, output_name, if_exists, save_precision)
-        new_path = Path(folder_paths.get_folder_paths("loras")[0]) / written
-        report = resize.report_text(reports, Path(source).stat().st_size, new_path.stat().st_size)
+        written = save(resized, path, save_precision)
+        report = resize.report_text(reports, Path(source).stat().st_size, path.stat().st_size)
         return io.NodeOutput(written, report, ui=ui.PreviewText(f"{written}\n{report}"))
 
 
@@ -304,6 +307,7 @@ class ExtractLoRA(io.ComfyNode):
     @classmethod
     def execute(cls, model_base, model_tuned, dim, conv_dim, clamp_quantile, min_diff, svd_method, output_name,
                 if_exists, save_precision, clip_base=None, clip_tuned=None) -> io.NodeOutput:
+        path = output_path(output_name, if_exists)
         family = unet_family(model_base)
         if unet_family(model_tuned) != family:
             raise ValueError("model_base and model_tuned are of different families.")
@@ -313,7 +317,7 @@ class ExtractLoRA(io.ComfyNode):
         tuned = _weights(model_tuned, clip_tuned if with_te else None, family, conv)
         lora, errors = extract.extract(base, tuned, dim, conv_dim or None, clamp_quantile if clamp_quantile < 1 else None,
                                        min_diff, svd_method, family, name=Path(output_name).name)
-        written = save(lora, output_name, if_exists, save_precision)
+        written = save(lora, path, save_precision)
         worst = max(errors.items(), key=lambda kv: kv[1], default=("-", 0.0))
         report = (f"{written}: {len(lora.modules)} modules, rank {dim}; relative error mean "
                   f"{sum(errors.values()) / max(len(errors), 1):.4g}, worst {worst[1]:.4g} ({worst[0]})")
@@ -340,8 +344,9 @@ class CutDyLoRA(io.ComfyNode):
 
     @classmethod
     def execute(cls, lora_name, rank, output_name, if_exists, save_precision) -> io.NodeOutput:
+        path = output_path(output_name, if_exists)
         cut = dylora.cut(load(lora_name), rank, name=Path(output_name).name)
-        written = save(cut, output_name, if_exists, save_precision)
+        written = save(cut, path, save_precision)
         report = f"{written}: {lora_name} cut to rank {rank}"
         return io.NodeOutput(written, report, ui=ui.PreviewText(report))
 

@@ -154,7 +154,7 @@ def test_inspect_node_shows_blocks_metadata_and_a_chart(graph, loras):
 def test_merge_node_concat_sums_the_differences_and_never_overwrites(graph, loras, tiny, caplog):
     inputs = dict(lora_1="tools_sd15_a.safetensors", ratio_1=1.0, block_ratios_1="",
                   lora_2="tools_sd15_b.safetensors", ratio_2=-0.5, block_ratios_2="", lora_3="none", ratio_3=1.0,
-                  block_ratios_3="", mode="concat", new_rank=4, new_conv_rank=0, svd_method="exact",
+                  block_ratios_3="", mode="concat", new_rank=4, new_conv_rank=0, clamp_quantile=0.99, svd_method="exact",
                   output_name="tools/merged", if_exists="new name", save_precision="float")
     (name,), (report,) = _tool(graph, "LLLiteKit_MergeLoRAs", **inputs)
     assert name == "tools/merged.safetensors" and "tools_sd15_b.safetensors x -0.5" in report
@@ -175,7 +175,7 @@ def test_merge_node_refuses_a_name_outside_the_folder(graph, loras):
     with pytest.raises(GraphError, match="not allowed"):
         _tool(graph, "LLLiteKit_MergeLoRAs", lora_1="tools_sd15_a.safetensors", ratio_1=1.0, block_ratios_1="",
               lora_2="tools_sd15_b.safetensors", ratio_2=1.0, block_ratios_2="", lora_3="none", ratio_3=1.0,
-              block_ratios_3="", mode="svd", new_rank=2, new_conv_rank=0, svd_method="exact",
+              block_ratios_3="", mode="svd", new_rank=2, new_conv_rank=0, clamp_quantile=0.99, svd_method="exact",
               output_name="../escape", if_exists="new name", save_precision="fp16")
     assert not (loras.parent / "escape.safetensors").exists()
 
