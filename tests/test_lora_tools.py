@@ -100,7 +100,7 @@ def test_concat_equals_sum_of_differences_exactly(make_lora, models, comfy_dirs,
 def test_weighted_merge_is_sd_scripts_formula_and_needs_equal_ranks(make_lora):
     a = make_lora("sd15", 1, dim=2, alpha=1.0)
     b = make_lora("sd15", 2, dim=2, alpha=4.0)
-    merged = merge.merge_weighted([a, b], [0.5, -2.0])
+    merged = merge.merge_weighted([a, b], [0.5, -2.0], block_ratios=["", None])  # blank: no block weights
     n = next(iter(a.modules))
     s_b = (4.0 / 1.0) ** 0.5 * -2.0  # sqrt(alpha / base_alpha) * ratio
     torch.testing.assert_close(merged.modules[n]["up"], a.modules[n]["up"] * 0.5 + b.modules[n]["up"] * abs(s_b))

@@ -35,7 +35,7 @@ def _block_multipliers(loras: list[LoRA], block_ratios) -> list[dict[str, float]
         raise ValueError(f"merge: {len(loras)} LoRAs but {len(block_ratios)} block-weight vectors")
     out = []
     for lora, spec in zip(loras, block_ratios):
-        if spec is None:
+        if spec is None or (isinstance(spec, str) and not spec.strip()):  # blank: no block weights
             out.append(dict.fromkeys(lora.modules, 1.0))
             continue
         family = lora.family
