@@ -100,7 +100,8 @@ class LoraLoaderBlockWeight(io.ComfyNode):
                 io.Float.Input("strength_clip", default=1.0, min=-100.0, max=100.0, step=0.01,
                                tooltip="Overall strength on the text encoders, times the BASE weight."),
                 io.Combo.Input("preset", options=PRESETS, default="ALL",
-                               tooltip="A1111's named block vectors (SD1.5 17 values, SDXL 20); custom uses block_vector."),
+                               tooltip="A1111's named block vectors (as SD1.5 17-value / SDXL 12-value vectors; blocks they do "
+                                       "not name keep 1); custom uses block_vector."),
                 io.String.Input("block_vector", default="",
                                 tooltip="Used when preset is custom: comma-separated weights BASE,IN..,M00,OUT.. "
                                         "(SD1.5 17 or 26 values, SDXL 12 or 20); a weight of 0 leaves that block unpatched."),

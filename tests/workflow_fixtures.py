@@ -133,3 +133,15 @@ def prepare_lllite_synthetic_loop(models_dir, input_dir, tiny):
         "11": {"max_train_steps": 2, "heldout_images": 2, "validate_every_n_steps": 0, "save_every_n_steps": 0,
                "mixed_precision": "no", "sample_every_n_steps": 2, "sample_prompts": "a cozy living room --w 64 --h 64 --s 2 --d 1"},
     }
+
+
+def prepare_lora_block_weights(models_dir, input_dir, tiny):
+    """An SDXL LoRA (U-Net and text encoders, non-zero) for the tiny model as my_lora.safetensors."""
+    import torch
+
+    from lora_helpers import attached, randomize
+
+    _, _, adapter = attached(tiny, "sdxl")
+    randomize(adapter, scale=0.1)
+    adapter.save(str(models_dir / "loras" / "my_lora.safetensors"), torch.float32, {})
+    adapter.detach()
