@@ -72,25 +72,11 @@ def _run_lllite(opts, tm, batch, context, pooled, steps) -> str:
     from lllite_kit.training.engine import TrainingEngine
     from lllite_kit.training.lllite_adapter import LLLiteAdapter
 
-    class FixedText:  # the engine's text interface, with the bench's fixed tensors
-        def encode(self, captions, device):
-            return context.repeat(len(captions), 1, 1).to(device), pooled.repeat(len(captions), 1).to(device)
-
-        def modules(self):
-            return {}
-
-    class OneBatch:
-        def __len__(self):
-            return 1
-
-        def batches(self, epoch, start=0):
-            yield from ([batch] if start == 0 else [])
-
     adapter = LLLiteAdapter(tm.family, opts.cond_emb_dim, opts.network_dim, checkpoint_embeddings=opts.gradient_checkpointing)
     cfg = TrainConfig(max_train_steps=steps, learning_rate=2e-4, mixed_precision="bf16" if opts.bf16 else "no",
                       save_state=False, gradient_checkpointing=opts.gradient_checkpointing, output_name="bench_lllite")
     with tempfile.TemporaryDirectory() as out:
-        TrainingEngine(cfg, tm, FixedText(), adapter, OneBatch(), out, lambda facts: {}).run()
+        TrainingEngine(cfg, tm, benchlib.FixedText(context, pooled), adapter, benchlib.OneBatch(batch), out, lambda facts: {}).run()
     n = sum(p.numel() for p in adapter.network.parameters())
     return f"{len(adapter.network.paths)} LLLite modules, {n / 1e6:.2f} M trainable parameters"
 

@@ -180,20 +180,7 @@ def _run_ours(opts, model, inputs, paths) -> dict:
     context, pooled = inputs["context"], inputs["pooled"]
     b, size = opts.batch, opts.size
 
-    class FixedText:  # the engine's text interface, with the bench's fixed tensors
-        def encode(self, captions, device):
-            return context.repeat(len(captions), 1, 1).to(device), pooled.repeat(len(captions), 1).to(device)
-
-        def modules(self):
-            return {}
-
-    class OneBatch:
-        def __len__(self):
-            return 1
-
-        def batches(self, epoch, start=0):
-            yield from ([Batch(inputs["latents"], ["x"] * b, [(size, size)] * b, [(0, 0)] * b, [(size, size)] * b)]
-                        if start == 0 else [])
+    batch = Batch(inputs["latents"], ["x"] * b, [(size, size)] * b, [(0, 0)] * b, [(size, size)] * b)
 
     def these_layers(diffusion_model, family, unet_config, with_conv_blocks):
         layers = dict(diffusion_model.named_modules())
@@ -207,7 +194,7 @@ def _run_ours(opts, model, inputs, paths) -> dict:
     with trainable_model(model, cfg.mixed_precision, opts.checkpointing) as tm, \
             _patched(adapter_module, "unet_targets", these_layers), tempfile.TemporaryDirectory() as out:
         adapter = LoRAAdapter(lora, tm.model_config)
-        TrainingEngine(cfg, tm, FixedText(), adapter, OneBatch(), out, lambda facts: {}).run()
+        TrainingEngine(cfg, tm, benchlib.FixedText(context, pooled), adapter, benchlib.OneBatch(batch), out, lambda facts: {}).run()
     if len(adapter.modules) != len(paths):
         raise RuntimeError(f"ours trained {len(adapter.modules)} of the {len(paths)} layers")
     return {"modules": len(adapter.modules), "params": sum(p.numel() for m in adapter.modules.values() for p in m.parameters())}

@@ -234,3 +234,30 @@ def machine() -> str:
 
 def ratio(label: str, value: float, note: str = "") -> None:
     print(f"{RATIO_PREFIX} {label:<44} x{value:.3f}" + (f"   ({note})" if note else ""), flush=True)
+
+
+class FixedText:
+    """The engine's text interface over fixed tensors (speed does not depend on the captions)."""
+
+    def __init__(self, context, pooled):
+        self.context, self.pooled = context, pooled
+
+    def encode(self, captions, device, prompts=False):
+        n = len(captions)
+        return self.context.repeat(n, 1, 1).to(device), None if self.pooled is None else self.pooled.repeat(n, 1).to(device)
+
+    def modules(self):
+        return {}
+
+
+class OneBatch:
+    """The engine's data interface: the same batch, one per epoch."""
+
+    def __init__(self, batch):
+        self.batch = batch
+
+    def __len__(self):
+        return 1
+
+    def batches(self, epoch, start=0):
+        yield from ([self.batch] if start == 0 else [])

@@ -6,21 +6,12 @@ import pytest
 import safetensors.torch
 import torch
 
-import comfy.supported_models
+from checkpoint_files import detectable_sd15
 from conftest import REPO
 from lora_helpers import attached, randomize
 
 sys.path.insert(0, str(REPO / "scripts"))
 import lora_tools as cli  # noqa: E402
-
-# ComfyUI detects SD1.5 by its widths (320 channels, 768 context), not its depth (see test_train_cli.py).
-DETECTABLE_SD15_UNET = {
-    "use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_channels": 4, "use_spatial_transformer": True,
-    "legacy": False, "model_channels": 320, "adm_in_channels": None, "num_res_blocks": [1], "channel_mult": [1],
-    "transformer_depth": [1], "transformer_depth_middle": 1, "transformer_depth_output": [1, 1],
-    "use_linear_in_transformer": False, "context_dim": 768, "use_temporal_attention": False, "use_temporal_resblock": False,
-}
-
 
 @pytest.fixture(scope="module")
 def files(tiny, tmp_path_factory):
@@ -83,8 +74,7 @@ def test_dylora_cut_and_inspect(files, tmp_path, capsys):
 
 def _checkpoint(tiny, path, tweak: float):
     """A U-Net-only SD1.5 checkpoint; `tweak` adds a rank-1 change to one attention projection."""
-    model = comfy.supported_models.SD15(dict(DETECTABLE_SD15_UNET)).get_model({})
-    tiny.fill_seeded(model.diffusion_model, 0)
+    model = detectable_sd15(tiny, 0)
     sd = {f"model.diffusion_model.{k}": v.contiguous() for k, v in model.diffusion_model.state_dict().items()}
     key = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight"
     g = torch.Generator().manual_seed(7)

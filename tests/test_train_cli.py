@@ -13,48 +13,13 @@ import safetensors.torch
 import torch
 from PIL import Image
 
-import comfy.model_patcher
-import comfy.sd
 import comfy.sd1_clip
 import comfy.supported_models
-import comfy.supported_models_base
-import comfy.taesd.taesd
+from checkpoint_files import taesd, write_checkpoint
 from conftest import COMFYUI_DIR, REPO
 
 sys.path.insert(0, str(REPO / "scripts"))
 import train as cli  # noqa: E402
-
-# ComfyUI detects SD1.5 from a checkpoint by its widths (320 channels, 768 context), not its
-# depth: one level with one attention block keeps the file small. SD1.5's text encoder is
-# always the full CLIP-L (ComfyUI has no smaller layout for it), so the file is ~300 MB.
-DETECTABLE_SD15_UNET = {
-    "use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_channels": 4, "use_spatial_transformer": True,
-    "legacy": False, "model_channels": 320, "adm_in_channels": None, "num_res_blocks": [1], "channel_mult": [1],
-    "transformer_depth": [1], "transformer_depth_middle": 1, "transformer_depth_output": [1, 1],
-    "use_linear_in_transformer": False, "context_dim": 768, "use_temporal_attention": False, "use_temporal_resblock": False,
-}
-
-
-def _taesd(tiny, seed):
-    """A TAESD VAE (ComfyUI reads it from a plain state dict, in a checkpoint or its own file)."""
-    vae = comfy.taesd.taesd.TAESD(latent_channels=4)
-    tiny.fill_seeded(vae, seed)
-    return vae
-
-
-def _write_checkpoint(tiny, path):
-    """An SD1.5 checkpoint in the layout ComfyUI's CheckpointLoaderSimple reads, written by
-    ComfyUI's own save_checkpoint: U-Net, CLIP-L and VAE, fp16."""
-    model = comfy.supported_models.SD15(dict(DETECTABLE_SD15_UNET, dtype=torch.float16)).get_model({})
-    tiny.fill_seeded(model.diffusion_model, 0)
-    model.diffusion_model.to(torch.float16)
-    cpu = torch.device("cpu")
-    clip = comfy.sd.CLIP(comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel),
-                         model_options={"dtype": torch.float16})
-    tiny.fill_seeded(clip.cond_stage_model, 1)
-    vae = comfy.sd.VAE(sd=_taesd(tiny, 2).state_dict())
-    comfy.sd.save_checkpoint(str(path), comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu), clip, vae)
-
 
 def _dataset(root):
     folder = root / "imgs"
@@ -104,8 +69,8 @@ sample_sampler = "k_euler"
 def model_files(tmp_path_factory, tiny):
     """A real checkpoint file and a separate VAE file, written once for the module's tests."""
     root = tmp_path_factory.mktemp("model_files")
-    _write_checkpoint(tiny, root / "tiny_sd15.safetensors")
-    vae_file = _taesd(tiny, 7)  # differs from the checkpoint's own VAE (seed 2)
+    write_checkpoint(tiny, root / "tiny_sd15.safetensors")
+    vae_file = taesd(tiny, 7)  # differs from the checkpoint's own VAE (seed 2)
     safetensors.torch.save_file(vae_file.state_dict(), root / "tiny_vae.safetensors")
     yield root, vae_file
     (root / "tiny_sd15.safetensors").unlink()  # 300 MB: not kept among pytest's last runs
