@@ -138,7 +138,8 @@ def test_synthetic_loop_workflow_generates_trains_and_applies(graph, comfy_dirs,
     outputs = graph.run(prompt)
     assert outputs["16"]["images"]
     assert (comfy_dirs / "models" / "lllite" / "synthetic_canny_lllite.safetensors").is_file()
-    network, name, curve, samples = graph.node_outputs("11")
+    network, name, curve, samples, saved = graph.node_outputs("11")
     assert name == ["synthetic_canny_lllite.safetensors"] and network[0].layout_name() == "SDXL"
     assert curve[0].shape == (1, 500, 640, 3)  # loss panel + control-gap panel
     assert samples[0].shape == (1, 64, 64, 3)
+    assert "synthetic_canny_lllite.safetensors" in saved[0].splitlines()
