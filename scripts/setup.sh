@@ -48,6 +48,8 @@ if [ ! -x "$PY" ]; then
   "$PYTHON_BIN" -m venv "$VENV_DIR" || die "could not create a venv (on Debian/Ubuntu: apt install python3-venv)."
 fi
 
+# Python 3.10 has no tomllib: reading pyproject.toml below needs tomli first.
+"$PY" -c 'import tomllib' 2>/dev/null || "$PY" -m pip install -q tomli >/dev/null || die "could not install tomli (needed on Python 3.10)."
 constraints="$VENV_DIR/constraints.txt"
 printf '%s\n' "${TORCH_PINS[@]}" > "$constraints"
 pack_reqs="$("$PY" - "$PACK_DIR/pyproject.toml" <<'PYEOF'
