@@ -135,6 +135,7 @@ def test_synthetic_loop_workflow_generates_trains_and_applies(graph, comfy_dirs,
     overrides = workflow_fixtures.prepare_lllite_synthetic_loop(comfy_dirs / "models", comfy_dirs / "input", tiny)
     for node_id, values in overrides.items():
         prompt[node_id]["inputs"].update(values)
+    prompt["11"]["inputs"]["if_exists"] = "overwrite"  # the example-workflow test may have trained this name already
     outputs = graph.run(prompt)
     assert outputs["16"]["images"]
     assert (comfy_dirs / "models" / "lllite" / "synthetic_canny_lllite.safetensors").is_file()
