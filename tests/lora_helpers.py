@@ -37,3 +37,20 @@ def attached(tiny, family: str, seed: int = 0, **options):
     adapter = LoRAAdapter(config, model.model.model_config)
     adapter.attach(model.model.diffusion_model, text_encoders(clip, family) if config.train_text_encoder else {})
     return model, clip, adapter
+
+
+def load_in_core(model, clip, name: str, module_names, caplog):
+    """core's LoraLoader on the file `name` in the loras folder: no "not loaded" warning and one
+    patch per module (U-Net modules on the model, the rest on CLIP). Returns (model, clip)."""
+    import logging
+
+    import nodes
+
+    caplog.clear()
+    caplog.set_level(logging.WARNING)
+    model_lora, clip_lora = nodes.LoraLoader().load_lora(model, clip, name, 1.0, 1.0)
+    assert [r.getMessage() for r in caplog.records if "not loaded" in r.getMessage().lower()] == []
+    n_unet = sum(1 for n in module_names if n.startswith("lora_unet_"))
+    assert len(model_lora.patches) == n_unet
+    assert len(clip_lora.patcher.patches) == len(module_names) - n_unet
+    return model_lora, clip_lora
