@@ -4,6 +4,7 @@ from . import lllite_nodes
 from . import training_nodes
 from . import lllite_training_nodes
 from . import lora_tools_nodes
+from . import controllability_nodes
 
 NODE_CLASSES = [
     *preprocessor_nodes.NODES,
@@ -11,4 +12,5 @@ NODE_CLASSES = [
     *training_nodes.NODES,
     *lllite_training_nodes.NODES,
     *lora_tools_nodes.NODES,
+    *controllability_nodes.NODES,
 ]
