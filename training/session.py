@@ -18,6 +18,7 @@ from .data.config import DatasetConfig, SubsetConfig, load_dataset_toml
 from .data.errors import DatasetError
 from .data.folders import subsets_from_folder_tree
 from .data.loader import TrainingData
+from .distributed import current
 from .engine import TrainHooks, TrainingEngine, TrainResult
 from .preflight import check_batches, check_options
 from .prompts import parse_prompts
@@ -78,6 +79,7 @@ def data_facts(data: TrainingData) -> tuple[dict, dict[str, str]]:
                              for ds, d in zip(data.datasets, datasets) for sub, info in zip(ds.subsets, d["subsets"]) if sub.is_reg},
         "resolution": tuple(first.resolution),
         "batch_size_per_device": first.batch_size,
+        "num_processes": data.world,
         **{k: getattr(first, k) for k in ("enable_bucket", "bucket_no_upscale", "min_bucket_reso", "max_bucket_reso")},
         **{k: getattr(first.subsets[0], k) for k in ("color_aug", "flip_aug", "random_crop", "shuffle_caption", "keep_tokens",
                                                      "caption_dropout_rate", "caption_dropout_every_n_epochs",
@@ -95,13 +97,15 @@ EvaluationFactory = Callable[[TrainingModel, TextConditioner, object, TrainingDa
 def run_training(cfg: TrainConfig, model, clip, vae, datasets: Sequence[DatasetConfig], adapter_factory: AdapterFactory,
                  make_metadata: MetadataMaker, *, output_dir: str | Path, model_name: str = "", hooks: TrainHooks | None = None,
                  latent_cache_dir: str | Path | None = None, data_options: dict | None = None,
-                 trains_text_encoders: bool = False,
+                 trains_text_encoders: bool = False, text_options: dict | None = None,
                  evaluation: EvaluationFactory | None = None, sample_guide: torch.Tensor | None = None) -> TrainResult:
     """Train one adapter. Callable inside a ComfyUI graph (it leaves inference mode itself).
     trains_text_encoders must match the adapter the factory builds: it decides whether text
     outputs can be cached before the model is loaded. evaluation: builds the held-out
     evaluation hook (data_options holdout=N sets the held-out images). sample_guide: the guide
-    image ((1, 3, H, W) in [-1, 1]) of every sample of a guided adapter (LLLite)."""
+    image ((1, 3, H, W) in [-1, 1]) of every sample of a guided adapter (LLLite). text_options:
+    more TextConditioner arguments (Textual Inversion's embeddings and caption rewrite)."""
+    group = current()  # under torchrun: this process's part of a data-parallel run
     with torch.inference_mode(False):
         family = trainable_family(model)
         cfg.check_model_family(family)
@@ -111,7 +115,8 @@ def run_training(cfg: TrainConfig, model, clip, vae, datasets: Sequence[DatasetC
         vae_id = vae_identity(vae, latent_format) + (":fp32" if cfg.no_half_vae and vae.vae_dtype != torch.float32 else "")
         data = TrainingData(datasets, encode_latents=latent_encoder(vae, latent_format, cfg.no_half_vae), vae_id=vae_id,
                             seed=cfg.seed, cache_latents=cfg.cache_latents,
-                            cache_dir=latent_cache_dir if cfg.cache_latents_to_disk else None, **(data_options or {}))
+                            cache_dir=latent_cache_dir if cfg.cache_latents_to_disk else None,
+                            shard=(group.rank, group.world), **(data_options or {}))
         check_batches(data)
         phase = (hooks.phase if hooks else None) or (lambda text: None)
         data.prepare(lambda done, total: phase(f"caching latents {done}/{total}"))
@@ -119,10 +124,11 @@ def run_training(cfg: TrainConfig, model, clip, vae, datasets: Sequence[DatasetC
             unload_from_device(vae.patcher)
 
         text = TextConditioner(clip, family, trainable=trains_text_encoders, clip_skip=cfg.clip_skip,
-                               max_tokens=cfg.max_token_length or 75, caption_weights=cfg.weighted_captions)
+                               max_tokens=cfg.max_token_length or 75, caption_weights=cfg.weighted_captions,
+                               **(text_options or {}))
         first = data.datasets[0]
         prompts = parse_prompts(cfg.sample_prompts, default_size=max(first.resolution))
-        wants_samples = bool(prompts) and bool(cfg.sample_every_n_steps or cfg.sample_every_n_epochs)
+        wants_samples = group.is_main and bool(prompts) and bool(cfg.sample_every_n_steps or cfg.sample_every_n_epochs)
         captions = data.fixed_captions()
         if not trains_text_encoders:
             text.precompute([p for pr in (prompts if wants_samples else []) for p in (pr.prompt, pr.negative)], prompts=True)
@@ -151,7 +157,7 @@ def run_training(cfg: TrainConfig, model, clip, vae, datasets: Sequence[DatasetC
             sampler = SampleRenderer(tm, vae, prompts, cfg.sample_sampler, cfg.seed) if wants_samples else None
             if sampler is not None and sample_guide is not None:
                 sampler = GuidedSamples(sampler, adapter, sample_guide)
-            if evaluation is not None:
+            if evaluation is not None and group.is_main:
                 hooks = dataclasses.replace(hooks or TrainHooks(), evaluate=evaluation(tm, text, adapter, data))
             engine = TrainingEngine(cfg, tm, text, adapter, data, output_dir, metadata, facts, sampler, hooks)
             return engine.run()

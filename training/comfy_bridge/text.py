@@ -4,12 +4,15 @@ encoders need (their transformers by kohya role, CLIP layers that autograd accep
 """
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
 
 import comfy.clip_model
+import comfy.sd1_clip
 
 from .model import make_autograd_safe, unload_from_device
 
@@ -24,6 +27,51 @@ def text_encoder_modules(clip: CLIP, family: str) -> dict[str, torch.nn.Module]:
     if family == "sdxl":
         return {"te1": csm.clip_l.transformer, "te2": csm.clip_g.transformer}
     return {"te": getattr(csm, csm.clip).transformer}
+
+
+def _sub_tokenizers(tokenizer) -> dict[str, comfy.sd1_clip.SDTokenizer]:
+    """ComfyUI's per-encoder tokenizers by attribute name ("clip_l", "clip_g"): the same names
+    as the encoders on cond_stage_model."""
+    return {k: v for k, v in vars(tokenizer).items() if isinstance(v, comfy.sd1_clip.SDTokenizer)}
+
+
+def token_embedding_tables(clip: CLIP) -> dict[str, torch.Tensor]:
+    """Each encoder's token-embedding table [vocab, width], by the key its tokenizer reads from
+    embedding files (SDTokenizer.embedding_key: "clip_l", "clip_g")."""
+    csm = clip.cond_stage_model
+    return {tok.embedding_key: getattr(csm, name).transformer.get_input_embeddings().weight
+            for name, tok in _sub_tokenizers(clip.tokenizer).items()}
+
+
+def word_token_ids(clip: CLIP, text: str) -> dict[str, list[int]]:
+    """The vocabulary ids of `text` (no start/end token) per embedding key."""
+    out = {}
+    for tok in _sub_tokenizers(clip.tokenizer).values():
+        ids = tok.tokenizer(text)["input_ids"]
+        out[tok.embedding_key] = ids[tok.tokens_start:-1 if tok.tokenizer_adds_end_token else None]
+    return out
+
+
+def _with_embeddings(tokenizer, embeddings: dict[str, dict[str, torch.Tensor]]):
+    """A copy of ComfyUI's tokenizer (the original is shared by every clone of the CLIP) in
+    which `embedding:<name>` of the given names resolves to the given tensors, by the
+    tokenizer's embedding key, kept with their autograd graph; other names still come from the
+    embeddings folder. ComfyUI parses the word as for a file (trailing commas, `<`/`[` cut)."""
+    tokenizer = copy.copy(tokenizer)
+    for attr, sub in _sub_tokenizers(tokenizer).items():
+        sub = copy.copy(sub)
+        from_folder = sub._try_get_embedding
+
+        def lookup(name: str, sub=sub, from_folder=from_folder):
+            embed, word, leftover = from_folder(name)
+            own = embeddings.get(word.strip(","))
+            return (own[sub.embedding_key], word, leftover) if own is not None else (embed, word, leftover)
+
+        sub._try_get_embedding = lookup
+        if sub.embedding_directory is None:  # None turns `embedding:` words into plain text
+            sub.embedding_directory = []
+        setattr(tokenizer, attr, sub)
+    return tokenizer
 
 
 def _lcm_repeat(contexts: list[torch.Tensor]) -> torch.Tensor:
@@ -67,15 +115,25 @@ class TextConditioner:
     concatenates the windows' outputs. max_tokens (75/150/225, sd-scripts' max_token_length)
     keeps the first 1/2/3 windows; None keeps all. caption_weights: ComfyUI's (word:1.2)
     emphasis in captions (sd-scripts' weighted_captions); off, brackets are plain text.
-    Sample prompts (prompts=True) are encoded as ComfyUI encodes a prompt: every window, weights on."""
+    Sample prompts (prompts=True) are encoded as ComfyUI encodes a prompt: every window, weights on.
+
+    embeddings (Textual Inversion): {name: {embedding key: [n, width] tensor}}; `embedding:name`
+    in captions and prompts then uses these tensors (with their gradients) instead of a file.
+    rewrite(text, prompts) -> text: applied to each caption / prompt before tokenizing (the
+    token string -> `embedding:name`, caption templates); for trainable (uncached) use."""
 
     def __init__(self, clip: CLIP, family: str, trainable: bool = False, clip_skip: int = 1,
-                 max_tokens: int | None = None, caption_weights: bool = True):
+                 max_tokens: int | None = None, caption_weights: bool = True,
+                 embeddings: dict[str, dict[str, torch.Tensor]] | None = None,
+                 rewrite: Callable[[str, bool], str] | None = None):
         if max_tokens is not None and (max_tokens < 75 or max_tokens % 75):
             raise ValueError(f"max_tokens must be a multiple of 75 (75, 150, 225), not {max_tokens}")
         self.max_windows = None if max_tokens is None else max_tokens // 75
         self.caption_weights = caption_weights
         self.clip = clip.clone()
+        if embeddings:
+            self.clip.tokenizer = _with_embeddings(self.clip.tokenizer, embeddings)
+        self.rewrite = rewrite
         if clip_skip > 1 and family != "sdxl":  # SDXL always uses the penultimate layers
             self.clip.clip_layer(-clip_skip)
         self.family = family
@@ -97,6 +155,8 @@ class TextConditioner:
 
     def tokenize(self, text: str, prompts: bool = False) -> dict:
         """ComfyUI's tokens of `text` ({encoder: [77-token windows]}), cut to max_tokens for captions."""
+        if self.rewrite is not None:
+            text = self.rewrite(text, prompts)
         if prompts:
             return self.clip.tokenize(text)
         tokens = self.clip.tokenize(text, disable_weights=not self.caption_weights)
