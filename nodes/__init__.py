@@ -5,6 +5,8 @@ from . import training_nodes
 from . import lllite_training_nodes
 from . import lora_tools_nodes
 from . import controllability_nodes
+from . import dataset_prep_nodes
+from . import textual_inversion_nodes
 
 NODE_CLASSES = [
     *preprocessor_nodes.NODES,
@@ -13,4 +15,6 @@ NODE_CLASSES = [
     *lllite_training_nodes.NODES,
     *lora_tools_nodes.NODES,
     *controllability_nodes.NODES,
+    *dataset_prep_nodes.NODES,
+    *textual_inversion_nodes.NODES,
 ]

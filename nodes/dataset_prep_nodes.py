@@ -1,0 +1,203 @@
+"""Dataset preparation nodes (LLLite Kit/dataset): caption/tag files, cleaning, fine-tune
+metadata, resizing, a look at the dataset. Forms over training/data_prep (the library
+scripts/prepare_dataset.py runs too). Folders typed relative are read from ComfyUI's input
+folder; files are written beside the images (caption files, only when asked) or inside
+ComfyUI's output/model folders."""
+from pathlib import Path
+
+import folder_paths
+import numpy as np
+import torch
+from comfy_api.latest import io, ui
+
+from ..files.roots import check_writable
+from ..training.data_prep import cleaning, resize
+from ..training.data_prep.files import beside, list_images, read_beside, write_beside
+from ..training.data_prep.look import contact_sheet, inspect
+from ..training.data_prep.metadata import merge_metadata
+from .training_form import resolve_path
+
+CATEGORY = "LLLite Kit/dataset"
+CLEAN_RULES = ("none", "caption rules", "tag rules")
+
+
+def _image_dir_input(default: str = "training/my_dataset") -> io.String.Input:
+    return io.String.Input("image_dir", default=default,
+                           tooltip="Folder of images; a relative path is read from ComfyUI's input folder.")
+
+
+def _extension_input(name: str, default: str, what: str) -> io.String.Input:
+    return io.String.Input(name, default=default, tooltip=f"Extension of the {what} files beside the images.")
+
+
+def _output_path(value: str, what: str) -> Path:
+    """A path to write: relative ones go into ComfyUI's output folder; it must lie inside
+    ComfyUI's output, temp or model folders."""
+    path = Path(value.strip()).expanduser()
+    if not value.strip():
+        raise ValueError(f"{what}: no path given.")
+    if not path.is_absolute():
+        path = Path(folder_paths.get_output_directory()) / path
+    check_writable(path.parent if path.suffix else path, what)
+    return path
+
+
+def _image_tensor(pil) -> torch.Tensor:
+    import comfy.model_management as mm
+
+    return torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0)[None].to(mm.intermediate_device())
+
+
+class EditCaptions(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LLLiteKit_EditCaptions", display_name="Clean / Edit Captions (LLLite Kit)", category=CATEGORY,
+            description="Cleans and edits the caption or tag files of a folder: sd-scripts' cleaning rules, "
+                        "find/replace, duplicate tags, tags moved to the front, prefix/suffix. Shows the result; "
+                        "writes the files back only when write_files is on.",
+            inputs=[_image_dir_input(), _extension_input("caption_extension", ".txt", "caption/tag"),
+                    io.Combo.Input("clean", options=list(CLEAN_RULES), default="none",
+                                   tooltip="sd-scripts' clean_captions_and_tags.py: caption rules (woman/lady/anime girl "
+                                           "-> girl ...) or tag rules (underscores, DeepDanbooru rating, group-picture "
+                                           "attributes, 'shirt' beside 'white shirt')."),
+                    io.String.Input("find", default="", tooltip="Plain text to replace (empty: none)."),
+                    io.String.Input("replace", default="", tooltip="What `find` becomes."),
+                    io.Boolean.Input("dedupe_tags", default=True, tooltip="Drop repeated tags, keeping the first."),
+                    io.String.Input("first_tags", default="",
+                                    tooltip="Comma-separated tags moved to the front in this order (e.g. the trigger "
+                                            "word and what keep_tokens should keep)."),
+                    io.String.Input("prefix", default="", tooltip="Tag added at the front (e.g. a trigger word)."),
+                    io.String.Input("suffix", default="", tooltip="Tag added at the end."),
+                    io.Boolean.Input("write_files", default=False,
+                                     tooltip="Replace the caption files with the edited text (atomic). Off: preview only.")],
+            outputs=[io.String.Output(display_name="captions", is_output_list=True)],
+            is_output_node=True)
+
+    @classmethod
+    def execute(cls, image_dir, caption_extension, clean, find, replace, dedupe_tags, first_tags, prefix, suffix,
+                write_files) -> io.NodeOutput:
+        folder = resolve_path(image_dir, "image_dir")
+        first = [t.strip() for t in first_tags.split(",") if t.strip()]
+        captions, changed = [], 0
+        for image in list_images(folder):
+            text = read_beside(image, caption_extension)
+            if text is None:
+                continue
+            new = {"none": text, "caption rules": cleaning.clean_caption(text),
+                   "tag rules": cleaning.clean_tags(text)}[clean]
+            new = cleaning.edit_caption(new, find, replace, prefix, suffix, dedupe_tags, first)
+            if write_files and new != text:
+                write_beside(image, new, caption_extension, "overwrite")
+                changed += 1
+            captions.append(new)
+        report = f"{len(captions)} captions" + (f", {changed} files rewritten" if write_files else " (preview; nothing written)")
+        return io.NodeOutput(captions, ui=ui.PreviewText(report + "\n\n" + "\n".join(captions[:50])))
+
+
+class MergeMetadata(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LLLiteKit_MergeMetadata", display_name="Captions + Tags to Metadata JSON (LLLite Kit)",
+            category=CATEGORY,
+            description="sd-scripts' merge_captions_to_metadata.py and merge_dd_tags_to_metadata.py in one: the "
+                        "fine-tune metadata JSON a dataset's metadata_file reads. Entries already in the file are kept.",
+            inputs=[_image_dir_input(),
+                    io.String.Input("out_json", default="metadata/meta_cap.json",
+                                    tooltip="JSON to write; relative paths go into ComfyUI's output folder. When it "
+                                            "exists and in_json is empty it is read first and merged into."),
+                    io.String.Input("in_json", default="", tooltip="Existing metadata to start from (optional)."),
+                    io.String.Input("caption_extension", default=".caption",
+                                    tooltip="Caption files to merge as 'caption' (empty: none)."),
+                    io.String.Input("tags_extension", default=".txt", tooltip="Tag files to merge as 'tags' (empty: none)."),
+                    io.Boolean.Input("full_path", default=False,
+                                     tooltip="Keys are absolute paths (several folders in one file); off: file stems."),
+                    io.Boolean.Input("recursive", default=False, tooltip="Subfolders too (needs full_path)."),
+                    io.Boolean.Input("clean", default=False, tooltip="Apply sd-scripts' caption and tag cleaning rules.")],
+            outputs=[io.String.Output(display_name="metadata_file"), io.String.Output(display_name="report")],
+            is_output_node=True)
+
+    @classmethod
+    def execute(cls, image_dir, out_json, in_json, caption_extension, tags_extension, full_path, recursive,
+                clean) -> io.NodeOutput:
+        folder = resolve_path(image_dir, "image_dir")
+        out = _output_path(out_json, "out_json")
+        source = resolve_path(in_json, "in_json") if in_json.strip() else None
+        result = merge_metadata(folder, out, source, caption_extension.strip() or None, tags_extension.strip() or None,
+                                full_path, recursive, clean)
+        lines = [f"{out}: {len(result.metadata)} entries"]
+        for name, count in result.merged.items():
+            missing = result.missing[name]
+            lines.append(f"{name}: {count} merged" + (f", {len(missing)} images without one: "
+                                                      + ", ".join(p.name for p in missing[:20]) if missing else ""))
+        report = "\n".join(lines)
+        return io.NodeOutput(str(out), report, ui=ui.PreviewText(report))
+
+
+class ResizeImages(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LLLiteKit_ResizeImages", display_name="Resize Images to Resolutions (LLLite Kit)", category=CATEGORY,
+            description="sd-scripts' resize_images_to_resolution.py: every image shrunk to at most each area "
+                        "(aspect kept), center-cropped to sides divisible by divisible_by, saved as name+WxH.",
+            inputs=[io.String.Input("src_dir", default="training/my_dataset",
+                                    tooltip="Folder of images; relative paths are read from ComfyUI's input folder."),
+                    io.String.Input("dst_dir", default="resized/my_dataset",
+                                    tooltip="Folder to write; relative paths go into ComfyUI's output folder."),
+                    io.String.Input("max_resolution", default="512x512,384x384,256x256,128x128",
+                                    tooltip="Target areas, comma-separated WxH."),
+                    io.Int.Input("divisible_by", default=1, min=1, max=256, tooltip="Sides cropped to multiples of this."),
+                    io.Combo.Input("interpolation", options=["auto", *resize.INTERPOLATIONS], default="auto",
+                                   tooltip="auto: area (the sd-scripts default when shrinking)."),
+                    io.Boolean.Input("save_as_png", default=False, tooltip="PNG; off: JPEG at quality 100."),
+                    io.Boolean.Input("copy_associated_files", default=True,
+                                     tooltip="Copy name.txt/.caption... as name+WxH.txt beside each resized image."),
+                    io.Boolean.Input("overwrite", default=False,
+                                     tooltip="Replace files already in dst_dir; off: refuses before writing anything.")],
+            outputs=[io.String.Output(display_name="dst_dir")], is_output_node=True)
+
+    @classmethod
+    def execute(cls, src_dir, dst_dir, max_resolution, divisible_by, interpolation, save_as_png,
+                copy_associated_files, overwrite) -> io.NodeOutput:
+        import comfy.utils
+
+        src = resolve_path(src_dir, "src_dir")
+        dst = _output_path(dst_dir, "dst_dir")
+        bar = comfy.utils.ProgressBar(1)
+        result = resize.resize_folder(src, dst, max_resolution, divisible_by, None if interpolation == "auto" else interpolation,
+                                      save_as_png, copy_associated_files, overwrite,
+                                      progress=lambda i, n: bar.update_absolute(i, n))
+        report = f"{dst}: {len(result.written)} images written, {len(result.copied)} files copied"
+        return io.NodeOutput(str(dst), ui=ui.PreviewText(report))
+
+
+class LookAtDataset(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LLLiteKit_LookAtDataset", display_name="Look at Dataset (LLLite Kit)", category=CATEGORY,
+            description="A contact sheet of a folder (each image with its caption) and a problems report: "
+                        "unreadable images, missing or empty captions, images below the training area, near-duplicates.",
+            inputs=[_image_dir_input(), _extension_input("caption_extension", ".txt", "caption"),
+                    io.Int.Input("resolution", default=1024, min=0, max=8192,
+                                 tooltip="Training resolution; images with a smaller area are reported (0: no check)."),
+                    io.Int.Input("columns", default=4, min=1, max=32),
+                    io.Int.Input("thumb_size", default=256, min=32, max=1024),
+                    io.Int.Input("max_images", default=64, min=1, max=4096, tooltip="Images on the sheet (the report counts all).")],
+            outputs=[io.Image.Output(display_name="contact_sheet"), io.String.Output(display_name="report")],
+            is_output_node=True)
+
+    @classmethod
+    def execute(cls, image_dir, caption_extension, resolution, columns, thumb_size, max_images) -> io.NodeOutput:
+        folder = resolve_path(image_dir, "image_dir")
+        beside(folder / "x", caption_extension)  # a bad extension fails before any reading
+        report = inspect(list_images(folder), caption_extension, (resolution, resolution) if resolution else None)
+        shown = type(report)(report.entries[:max_images])
+        sheet = _image_tensor(contact_sheet(shown, columns, thumb_size))
+        text = report.text()
+        return io.NodeOutput(sheet, text, ui=ui.PreviewText(text))
+
+
+NODES = [EditCaptions, MergeMetadata, ResizeImages, LookAtDataset]

@@ -1,0 +1,121 @@
+"""Dataset preparation without the UI: the same library as the LLLite Kit/dataset nodes.
+
+    python scripts/prepare_dataset.py merge DIR meta.json [--in_json old.json] [--caption_extension .caption] [--tags_extension .txt] [--full_path] [--clean]
+    python scripts/prepare_dataset.py clean in.json out.json                (sd-scripts clean_captions_and_tags.py)
+    python scripts/prepare_dataset.py edit DIR --caption_extension .txt [--clean tags] [--find A --replace B] [--prefix sks] [--write]
+    python scripts/prepare_dataset.py resize SRC DST --max_resolution 512x512,384x384 [--divisible_by 8] [--interpolation area] [--save_as_png] [--copy_associated_files]
+    python scripts/prepare_dataset.py look DIR [--caption_extension .txt] [--resolution 1024] [--sheet sheet.png]
+
+Exit status: 0 done, 1 bad input (the message names it).
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from train import bootstrap_comfyui
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="tool", required=True)
+
+    p = sub.add_parser("merge", help="caption and tag files -> fine-tune metadata JSON (merge_captions/dd_tags_to_metadata)")
+    p.add_argument("train_data_dir")
+    p.add_argument("out_json")
+    p.add_argument("--in_json", help="metadata to start from (default: out_json when it exists)")
+    p.add_argument("--caption_extension", default=".caption", help="'' to skip captions")
+    p.add_argument("--tags_extension", default=".txt", help="'' to skip tags")
+    p.add_argument("--full_path", action="store_true", help="absolute paths as keys (several folders in one file)")
+    p.add_argument("--recursive", action="store_true", help="subfolders too (needs --full_path)")
+    p.add_argument("--clean", action="store_true", help="apply sd-scripts' cleaning rules")
+
+    p = sub.add_parser("clean", help="sd-scripts clean_captions_and_tags.py on a metadata JSON")
+    p.add_argument("in_json")
+    p.add_argument("out_json")
+
+    p = sub.add_parser("edit", help="clean / edit the caption files of a folder")
+    p.add_argument("train_data_dir")
+    p.add_argument("--caption_extension", default=".txt")
+    p.add_argument("--clean", choices=("none", "caption", "tags"), default="none")
+    p.add_argument("--find", default="")
+    p.add_argument("--replace", default="")
+    p.add_argument("--dedupe", action="store_true", help="drop repeated tags")
+    p.add_argument("--first_tags", default="", help="comma-separated tags moved to the front")
+    p.add_argument("--prefix", default="")
+    p.add_argument("--suffix", default="")
+    p.add_argument("--write", action="store_true", help="rewrite the files (default: print only)")
+
+    p = sub.add_parser("resize", help="resize_images_to_resolution.py")
+    p.add_argument("src_img_folder")
+    p.add_argument("dst_img_folder")
+    p.add_argument("--max_resolution", default="512x512,384x384,256x256,128x128")
+    p.add_argument("--divisible_by", type=int, default=1)
+    p.add_argument("--interpolation", choices=("area", "cubic", "lanczos4", "nearest", "linear", "box"))
+    p.add_argument("--save_as_png", action="store_true")
+    p.add_argument("--copy_associated_files", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace files already in the destination")
+
+    p = sub.add_parser("look", help="problems report and contact sheet")
+    p.add_argument("train_data_dir")
+    p.add_argument("--caption_extension", default=".txt")
+    p.add_argument("--resolution", type=int, default=0, help="report images with a smaller area (0: no check)")
+    p.add_argument("--sheet", help="write the contact sheet to this PNG")
+    p.add_argument("--columns", type=int, default=4)
+    p.add_argument("--thumb_size", type=int, default=256)
+    return parser.parse_args(argv)
+
+
+def run(args) -> str:
+    from lllite_kit.files.atomic import write_atomic
+    from lllite_kit.training.data_prep import cleaning, resize
+    from lllite_kit.training.data_prep.files import list_images, read_beside, write_beside
+    from lllite_kit.training.data_prep.look import contact_sheet, inspect
+    from lllite_kit.training.data_prep.metadata import merge_metadata, read_metadata, write_metadata
+
+    if args.tool == "merge":
+        r = merge_metadata(args.train_data_dir, args.out_json, args.in_json, args.caption_extension or None,
+                           args.tags_extension or None, args.full_path, args.recursive, args.clean)
+        lines = [f"{args.out_json}: {len(r.metadata)} entries"]
+        lines += [f"{k}: {n} merged, {len(r.missing[k])} images without one" for k, n in r.merged.items()]
+        return "\n".join(lines)
+    if args.tool == "clean":
+        write_metadata(args.out_json, cleaning.clean_metadata(read_metadata(args.in_json)))
+        return f"{args.out_json}: written"
+    if args.tool == "edit":
+        first = [t.strip() for t in args.first_tags.split(",") if t.strip()]
+        clean = {"none": lambda t: t, "caption": cleaning.clean_caption, "tags": cleaning.clean_tags}[args.clean]
+        out = []
+        for image in list_images(args.train_data_dir):
+            text = read_beside(image, args.caption_extension)
+            if text is None:
+                continue
+            new = cleaning.edit_caption(clean(text), args.find, args.replace, args.prefix, args.suffix, args.dedupe, first)
+            if args.write and new != text:
+                write_beside(image, new, args.caption_extension, "overwrite")
+            out.append(f"{image.name}: {new}")
+        return "\n".join(out)
+    if args.tool == "resize":
+        r = resize.resize_folder(args.src_img_folder, args.dst_img_folder, args.max_resolution, args.divisible_by,
+                                 args.interpolation, args.save_as_png, args.copy_associated_files, args.overwrite)
+        return f"{args.dst_img_folder}: {len(r.written)} images written, {len(r.copied)} files copied"
+    report = inspect(list_images(args.train_data_dir), args.caption_extension,
+                     (args.resolution, args.resolution) if args.resolution else None)
+    if args.sheet:
+        sheet = contact_sheet(report, args.columns, args.thumb_size)
+        write_atomic(Path(args.sheet), lambda tmp: sheet.save(tmp, format="PNG"), "image")
+    return report.text()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    bootstrap_comfyui()
+    try:
+        print(run(args))
+    except (ValueError, FileNotFoundError, FileExistsError, OSError) as e:  # bad input: the message says which
+        print(f"prepare_dataset {args.tool}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""A look at a dataset before training: a contact sheet (each image with its caption) and a
+problems report (unreadable images, missing or empty captions, images below the training
+resolution, near-duplicate images by perceptual hash)."""
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
+
+from .files import read_beside
+
+
+@dataclass
+class Entry:
+    path: Path
+    size: tuple[int, int] | None  # None: unreadable
+    caption: str | None
+    dhash: int | None = None
+
+
+@dataclass
+class Report:
+    entries: list[Entry]
+    unreadable: list[Path] = field(default_factory=list)
+    missing_caption: list[Path] = field(default_factory=list)
+    empty_caption: list[Path] = field(default_factory=list)
+    too_small: list[tuple[Path, tuple[int, int]]] = field(default_factory=list)
+    near_duplicates: list[tuple[Path, Path, int]] = field(default_factory=list)
+
+    def text(self) -> str:
+        ok = [e for e in self.entries if e.size]
+        lengths = [len(e.caption.split(",")) for e in ok if e.caption]
+        lines = [f"{len(self.entries)} images, {len(ok)} readable"]
+        if lengths:
+            lines.append(f"caption parts (comma-separated): min {min(lengths)}, median {int(np.median(lengths))}, max {max(lengths)}")
+        for title, items in (("unreadable images", self.unreadable), ("images without a caption file", self.missing_caption),
+                             ("empty captions", self.empty_caption)):
+            if items:
+                lines.append(f"{title} ({len(items)}): " + ", ".join(p.name for p in items))
+        if self.too_small:
+            lines.append(f"images smaller than the training area ({len(self.too_small)}; they are upscaled): "
+                         + ", ".join(f"{p.name} {w}x{h}" for p, (w, h) in self.too_small))
+        if self.near_duplicates:
+            lines.append(f"near-duplicate pairs ({len(self.near_duplicates)}): "
+                         + ", ".join(f"{a.name} ~ {b.name} (distance {d})" for a, b, d in self.near_duplicates))
+        if len(lines) <= 2:
+            lines.append("no problems found")
+        return "\n".join(lines)
+
+
+def dhash(image: Image.Image, size: int = 8) -> int:
+    """64-bit difference hash: brighter/darker between horizontal neighbours at 9x8 grey."""
+    grey = np.asarray(image.convert("L").resize((size + 1, size), Image.Resampling.BILINEAR), dtype=np.int16)
+    bits = (grey[:, 1:] > grey[:, :-1]).flatten()
+    return int("".join("1" if b else "0" for b in bits), 2)
+
+
+def inspect(images: list[Path], caption_extension: str = ".txt", resolution: tuple[int, int] | None = None,
+            duplicate_distance: int = 4) -> Report:
+    """Reads every image and its caption; `resolution` (w, h): images with a smaller area are
+    reported; pairs whose dHash differs in <= duplicate_distance bits are near-duplicates."""
+    report = Report([])
+    for path in images:
+        caption = read_beside(path, caption_extension)
+        try:
+            with Image.open(path) as im:
+                im.load()
+                entry = Entry(path, im.size, caption, dhash(im))
+        except (OSError, UnidentifiedImageError):
+            entry = Entry(path, None, caption)
+            report.unreadable.append(path)
+        report.entries.append(entry)
+        if caption is None:
+            report.missing_caption.append(path)
+        elif not caption:
+            report.empty_caption.append(path)
+        if entry.size and resolution and entry.size[0] * entry.size[1] < resolution[0] * resolution[1]:
+            report.too_small.append((path, entry.size))
+    hashed = [e for e in report.entries if e.dhash is not None]
+    for i, a in enumerate(hashed):
+        for b in hashed[i + 1:]:
+            d = bin(a.dhash ^ b.dhash).count("1")
+            if d <= duplicate_distance:
+                report.near_duplicates.append((a.path, b.path, d))
+    return report
+
+
+def contact_sheet(report: Report, columns: int = 4, thumb: int = 256, caption_lines: int = 4) -> Image.Image:
+    """Thumbnails (aspect kept, on grey) with file name, size and the caption's first lines."""
+    font = ImageFont.load_default(size=max(10, thumb // 18))
+    line_h = font.getbbox("Ag")[3] + 2
+    chars = max(8, int(thumb / (font.getlength("a") or 6)))
+    cell_h = thumb + line_h * (caption_lines + 1) + 4
+    count = max(1, len(report.entries))
+    columns = max(1, min(columns, count))
+    rows = -(-count // columns)
+    sheet = Image.new("RGB", (columns * thumb, rows * cell_h), (32, 32, 32))
+    draw = ImageDraw.Draw(sheet)
+    for i, e in enumerate(report.entries):
+        x, y = (i % columns) * thumb, (i // columns) * cell_h
+        if e.size:
+            with Image.open(e.path) as im:
+                im = im.convert("RGB")
+                im.thumbnail((thumb - 4, thumb - 4))
+                sheet.paste(im, (x + (thumb - im.width) // 2, y + (thumb - im.height) // 2))
+        header = f"{e.path.name} {e.size[0]}x{e.size[1]}" if e.size else f"{e.path.name} UNREADABLE"
+        draw.text((x + 2, y + thumb), header[:chars], fill=(255, 220, 120), font=font)
+        text = "(no caption)" if e.caption is None else (e.caption or "(empty caption)")
+        for j, line in enumerate(textwrap.wrap(text, chars)[:caption_lines]):
+            draw.text((x + 2, y + thumb + line_h * (j + 1)), line, fill=(230, 230, 230), font=font)
+    return sheet
