@@ -5,7 +5,7 @@ itself (LoRA: SDXL/SD1.x; LLLite: its layouts; training: plain SD1.x/SD2.x/SDXL 
 
 
 def model_family(model) -> str | None:
-    """"sdxl", "sd15" (SD1.x) or "sd2" (SD2.x) for a ComfyUI model config, BaseModel or MODEL
+    """"sdxl", "sd15" (SD1.x), "sd2" (SD2.x) or "anima" for a ComfyUI model config, BaseModel or MODEL
     (ModelPatcher); None for every other model.
 
     The config's class is ComfyUI's detection from the checkpoint's keys, so the family is the
@@ -19,7 +19,7 @@ def model_family(model) -> str | None:
     config = model
     if not isinstance(config, BASE):  # a config answers every unknown attribute with None (and a warning)
         config = getattr(getattr(model, "model", model), "model_config", None)  # ModelPatcher -> BaseModel -> config
-    for family, cls in (("sdxl", sm.SDXL), ("sd15", sm.SD15), ("sd2", sm.SD20)):
+    for family, cls in (("sdxl", sm.SDXL), ("sd15", sm.SD15), ("sd2", sm.SD20), ("anima", sm.Anima)):
         if isinstance(config, cls):
             return family
     return None

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from ..model_family import model_family
+from .anima.module import AnimaLLLiteNetwork
+from .anima.patch import apply_anima_lllite
 from .guide import fit_guide
 from .module import LAYOUTS, LLLiteNetwork, ModuleGroup
 
@@ -211,6 +213,8 @@ def apply_lllite(model, network: LLLiteNetwork, guide: torch.Tensor, strength: f
                  mask: torch.Tensor | None = None):
     """A clone of `model` (ModelPatcher) with `network` acting from start_percent to end_percent
     of the schedule (converted to sigmas with the model's own sampling). guide: (G, C, H, W) in 0..1."""
+    if isinstance(network, AnimaLLLiteNetwork):
+        return apply_anima_lllite(model, network, guide, strength, start_percent, end_percent, resize_mode, mask)
     if not 0.0 <= start_percent <= end_percent <= 1.0:
         raise ValueError(f"need 0 <= start_percent <= end_percent <= 1, got {start_percent} and {end_percent}")
     network.check_fits(model.model.diffusion_model, model_label(model))

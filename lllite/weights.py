@@ -69,7 +69,8 @@ def _build_module(name: str, tensors: dict, file_label: str) -> LLLiteModule:
 
 
 def read_lllite(path: str, name: str | None = None) -> LLLiteNetwork:
-    """Load a kohya-format LLLite file; raises ValueError saying what the file is otherwise."""
+    """Load a kohya-format LLLite file (an Anima v2 file gives an AnimaLLLiteNetwork); raises
+    ValueError saying what the file is otherwise."""
     label = name or os.path.basename(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"LLLite file not found: {path}")
@@ -83,6 +84,10 @@ def read_lllite(path: str, name: str | None = None) -> LLLiteNetwork:
             f"{label} ({size} bytes) is not a readable safetensors file: it looks truncated or corrupt "
             f"(or is a pickled .ckpt/.pt): {err}"
         ) from None
+    if not tensors and any(k.startswith("lllite_conditioning1.") for k in keys):
+        from .anima.weights import read_anima_lllite  # here: anima/weights.py imports this module
+
+        return read_anima_lllite(path, label)
     if not tensors:
         raise ValueError(f"{label} is not a ControlNet-LLLite file: {describe_non_lllite(keys)}.")
     others = [k for k in keys if not k.startswith("lllite_unet_")]

@@ -1,0 +1,62 @@
+"""A tiny Anima MODEL built from comfy/ldm/anima/model.py with the real module names
+(blocks.N.self_attn.q_proj, blocks.N.mlp.layer1, llm_adapter.blocks.0.cross_attn.q_proj ...).
+
+ComfyUI's detection only knows the real sizes and core's Anima builds its text adapter at the
+full 1024 width (a 33 M-entry embedding alone); the tiny one keeps every name with small widths,
+as a `model_base.Anima` (its extra_conds, flow sampling with shift 3, the Wan 2.1 latent format).
+"""
+import torch
+
+import comfy.ldm.anima.model
+import comfy.model_base
+import comfy.model_management
+import comfy.model_patcher
+import comfy.supported_models
+
+from tiny_models import fill_seeded
+
+MODEL_DIM = 64  # differs from the text width on purpose (see tiny_models)
+CONTEXT_DIM = 48  # what the text adapter gives the DiT's cross attention
+QWEN_DIM = 40  # the text encoder's hidden width the adapter reads
+ANIMA_DIT = {
+    "image_model": "anima", "max_img_h": 240, "max_img_w": 240, "max_frames": 128,
+    "in_channels": 16, "out_channels": 16, "patch_spatial": 2, "patch_temporal": 1,
+    "concat_padding_mask": True, "model_channels": MODEL_DIM, "num_blocks": 2, "num_heads": 4,
+    "crossattn_emb_channels": CONTEXT_DIM, "pos_emb_cls": "rope3d", "pos_emb_learnable": True,
+    "pos_emb_interpolation": "crop", "min_fps": 1, "max_fps": 30, "use_adaln_lora": True,
+    "adaln_lora_dim": 16, "extra_per_block_abs_pos_emb": False, "rope_h_extrapolation_ratio": 4.0,
+    "rope_w_extrapolation_ratio": 4.0, "rope_t_extrapolation_ratio": 1.0, "rope_enable_fps_modulation": False,
+}
+
+
+class TinyAnimaDiT(comfy.ldm.anima.model.Anima):
+    """core's Anima DiT with a 1-layer, narrow text adapter (same module names)."""
+
+    def __init__(self, *args, **kwargs):
+        comfy.ldm.anima.model.MiniTrainDIT.__init__(self, *args, **kwargs)
+        self.llm_adapter = comfy.ldm.anima.model.LLMAdapter(
+            source_dim=QWEN_DIM, target_dim=CONTEXT_DIM, model_dim=32, num_layers=1, num_heads=2,
+            device=kwargs.get("device"), dtype=kwargs.get("dtype"), operations=kwargs.get("operations"))
+
+
+class TinyAnimaModel(comfy.model_base.Anima):
+    def __init__(self, model_config, model_type=comfy.model_base.ModelType.FLOW, device=None):
+        comfy.model_base.BaseModel.__init__(self, model_config, model_type, device=device, unet_model=TinyAnimaDiT)
+
+
+class TinyAnima(comfy.supported_models.Anima):
+    def get_model(self, state_dict, prefix="", device=None):
+        return TinyAnimaModel(self, device=device)
+
+
+def build_anima(seed: int = 0, dtype: torch.dtype = torch.float32, **_ignored) -> comfy.model_patcher.ModelPatcher:
+    """A MODEL (ModelPatcher) of the tiny Anima; kwargs as tiny_models.build_model."""
+    model_config = TinyAnima(dict(ANIMA_DIT, dtype=dtype))
+    model_config.set_inference_dtype(dtype, None)
+    model = model_config.get_model({})
+    fill_seeded(model.diffusion_model, seed)
+    model.diffusion_model.to(dtype)
+    device = comfy.model_management.get_torch_device()
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))
+    patcher.cached_patcher_init = (build_anima, (seed, dtype))
+    return patcher
