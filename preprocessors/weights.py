@@ -9,7 +9,7 @@ import torch
 
 from ..errors import user_error
 
-WEIGHT_EXTENSIONS = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
+WEIGHT_EXTENSIONS = (".pth", ".pt", ".bin", ".safetensors", ".ckpt", ".onnx")
 FOLDER_MARKER = "config.json"  # a transformers model folder (save_pretrained layout)
 
 
@@ -54,8 +54,23 @@ MIDAS_DPT_HYBRID = WeightSpec(
     "MiDaS DPT-Hybrid (transformers DPTForDepthEstimation folder: config.json + model.safetensors)",
     "Apache-2.0 (model card; MiDaS code MIT)")
 
+_OPENPOSE_LICENCE = "CMU OpenPose licence: non-commercial research use"
+OPENPOSE_BODY = WeightSpec("body_pose_model.pth", _ANNOTATORS + "body_pose_model.pth",
+                           "OpenPose body (18 keypoints, CPM with part affinity fields)", _OPENPOSE_LICENCE)
+OPENPOSE_HAND = WeightSpec("hand_pose_model.pth", _ANNOTATORS + "hand_pose_model.pth",
+                           "OpenPose hand (21 keypoints, CPM)", _OPENPOSE_LICENCE)
+OPENPOSE_FACE = WeightSpec("facenet.pth", _ANNOTATORS + "facenet.pth",
+                           "OpenPose face (70 keypoints, CPM)", _OPENPOSE_LICENCE)
+_DWPOSE = "https://huggingface.co/yzd-v/DWPose/resolve/main/"
+DWPOSE_DETECTOR = WeightSpec("yolox_l.onnx", _DWPOSE + "yolox_l.onnx",
+                             "YOLOX person detector (ONNX graph, or its .torchscript.pt)", "Apache-2.0")
+DWPOSE_ESTIMATOR = WeightSpec("dw-ll_ucoco_384.onnx", _DWPOSE + "dw-ll_ucoco_384.onnx",
+                              "DWPose RTMPose-l whole body, 133 keypoints (ONNX graph, or its .torchscript.pt)",
+                              "Apache-2.0")
+POSE_WEIGHTS = (OPENPOSE_BODY, OPENPOSE_HAND, OPENPOSE_FACE, DWPOSE_DETECTOR, DWPOSE_ESTIMATOR)
+
 CATALOGUE = (HED, PIDINET, MLSD, LINEART, LINEART_COARSE, DEPTH_ANYTHING_V2_SMALL, DEPTH_ANYTHING_V2_BASE,
-             DEPTH_ANYTHING_V2_LARGE, DEPTH_ANYTHING_V2_SMALL_HF, MIDAS_DPT_HYBRID)
+             DEPTH_ANYTHING_V2_LARGE, DEPTH_ANYTHING_V2_SMALL_HF, MIDAS_DPT_HYBRID, *POSE_WEIGHTS)
 
 
 @user_error
