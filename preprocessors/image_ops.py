@@ -39,11 +39,13 @@ def shift(x: torch.Tensor, dy: int, dx: int, fill: float = 0.0) -> torch.Tensor:
     return p[..., 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
 
 
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur with reflect padding; sigma <= 0 returns x."""
+def gaussian_blur(x: torch.Tensor, sigma: float, truncate: float = 3.0) -> torch.Tensor:
+    """Separable Gaussian blur with reflect padding, kernel radius truncate * sigma;
+    sigma <= 0 returns x. OpenCV's GaussianBlur(ksize=0) truncates at 3 sigma for 8-bit
+    images and at 4 sigma for float ones."""
     if sigma <= 0:
         return x
-    radius = max(1, int(round(3 * sigma)))
+    radius = max(1, int(round(truncate * sigma)))
     t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     k = torch.exp(-(t * t) / (2 * sigma * sigma))
     k = k / k.sum()

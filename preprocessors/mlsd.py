@@ -160,8 +160,14 @@ def decode_segments(output: torch.Tensor, score_threshold: float, distance_thres
 
 
 def draw_segments(segments: torch.Tensor, keep: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Rasterise segments (B, K, 4) into (B, 1, height, width) one-pixel lines, all at once:
-    each segment is sampled at (longest extent + 1) points and rounded to pixels."""
+    """Rasterise segments (B, K, 4) into (B, 1, height, width) one-pixel lines. End points
+    are truncated to whole pixels, as the reference's int() does. On CPU the reference's
+    own rasteriser (cv2.line) draws them; elsewhere all segments are drawn at once by
+    sampling each at (longest extent + 1) points, which can differ from cv2.line by one
+    pixel where a line passes exactly between two pixels or leaves the image."""
+    segments = segments.trunc()
+    if segments.device.type == "cpu":
+        return _draw_with_opencv(segments, keep, height, width)
     b, k, _ = segments.shape
     canvas = torch.zeros(b, height * width, device=segments.device)
     if k == 0 or not bool(keep.any()):
@@ -175,6 +181,18 @@ def draw_segments(segments: torch.Tensor, keep: torch.Tensor, height: int, width
     flat = (ys * width + xs).clamp(0, height * width - 1)
     canvas.scatter_reduce_(1, flat.view(b, -1), inside.view(b, -1).float(), reduce="amax")
     return canvas.view(b, 1, height, width)
+
+
+def _draw_with_opencv(segments: torch.Tensor, keep: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    import cv2
+    import numpy as np
+
+    canvas = np.zeros((segments.shape[0], height, width), np.float32)
+    for i, (lines, kept) in enumerate(zip(segments.long().tolist(), keep.tolist())):
+        for (x0, y0, x1, y1), k in zip(lines, kept):
+            if k:
+                cv2.line(canvas[i], (x0, y0), (x1, y1), 1.0, 1)
+    return torch.from_numpy(canvas).unsqueeze(1)
 
 
 def build_mlsd(path: str) -> MobileV2_MLSD_Large:
