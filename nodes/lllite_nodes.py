@@ -9,11 +9,13 @@ from .common import image_to_bchw
 
 CATEGORY = "LLLite Kit/LLLite"
 LLLite = io.Custom("LLLITE")
-# Users keep LLLite files in core's controlnet folder (kohya's README says so) or in ours.
-FOLDERS = ("lllite", "controlnet")
+# Users keep LLLite files in core's controlnet folder (kohya's README says so) or in ours;
+# Anima LLLites in core's model_patches (where its ModelPatchLoader reads them).
+FOLDERS = ("lllite", "controlnet", "model_patches")
 
 
 KOHYA_RELEASES = "https://huggingface.co/kohya-ss/controlnet-lllite"
+KOHYA_ANIMA_RELEASES = "https://huggingface.co/kohya-ss/Anima-LLLite"
 # The one choice offered while no file is present, so the list itself says what to do.
 NO_FILE = "no LLLite file found: put one in models/lllite"
 
@@ -32,8 +34,9 @@ def lllite_path(name: str) -> str:
             return path
     searched = "; ".join(p for f in FOLDERS for p in folder_paths.get_folder_paths(f))
     what = "No LLLite file was chosen" if name == NO_FILE else f"LLLite file '{name}' not found"
-    raise FileNotFoundError(f"{what}: put it in models/lllite or models/controlnet ({searched}). kohya's released "
-                            f"SDXL files are published at {KOHYA_RELEASES}; files you train land in models/lllite.")
+    raise FileNotFoundError(f"{what}: put it in models/lllite, models/controlnet or models/model_patches ({searched}). "
+                            f"kohya's released SDXL files are published at {KOHYA_RELEASES}, the Anima ones at "
+                            f"{KOHYA_ANIMA_RELEASES}; files you train land in models/lllite.")
 
 
 class LoadLLLite(io.ComfyNode):
@@ -43,8 +46,9 @@ class LoadLLLite(io.ComfyNode):
             node_id="LLLiteKit_LoadLLLite",
             display_name="Load ControlNet-LLLite (LLLite Kit)",
             category=CATEGORY,
-            description="Loads a kohya-format ControlNet-LLLite file (e.g. controllllite_v01032064e_sdxl_canny_anime) "
-            "from models/controlnet or models/lllite. Other kinds of files get an error saying what they are.",
+            description="Loads a kohya-format ControlNet-LLLite file (e.g. controllllite_v01032064e_sdxl_canny_anime, "
+            "or an Anima LLLite v2 such as anima-lllite-any-test-like-v2) from models/controlnet, models/lllite or "
+            "models/model_patches. Other kinds of files get an error saying what they are.",
             inputs=[io.Combo.Input("lllite_name", options=lllite_files())],
             outputs=[LLLite.Output(display_name="lllite")],
         )
@@ -87,7 +91,8 @@ class ApplyLLLite(io.ComfyNode):
                 io.Combo.Input("resize_mode", options=list(RESIZE_MODES), default="crop",
                                tooltip="How a guide of another size or aspect is fitted: crop the overhang, "
                                "stretch, or pad with black."),
-                io.Mask.Input("mask", optional=True, tooltip="Where the control acts (1) and where not (0)."),
+                io.Mask.Input("mask", optional=True, tooltip="Where the control acts (1) and where not (0). For an Anima "
+                              "inpainting LLLite: the region to repaint (its fourth guide channel)."),
             ],
             outputs=[io.Model.Output()],
         )

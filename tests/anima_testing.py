@@ -31,6 +31,9 @@ def context(seed=0, tokens=7, batch=1):
 
 def dit(model, x, sigma=0.6, cond_or_uncond=(0,), seed=0, grad=False):
     """One DiT evaluation (BaseModel.apply_model) with the ModelPatcher's patches; x (B, 16, 1, H, W)."""
+    import comfy.model_management
+
+    comfy.model_management.load_models_gpu([model])  # puts the model's weight patches (LoRA) in place
     b = x.shape[0]
     t = torch.full((b,), float(sigma))
     options = dict(model.model_options["transformer_options"])

@@ -23,12 +23,16 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def patch_dir(comfy_dirs):
+def patch_dir(comfy_dirs, model):
+    """core's model_patches folder with three random files: any-type, inpainting, and one on two targets."""
     import folder_paths
 
     path = comfy_dirs / "models" / "model_patches"
     path.mkdir(exist_ok=True)
     folder_paths.add_model_folder_path("model_patches", str(path), is_default=True)
+    random_anima_lllite(model, path / "any.safetensors", seed=1)
+    random_anima_lllite(model, path / "inpaint.safetensors", seed=4, in_channels=4)
+    random_anima_lllite(model, path / "other.safetensors", seed=8, targets=("self_attn_q_proj", "mlp_layer1"))
     return path
 
 
@@ -44,7 +48,6 @@ def _guide(h, w, seed=2, batch=1):
 
 
 def test_any_type_equals_core_with_strength_and_cfg_batch(model, patch_dir):
-    random_anima_lllite(model, patch_dir / "any.safetensors", seed=1)
     network = read_lllite(str(patch_dir / "any.safetensors"))
     assert isinstance(network, AnimaLLLiteNetwork) and not network.inpainting
     guide = _guide(64, 96)
@@ -59,7 +62,6 @@ def test_any_type_equals_core_with_strength_and_cfg_batch(model, patch_dir):
 
 
 def test_inpainting_mask_is_the_fourth_channel_as_core(model, patch_dir):
-    random_anima_lllite(model, patch_dir / "inpaint.safetensors", seed=4, in_channels=4)
     network = read_lllite(str(patch_dir / "inpaint.safetensors"))
     assert network.inpainting
     guide = _guide(64, 64, seed=5)
@@ -84,3 +86,54 @@ def test_sampling_with_start_end_equals_core(model, patch_dir):
     whole = sample(apply_lllite(model, network, guide, 1.0), latent)
     assert _rel(ours, core) < TOL
     assert _rel(ours, whole) > 1e-3  # the range matters
+
+
+def test_several_lllites_sum_in_any_order_and_mix_with_a_lora(model, patch_dir):
+    import comfy.sd
+
+    a = read_lllite(str(patch_dir / "any.safetensors"))
+    b = read_lllite(str(patch_dir / "other.safetensors"))
+    ga, gb = _guide(64, 64, seed=9), _guide(32, 48, seed=10)  # b's guide is fitted (another size and aspect)
+    x = torch.randn(1, 16, 1, 8, 8, generator=torch.Generator().manual_seed(11))
+    ab = dit(apply_lllite(apply_lllite(model, a, ga, 0.8), b, gb, 0.5), x)
+    ba = dit(apply_lllite(apply_lllite(model, b, gb, 0.5), a, ga, 0.8), x)
+    only_a = dit(apply_lllite(model, a, ga, 0.8), x)
+    assert _rel(ab, ba) < TOL  # each sees the block's original inputs: order does not matter
+    assert _rel(ab, only_a) > 1e-3
+
+    lora = {"lora_unet_blocks_1_mlp_layer2.lora_up.weight": torch.randn(64, 4) * 0.3,
+            "lora_unet_blocks_1_mlp_layer2.lora_down.weight": torch.randn(4, 256) * 0.3}
+    with_lora, _ = comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0.0)
+    assert len(with_lora.patches) == 1
+    both = dit(apply_lllite(with_lora, a, ga, 0.8), x)
+    core_both = dit(_core(with_lora, "any.safetensors", ga.movedim(1, -1), 0.8), x)
+    assert _rel(both, core_both) < TOL and _rel(both, only_a) > 1e-3
+
+
+@pytest.mark.parametrize("latent_hw", [(5, 7), (9, 4)])
+def test_any_picture_size_the_model_takes(model, patch_dir, latent_hw):
+    """Odd latent sizes: the DiT pads to its 2x2 patches; the guide is fitted to the padded grid."""
+    network = read_lllite(str(patch_dir / "any.safetensors"))
+    x = torch.randn(1, 16, 1, *latent_hw, generator=torch.Generator().manual_seed(12))
+    out = dit(apply_lllite(model, network, _guide(50, 70), 1.0), x)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    assert _rel(out, dit(model, x)) > 1e-3
+
+
+def test_mask_limits_an_any_type_lllite(model, patch_dir):
+    network = read_lllite(str(patch_dir / "any.safetensors"))
+    guide = _guide(64, 64, seed=13)
+    x = torch.randn(1, 16, 1, 8, 8, generator=torch.Generator().manual_seed(14))
+    full = dit(apply_lllite(model, network, guide, 1.0), x)
+    assert _rel(dit(apply_lllite(model, network, guide, 1.0, mask=torch.ones(1, 64, 64)), x), full) < TOL
+    assert torch.equal(dit(apply_lllite(model, network, guide, 1.0, mask=torch.zeros(1, 64, 64)), x), dit(model, x))
+
+
+def test_wrong_family_is_refused_by_name(model, tiny, patch_dir):
+    from lllite_testing import random_network
+
+    sdxl = tiny.build_model("sdxl", 0)
+    with pytest.raises(ValueError, match="is an Anima LLLite; the model is sdxl"):
+        apply_lllite(sdxl, read_lllite(str(patch_dir / "any.safetensors")), _guide(64, 64))
+    with pytest.raises(ValueError, match="does not exist in the model"):
+        apply_lllite(model, random_network(sdxl), _guide(64, 64))
