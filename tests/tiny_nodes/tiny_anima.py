@@ -11,7 +11,12 @@ import comfy.ldm.anima.model
 import comfy.model_base
 import comfy.model_management
 import comfy.model_patcher
+import comfy.sd
+import comfy.sd1_clip
 import comfy.supported_models
+import comfy.supported_models_base
+import comfy.text_encoders.anima
+import comfy.text_encoders.llama
 
 from tiny_models import fill_seeded
 
@@ -60,3 +65,31 @@ def build_anima(seed: int = 0, dtype: torch.dtype = torch.float32, **_ignored) -
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))
     patcher.cached_patcher_init = (build_anima, (seed, dtype))
     return patcher
+
+
+# Qwen3 with the real layer names (layers.N.self_attn.q_proj ...) at a tiny width; core's
+# Qwen3_06BModel builds the 0.6 B config, this one passes its own (head_dim stays core's 128).
+QWEN3 = {"hidden_size": QWEN_DIM, "intermediate_size": 64, "num_hidden_layers": 2,
+         "num_attention_heads": 2, "num_key_value_heads": 1}
+
+
+class TinyQwen3Model(comfy.text_encoders.anima.Qwen3_06BModel):
+    def __init__(self, device="cpu", layer="last", layer_idx=None, dtype=None, attention_mask=True, model_options={}):
+        comfy.sd1_clip.SDClipModel.__init__(
+            self, device=device, layer=layer, layer_idx=layer_idx, textmodel_json_config=dict(QWEN3), dtype=dtype,
+            special_tokens={"pad": 151643}, layer_norm_hidden_state=False, model_class=comfy.text_encoders.llama.Qwen3_06B,
+            enable_attention_masks=attention_mask, return_attention_masks=attention_mask, model_options=model_options)
+
+
+class TinyAnimaTE(comfy.text_encoders.anima.AnimaTEModel):
+    def __init__(self, device="cpu", dtype=None, model_options={}):
+        comfy.sd1_clip.SD1ClipModel.__init__(self, device=device, dtype=dtype, name="qwen3_06b", clip_model=TinyQwen3Model,
+                                             model_options=model_options)
+
+
+def build_anima_clip(seed: int = 0) -> comfy.sd.CLIP:
+    """A CLIP as CLIPLoader(type "stable_diffusion"... "anima") gives it: Qwen3 tokens + T5 ids for the DiT's adapter."""
+    target = comfy.supported_models_base.ClipTarget(comfy.text_encoders.anima.AnimaTokenizer, TinyAnimaTE)
+    clip = comfy.sd.CLIP(target, model_options={"dtype": torch.float32})
+    fill_seeded(clip.cond_stage_model, seed + 1)
+    return clip

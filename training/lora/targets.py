@@ -21,8 +21,9 @@ from comfy.ldm.modules.attention import SpatialTransformer
 from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, ResBlock, Upsample
 
 from ...model_family import model_family
+from ..anima.lora_targets import dit_layers, qwen3_layers
 
-TEXT_ENCODER_ROLES = {"sdxl": ("te1", "te2"), "sd15": ("te",)}
+TEXT_ENCODER_ROLES = {"sdxl": ("te1", "te2"), "sd15": ("te",), "anima": ("te",)}
 _TE_PREFIX = {"te1": "lora_te1_", "te2": "lora_te2_", "te": "lora_te_"}
 
 
@@ -39,7 +40,7 @@ class Target:
 
 
 def lora_family(model_config) -> str:
-    """"sdxl" or "sd15": the model's family (model_family.py) when LoRA has key names for it."""
+    """"sdxl", "sd15" or "anima": the model's family (model_family.py) when LoRA has key names for it."""
     family = model_family(model_config)
     if family not in TEXT_ENCODER_ROLES:
         raise ValueError(f"LoRA training supports SD1.5 and SDXL base models; this model is {type(model_config).__name__}")
@@ -60,6 +61,8 @@ def _layers(root: torch.nn.Module, block_types: tuple) -> dict[str, torch.nn.Mod
 def unet_targets(diffusion_model: torch.nn.Module, family: str, unet_config: dict, with_conv_blocks: bool) -> list[Target]:
     """LoRA targets of a ComfyUI UNetModel. with_conv_blocks adds res blocks and
     down/upsamplers (their 3x3 convs, and their Linear / 1x1 layers, as sd-scripts does)."""
+    if family == "anima":  # sd-scripts' lora_anima.py choice (training/anima/lora_targets.py)
+        return [Target("lora_unet_" + p.replace(".", "_"), m, "unet") for p, m in dit_layers(diffusion_model).items()]
     block_types = (SpatialTransformer, ResBlock, Downsample, Upsample) if with_conv_blocks else (SpatialTransformer,)
     layers = _layers(diffusion_model, block_types)
     if family == "sd15":
@@ -79,6 +82,8 @@ def text_encoder_targets(text_encoders: dict[str, torch.nn.Module], family: str)
     roles = TEXT_ENCODER_ROLES[family]
     if sorted(text_encoders) != sorted(roles):
         raise ValueError(f"{family} text encoders must be given as {list(roles)}, got {sorted(text_encoders)}")
+    if family == "anima":
+        return [Target("lora_te_" + p.replace(".", "_"), m, "te") for p, m in qwen3_layers(text_encoders["te"]).items()]
     targets = []
     for role in roles:
         layers = _layers(text_encoders[role], (comfy.clip_model.CLIPAttention, comfy.clip_model.CLIPMLP))

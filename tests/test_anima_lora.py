@@ -1,0 +1,80 @@
+"""Anima LoRA: sd-scripts' lora_anima.py targets and names; the saved file loads in core's
+LoraLoader with every key applied and gives the prediction the attached adapter gave."""
+import pytest
+import torch
+from safetensors import safe_open
+
+import comfy.model_management
+from anima_testing import context
+from lllite_kit.training.lora import LoRAAdapter, LoRAConfig
+from lora_helpers import load_in_core, randomize
+
+
+@pytest.fixture(scope="module")
+def anima():
+    import tiny_anima
+
+    yield tiny_anima.build_anima(seed=0), tiny_anima.build_anima_clip(seed=0)
+    comfy.model_management.unload_all_models()
+
+
+def _predict(diffusion_model):
+    x = torch.randn(1, 16, 1, 8, 8, generator=torch.Generator().manual_seed(11))
+    with torch.no_grad():
+        return diffusion_model(x, torch.tensor([0.5]), context(3))
+
+
+def _encode(clip):
+    return clip.encode_from_tokens(clip.tokenize("a red circle on a blue square"))
+
+
+def test_targets_are_sd_scripts_choice(anima):
+    model, clip = anima
+    adapter = LoRAAdapter(LoRAConfig(train_text_encoder=True), model.model.model_config)
+    adapter.attach(model.model.diffusion_model, {"te": clip.cond_stage_model.qwen3_06b})
+    try:
+        names = set(adapter.modules)
+    finally:
+        adapter.detach()
+    per_block = {f"lora_unet_blocks_0_{p}" for p in (
+        "self_attn_q_proj", "self_attn_k_proj", "self_attn_v_proj", "self_attn_output_proj",
+        "cross_attn_q_proj", "cross_attn_k_proj", "cross_attn_v_proj", "cross_attn_output_proj",
+        "mlp_layer1", "mlp_layer2")}
+    assert {n for n in names if n.startswith("lora_unet_blocks_0_")} == per_block
+    assert len([n for n in names if n.startswith("lora_unet_")]) == 2 * len(per_block)  # 2 blocks; no adaLN, embedders, final layer
+    te = {n for n in names if n.startswith("lora_te_layers_0_")}
+    assert te == {f"lora_te_layers_0_{p}" for p in ("self_attn_q_proj", "self_attn_k_proj", "self_attn_v_proj",
+                                                    "self_attn_o_proj", "mlp_gate_proj", "mlp_up_proj", "mlp_down_proj")}
+
+
+@pytest.mark.parametrize("train_te", [False, True], ids=["dit", "dit+qwen3"])
+def test_saved_file_loads_in_core_with_every_key(anima, train_te, comfy_dirs, caplog):
+    model, clip = anima
+    dm = model.model.diffusion_model
+    base = _predict(dm)
+    adapter = LoRAAdapter(LoRAConfig(dim=4, alpha=2.0, train_text_encoder=train_te), model.model.model_config)
+    adapter.attach(dm, {"te": clip.cond_stage_model.qwen3_06b} if train_te else {})
+    name = f"anima_{'te' if train_te else 'dit'}.safetensors"
+    try:
+        randomize(adapter, scale=0.3)
+        adapter.train(False)
+        expected = _predict(dm)
+        expected_te = _encode(clip) if train_te else None
+        adapter.save(str(comfy_dirs / "models" / "loras" / name), torch.float32, {})
+    finally:
+        adapter.detach()
+    assert (expected - base).abs().max() > 0.05 * base.abs().max()
+    with safe_open(str(comfy_dirs / "models" / "loras" / name), "pt") as f:
+        meta = f.metadata()
+    assert meta["ss_base_model_version"] == "anima" and meta["modelspec.architecture"] == "anima-preview/lora"
+
+    model_lora, clip_lora = load_in_core(model, clip, name, list(adapter.modules), caplog)
+    model_lora.patch_model()
+    try:
+        loaded = _predict(dm)
+    finally:
+        model_lora.unpatch_model()
+    assert ((loaded - expected).abs().max() / expected.abs().max()).item() < 1e-5
+    if train_te:
+        loaded_te = _encode(clip_lora)
+        assert ((loaded_te - expected_te).abs().max() / expected_te.abs().max()).item() < 1e-5
