@@ -69,6 +69,7 @@ _BASE_MODEL = {
     # as sd-scripts' sai_model_spec.py sets them for LoRAs.
     "sdxl": ("sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora", "https://github.com/Stability-AI/generative-models"),
     "sd15": ("sd_v1", "stable-diffusion-v1/lora", "diffusers"),
+    "anima": ("anima", "anima-preview/lora", "https://huggingface.co/circlestone-labs/Anima"),
 }
 
 
