@@ -1,5 +1,6 @@
 """Thin V3 node classes. Each module lists its nodes in NODES; this is the one registry."""
 from . import preprocessor_nodes
+from . import pose_nodes
 from . import lllite_nodes
 from . import training_nodes
 from . import lllite_training_nodes
@@ -10,6 +11,7 @@ from . import textual_inversion_nodes
 
 NODE_CLASSES = [
     *preprocessor_nodes.NODES,
+    *pose_nodes.NODES,
     *lllite_nodes.NODES,
     *training_nodes.NODES,
     *lllite_training_nodes.NODES,
