@@ -12,7 +12,7 @@ from ...files.atomic import write_atomic
 from ..weights import modelspec
 from .module import DEFAULT_ASPP, MODULE_RE, AnimaLLLiteNetwork
 
-ARCHITECTURE = "anima/control-net-lllite"
+ARCHITECTURE = "anima-preview/control-net-lllite"  # sd-scripts sai_model_spec ARCH_ANIMA_PREVIEW
 CONDITIONING = "lllite_conditioning1."
 
 

@@ -1,0 +1,107 @@
+"""Anima LLLite training adapter: what the DiT computes with the adapter attached is what core's
+ModelPatchLoader + AnimaLLLiteApply (and our ApplyLLLite) compute from the saved file."""
+import pytest
+import torch
+
+from anima_testing import context
+from lllite_kit.lllite.patch import apply_lllite
+from lllite_kit.lllite.weights import read_lllite
+from lllite_kit.training.anima.lllite_adapter import AnimaLLLiteAdapter
+from lllite_kit.training.anima.masks import random_masks
+from lllite_kit.training.data.batch import Batch
+
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def model():
+    import tiny_anima
+
+    return tiny_anima.build_anima(seed=0)
+
+
+@pytest.fixture(scope="module")
+def patch_dir(comfy_dirs):
+    import folder_paths
+
+    path = comfy_dirs / "models" / "model_patches"
+    path.mkdir(exist_ok=True)
+    folder_paths.add_model_folder_path("model_patches", str(path), is_default=True)
+    return path
+
+
+def _randomize(adapter, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in adapter.network.named_parameters():
+            if not ("norm" in name and name.endswith("weight")):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+
+
+def _dit(model, x, options=None):
+    with torch.no_grad():
+        return model.model.diffusion_model(x, torch.full((x.shape[0],), 0.6), context(3).expand(x.shape[0], -1, -1),
+                                           transformer_options=dict(options or {}))
+
+
+def _core(model, name, guide01, mask=None):
+    from comfy_extras.nodes_model_patch import AnimaLLLiteApply, ModelPatchLoader
+
+    (patch,) = ModelPatchLoader().load_model_patch(name)
+    patched = AnimaLLLiteApply().apply_patch(model, patch, guide01.movedim(1, -1), 1.0, 0.0, 1.0, mask)[0]
+    return patched.model_options["transformer_options"]
+
+
+@pytest.mark.parametrize("inpainting", [False, True], ids=["any", "inpaint"])
+def test_training_time_output_is_what_core_computes_from_the_file(model, patch_dir, inpainting):
+    dm = model.model.diffusion_model
+    guide = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    mask = torch.zeros(1, 1, 64, 64)
+    mask[..., 8:40, 16:56] = 1
+    x = torch.randn(1, 16, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    bare = _dit(model, x)
+    adapter = AnimaLLLiteAdapter(cond_emb_dim=16, network_dim=16, cond_dim=16, inpainting=inpainting)
+    adapter.attach(dm, {})
+    name = f"trained_{'inpaint' if inpainting else 'any'}.safetensors"
+    try:
+        assert torch.equal(_dit_with(adapter, model, x, guide, mask), bare)  # up starts at zero: the bare model
+        _randomize(adapter, seed=3)
+        adapter.train(False)
+        trained = _dit_with(adapter, model, x, guide, mask)
+        adapter.save(str(patch_dir / name), torch.float32, {})
+    finally:
+        adapter.detach()
+    assert ((trained - bare).abs().max() / bare.abs().max()).item() > 0.05
+    core_mask = mask[:, 0] if inpainting else None
+    core = _dit(model, x, _core(model, name, guide, core_mask))
+    ours = _dit(model, x, apply_lllite(model, read_lllite(str(patch_dir / name)), guide, 1.0, mask=core_mask)
+                .model_options["transformer_options"])
+    assert ((core - trained).abs().max() / trained.abs().max()).item() < TOL
+    assert ((ours - trained).abs().max() / trained.abs().max()).item() < TOL
+    assert torch.equal(_dit(model, x), bare)  # hooks gone
+
+
+def _dit_with(adapter, model, x, guide01, mask):
+    with adapter.using_guide(guide01 * 2 - 1, mask if adapter.network.inpainting else None):
+        return _dit(model, x)
+
+
+def test_batches_draw_inpainting_masks_from_the_run_generator(model):
+    masks = random_masks(64, 32, 48, torch.Generator().manual_seed(0))
+    covered = masks.mean(dim=(1, 2, 3))
+    assert masks.unique().tolist() == [0.0, 1.0]
+    assert 0 < (covered == 0).sum() < 20 and covered.max() <= 0.6 ** 2 + 1e-6
+    assert torch.equal(masks, random_masks(64, 32, 48, torch.Generator().manual_seed(0)))
+
+    adapter = AnimaLLLiteAdapter(cond_emb_dim=8, network_dim=8, cond_dim=8, inpainting=True)
+    adapter.attach(model.model.diffusion_model, {})
+    try:
+        batch = Batch(latents=torch.zeros(2, 16, 8, 8), captions=["a", "b"], original_sizes=[(64, 64)] * 2,
+                      crop_top_left=[(0, 0)] * 2, target_sizes=[(64, 64)] * 2, guides=torch.zeros(2, 3, 64, 64))
+        adapter.set_batch(batch)
+        _randomize(adapter, seed=4)
+        x = torch.randn(2, 16, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+        first, second = _dit(model, x), _dit(model, x)
+    finally:
+        adapter.detach()
+    assert not torch.equal(first, second)  # a new mask per call: the fourth channel is live
