@@ -12,9 +12,12 @@ from comfy_api.latest import io, ui
 
 from ..files.roots import check_writable
 from ..training.data_prep import cleaning, resize
+from ..training.data_prep.captioner import DECODING, CaptionOptions, load_captioner
 from ..training.data_prep.files import beside, list_images, read_beside, write_beside
 from ..training.data_prep.look import contact_sheet, inspect
 from ..training.data_prep.metadata import merge_metadata
+from ..training.data_prep.model_files import CAPTIONERS, ModelFileMissing, folder_choices
+from .model_folders import register_model_folders
 from .training_form import resolve_path
 
 CATEGORY = "LLLite Kit/dataset"
@@ -200,4 +203,114 @@ class LookAtDataset(io.ComfyNode):
         return io.NodeOutput(sheet, text, ui=ui.PreviewText(text))
 
 
-NODES = [EditCaptions, MergeMetadata, ResizeImages, LookAtDataset]
+def _model_dirs(kind: str) -> list[str]:
+    register_model_folders()
+    return folder_paths.get_folder_paths(kind)
+
+
+def _device_dtype():
+    import comfy.model_management as mm
+
+    device = mm.get_torch_device()
+    return device, torch.float16 if device.type == "cuda" else torch.float32
+
+
+def _images(image_dir: str | None, images: torch.Tensor | None) -> tuple[list, list[Path] | None]:
+    """(PIL images, their files or None): the IMAGE input when linked, else the folder's files."""
+    from PIL import Image
+
+    if images is not None:
+        pixels = (images[..., :3].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+        return [Image.fromarray(p) for p in pixels], None
+    files = list_images(resolve_path(image_dir or "", "image_dir"))
+    loaded = []
+    for f in files:
+        with Image.open(f) as im:
+            loaded.append(im.convert("RGB"))
+    return loaded, files
+
+
+def _progress_hooks(total: int):
+    import comfy.model_management
+    import comfy.utils
+
+    bar = comfy.utils.ProgressBar(max(1, total))
+    return (lambda done, n: bar.update_absolute(done, n)), comfy.model_management.throw_exception_if_processing_interrupted
+
+
+def _write_results(files: list[Path] | None, texts: list[str], write_files: bool, extension: str, if_exists: str) -> str:
+    if files is None or not write_files:
+        return "nothing written"
+    written = [write_beside(f, t, extension, if_exists) for f, t in zip(files, texts)]
+    kept = sum(w is None for w in written)
+    return f"{len(written) - kept} {extension} files written" + (f", {kept} existing kept" if kept else "")
+
+
+def _write_inputs(extension: str) -> list:
+    return [io.Boolean.Input("write_files", default=False, tooltip="Write a file beside each image (atomic)."),
+            io.String.Input("caption_extension", default=extension, tooltip="Extension of the files written."),
+            io.Combo.Input("if_exists", options=["skip", "overwrite", "append"], default="skip",
+                           tooltip="When the file exists: keep it (default), replace it, or add the new tags after "
+                                   "its own (only those it lacks).")]
+
+
+class CaptionImages(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LLLiteKit_CaptionImages", display_name="Caption Images, BLIP / GIT (LLLite Kit)", category=CATEGORY,
+            description="Captions with BLIP or GIT from a folder in models/captioners (the published repository's "
+                        "files; nothing is downloaded), sd-scripts' make_captions options, batched.",
+            inputs=[io.Combo.Input("model", options=folder_choices(CAPTIONERS, _model_dirs("captioners")),
+                                   tooltip="Folder in models/captioners named as its repository "
+                                           "(Salesforce/blip-image-captioning-large -> blip-image-captioning-large)."),
+                    io.String.Input("image_dir", default="training/my_dataset", optional=True,
+                                    tooltip="Folder of images (relative: ComfyUI's input folder); unused when images is linked."),
+                    io.Image.Input("images", optional=True, tooltip="Images to caption instead of a folder (nothing is written)."),
+                    io.Combo.Input("decoding", options=list(DECODING), default=DECODING[0],
+                                   tooltip="nucleus sampling (make_captions.py default), beam search (--beam_search), "
+                                           "greedy (make_captions_by_git.py)."),
+                    io.Int.Input("num_beams", default=1, min=1, max=16, tooltip="Beams in beam search."),
+                    io.Float.Input("top_p", default=0.9, min=0.0, max=1.0, step=0.01, tooltip="Nucleus sampling's top_p."),
+                    io.Int.Input("max_length", default=75, min=1, max=512, tooltip="Longest caption in tokens."),
+                    io.Int.Input("min_length", default=5, min=0, max=512, tooltip="Shortest caption in tokens."),
+                    io.Int.Input("seed", default=42, min=0, max=2**63 - 1, tooltip="Sampling seed (set once per run)."),
+                    io.Int.Input("batch_size", default=8, min=1, max=256, tooltip="Images per generate call."),
+                    io.String.Input("blip_prompt", default="a picture of ", advanced=True,
+                                    tooltip="BLIP's text prompt (removed from the caption), as sd-scripts uses."),
+                    io.Boolean.Input("git_remove_words", default=False, advanced=True,
+                                     tooltip="GIT: drop read-aloud text ('with the words ...'), make_captions_by_git.py --remove_words."),
+                    *_write_inputs(".caption")],
+            outputs=[io.String.Output(display_name="captions", is_output_list=True)],
+            is_output_node=True)
+
+    @classmethod
+    def validate_inputs(cls, model=None) -> bool | str:
+        from ..training.data_prep.captioner import REQUIRED_FILES
+        from ..training.data_prep.model_files import locate
+
+        if model is None:
+            return True
+        try:
+            locate(model, _model_dirs("captioners"), REQUIRED_FILES, CAPTIONERS, "captioners")
+        except ModelFileMissing as e:
+            return str(e)
+        return True
+
+    @classmethod
+    def execute(cls, model, decoding, num_beams, top_p, max_length, min_length, seed, batch_size, blip_prompt,
+                git_remove_words, write_files, caption_extension, if_exists, image_dir=None, images=None) -> io.NodeOutput:
+        if write_files:
+            beside(Path("x"), caption_extension)  # a bad extension fails before any work
+        captioner = load_captioner(model, _model_dirs("captioners"), *_device_dtype())
+        pictures, files = _images(image_dir, images)
+        options = CaptionOptions(decoding, num_beams, top_p, max_length, min_length, seed, batch_size, blip_prompt,
+                                 git_remove_words)
+        captions = captioner.caption(pictures, options, *_progress_hooks(len(pictures)))
+        report = _write_results(files, captions, write_files, caption_extension, if_exists)
+        names = [f.name for f in files] if files else [f"images[{i}]" for i in range(len(captions))]
+        return io.NodeOutput(captions, ui=ui.PreviewText(report + "\n\n" + "\n".join(
+            f"{n}: {c}" for n, c in list(zip(names, captions))[:50])))
+
+
+NODES = [EditCaptions, MergeMetadata, ResizeImages, LookAtDataset, CaptionImages]

@@ -9,6 +9,8 @@ import folder_paths
 PACK_FOLDERS = {
     "lllite": "lllite",
     "preprocessors": "preprocessors",
+    "captioners": "captioners",  # BLIP / GIT folders as published (config.json + model.safetensors ...)
+    "taggers": "taggers",  # WD14 tagger folders as published (model.safetensors + selected_tags.csv ...)
 }
 
 

@@ -4,6 +4,7 @@
     python scripts/prepare_dataset.py clean in.json out.json                (sd-scripts clean_captions_and_tags.py)
     python scripts/prepare_dataset.py edit DIR --caption_extension .txt [--clean tags] [--find A --replace B] [--prefix sks] [--write]
     python scripts/prepare_dataset.py resize SRC DST --max_resolution 512x512,384x384 [--divisible_by 8] [--interpolation area] [--save_as_png] [--copy_associated_files]
+    python scripts/prepare_dataset.py caption DIR --model models/captioners/blip-image-captioning-large [--beam_search --num_beams 3] [--batch_size 8] [--caption_extension .caption]
     python scripts/prepare_dataset.py look DIR [--caption_extension .txt] [--resolution 1024] [--sheet sheet.png]
 
 Exit status: 0 done, 1 bad input (the message names it).
@@ -13,6 +14,39 @@ import sys
 from pathlib import Path
 
 from train import bootstrap_comfyui
+
+
+def _write_args(p: argparse.ArgumentParser, extension: str) -> None:
+    p.add_argument("--caption_extension", default=extension)
+    p.add_argument("--if_exists", choices=("skip", "overwrite", "append"), default="skip",
+                   help="an existing file: keep it (default), replace it, or add the new tags it lacks")
+
+
+def _device():
+    import torch
+
+    return ("cuda", torch.float16) if torch.cuda.is_available() else ("cpu", torch.float32)
+
+
+def _load_images(folder: str, recursive: bool):
+    from PIL import Image
+
+    from lllite_kit.training.data_prep.files import list_images
+
+    files = list_images(folder, recursive)
+    loaded = []
+    for f in files:
+        with Image.open(f) as im:
+            loaded.append(im.convert("RGB"))
+    return files, loaded
+
+
+def _write_all(files, texts, args) -> str:
+    from lllite_kit.training.data_prep.files import write_beside
+
+    written = [write_beside(f, t, args.caption_extension, args.if_exists) for f, t in zip(files, texts)]
+    lines = [f"{f.name}: {t}" + ("" if w else " (existing file kept)") for f, t, w in zip(files, texts, written)]
+    return "\n".join(lines)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,6 +88,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--save_as_png", action="store_true")
     p.add_argument("--copy_associated_files", action="store_true")
     p.add_argument("--overwrite", action="store_true", help="replace files already in the destination")
+
+    p = sub.add_parser("caption", help="BLIP / GIT captions (make_captions.py, make_captions_by_git.py)")
+    p.add_argument("train_data_dir")
+    p.add_argument("--model", required=True, help="a BLIP or GIT folder as published (e.g. .../blip-image-captioning-large)")
+    p.add_argument("--beam_search", action="store_true", help="beam search (default: nucleus sampling)")
+    p.add_argument("--greedy", action="store_true", help="greedy decoding (make_captions_by_git.py)")
+    p.add_argument("--num_beams", type=int, default=1)
+    p.add_argument("--top_p", type=float, default=0.9)
+    p.add_argument("--max_length", type=int, default=75)
+    p.add_argument("--min_length", type=int, default=5)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--remove_words", action="store_true", help="GIT: drop read-aloud text")
+    p.add_argument("--recursive", action="store_true")
+    _write_args(p, ".caption")
 
     p = sub.add_parser("look", help="problems report and contact sheet")
     p.add_argument("train_data_dir")
@@ -98,6 +147,18 @@ def run(args) -> str:
         r = resize.resize_folder(args.src_img_folder, args.dst_img_folder, args.max_resolution, args.divisible_by,
                                  args.interpolation, args.save_as_png, args.copy_associated_files, args.overwrite)
         return f"{args.dst_img_folder}: {len(r.written)} images written, {len(r.copied)} files copied"
+    if args.tool == "caption":
+        from lllite_kit.training.data_prep.captioner import REQUIRED_FILES, Captioner, CaptionOptions
+        from lllite_kit.training.data_prep.model_files import CAPTIONERS, locate
+
+        model = Path(args.model)
+        folder = locate(model.name, [str(model.parent)], REQUIRED_FILES, CAPTIONERS, "captioners")
+        decoding = "greedy" if args.greedy else "beam search" if args.beam_search else "nucleus sampling"
+        options = CaptionOptions(decoding, args.num_beams, args.top_p, args.max_length, args.min_length, args.seed,
+                                 args.batch_size, remove_words=args.remove_words)
+        files, images = _load_images(args.train_data_dir, args.recursive)
+        captions = Captioner(folder, *_device()).caption(images, options)
+        return _write_all(files, captions, args)
     report = inspect(list_images(args.train_data_dir), args.caption_extension,
                      (args.resolution, args.resolution) if args.resolution else None)
     if args.sheet:

@@ -1,0 +1,195 @@
+"""BLIP and GIT captioning from tiny random models saved in the published folder layout
+(config.json + model.safetensors + processor + BERT vocab): the captions equal a direct
+transformers generate call with the same options, batching, progress and Cancel, files
+written beside images without overwriting, and missing folders/files named with the URL."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lllite_kit.training.data_prep.captioner import Captioner, CaptionOptions, load_captioner
+from lllite_kit.training.data_prep.model_files import ModelFileMissing
+
+WORDS = "a picture of the cat dog red blue sits on with and in field sky tree house car girl boy hat small big green".split()
+
+
+def _tokenizer(folder: Path):
+    from transformers import BertTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", *WORDS]) + "\n")
+    return BertTokenizer(str(folder / "vocab.txt"), bos_token="[DEC]"), len(WORDS) + 6
+
+
+def tiny_blip(folder: Path) -> Path:
+    """BLIP with BLIP's special-token layout: [DEC] starts, [SEP] ends, [PAD] pads."""
+    from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
+
+    tokenizer, vocab = _tokenizer(folder)
+    torch.manual_seed(0)
+    small = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
+    config = BlipConfig(text_config=dict(vocab_size=vocab, bos_token_id=5, sep_token_id=3, pad_token_id=0,
+                                         max_position_embeddings=128, encoder_hidden_size=32, **small),
+                        vision_config=dict(image_size=32, patch_size=8, **small))
+    BlipForConditionalGeneration(config).save_pretrained(folder)
+    BlipProcessor(BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer).save_pretrained(folder)
+    return folder
+
+
+def tiny_git(folder: Path) -> Path:
+    from transformers import CLIPImageProcessor, GitConfig, GitForCausalLM, GitProcessor
+
+    tokenizer, vocab = _tokenizer(folder)
+    torch.manual_seed(1)
+    small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37)
+    config = GitConfig(vision_config=dict(image_size=32, patch_size=8, **small), vocab_size=vocab, max_position_embeddings=128,
+                       bos_token_id=2, eos_token_id=3, pad_token_id=0, **small)
+    GitForCausalLM(config).save_pretrained(folder)
+    GitProcessor(CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+                 tokenizer).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def captioners(comfy_dirs):
+    import folder_paths
+
+    root = Path(comfy_dirs) / "models" / "captioners"
+    folder_paths.add_model_folder_path("captioners", str(root), is_default=True)
+    if not (root / "blip-image-captioning-base" / "model.safetensors").is_file():
+        tiny_blip(root / "blip-image-captioning-base")
+        tiny_git(root / "git-base")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Generation is hundreds of tiny forwards: on a loaded 2-core machine one thread is ~10x faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _pictures(n: int) -> list[Image.Image]:
+    return [Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 30, 3), dtype=np.uint8)) for i in range(n)]
+
+
+def _direct(folder: Path, kind: str, images, batch: int, prompt: str, seed: int, **generate) -> list[str]:
+    """transformers alone: the processor, generate with the given options, decode."""
+    from transformers import AutoProcessor, BlipForConditionalGeneration, GitForCausalLM
+
+    processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+    model = {"blip": BlipForConditionalGeneration, "git": GitForCausalLM}[kind].from_pretrained(folder).eval()
+    torch.manual_seed(seed)
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            chunk = images[i:i + batch]
+            if prompt:
+                inputs = processor(images=chunk, text=[prompt] * len(chunk), return_tensors="pt")
+            else:
+                inputs = processor(images=chunk, return_tensors="pt")
+            texts = processor.batch_decode(model.generate(**inputs, **generate), skip_special_tokens=True)
+            out += [t[len(prompt.strip()):].strip() if prompt else t.strip() for t in texts]
+    return out
+
+
+def test_blip_nucleus_and_beam_equal_direct_generate(captioners):
+    folder = captioners / "blip-image-captioning-base"
+    images = _pictures(3)
+    captioner = Captioner(folder)
+    nucleus = CaptionOptions(max_length=12, min_length=3, seed=7, batch_size=2)
+    ours = captioner.caption(images, nucleus)
+    assert ours == _direct(folder, "blip", images, 2, "a picture of ", 7, max_length=12, min_length=3, do_sample=True,
+                           top_p=0.9, repetition_penalty=1.1)
+    assert len(set(ours)) > 1 and all(ours)
+    assert captioner.caption(images, nucleus) == ours  # the seed makes sampling repeatable
+    beam = CaptionOptions(decoding="beam search", num_beams=3, max_length=12, min_length=3, batch_size=3)
+    assert captioner.caption(images, beam) == _direct(folder, "blip", images, 3, "a picture of ", 42, max_length=12,
+                                                      min_length=3, num_beams=3, do_sample=False, repetition_penalty=1.0)
+
+
+def test_git_greedy_equals_direct_generate_and_cancel_stops_between_batches(captioners):
+    folder = captioners / "git-base"
+    images = _pictures(3)
+    captioner = Captioner(folder)
+    greedy = CaptionOptions(decoding="greedy", max_length=10, min_length=0, batch_size=2)
+    seen = []
+    ours = captioner.caption(images, greedy, progress=lambda done, total: seen.append((done, total)))
+    assert ours == _direct(folder, "git", images, 2, "", 42, max_length=10, min_length=0, do_sample=False, num_beams=1)
+    assert seen == [(2, 3), (3, 3)]
+
+    class Cancelled(Exception):
+        pass
+
+    calls = []
+
+    def check():
+        calls.append(1)
+        if len(calls) == 2:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        captioner.caption(images, greedy, progress=lambda d, t: seen.append(d), check_interrupt=check)
+    assert seen[-1] == 2  # the first batch ran, the second never started
+
+
+def test_missing_folder_and_file_name_the_url(captioners, tmp_path):
+    with pytest.raises(ModelFileMissing, match=r"blip-image-captioning-large.*https://huggingface.co/Salesforce/blip-image-captioning-large"):
+        load_captioner("blip-image-captioning-large", [str(captioners)])
+    partial = tmp_path / "git-large-coco"
+    partial.mkdir()
+    (partial / "config.json").write_text("{}")
+    with pytest.raises(ModelFileMissing, match=r"model.safetensors is missing in models/captioners/git-large-coco/ .*"
+                                               r"https://huggingface.co/microsoft/git-large-coco"):
+        load_captioner("git-large-coco", [str(tmp_path)])
+
+
+def test_caption_node_writes_beside_images_and_keeps_existing(graph, captioners, comfy_dirs):
+    folder = Path(comfy_dirs) / "input" / "captions_set"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(_pictures(3)):
+        image.save(folder / f"p{i}.png")
+    (folder / "p1.caption").write_text("mine\n")
+    inputs = dict(model="blip-image-captioning-base", image_dir="captions_set", decoding="beam search", num_beams=2,
+                  top_p=0.9, max_length=10, min_length=2, seed=42, batch_size=2, blip_prompt="a picture of ",
+                  git_remove_words=False, write_files=True, caption_extension=".caption", if_exists="skip")
+    import comfy.utils
+
+    steps = []
+    previous = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: steps.append((value, total)))
+    try:
+        graph.run({"1": {"class_type": "LLLiteKit_CaptionImages", "inputs": inputs}})
+    finally:
+        comfy.utils.set_progress_bar_global_hook(previous)
+    captions = graph.node_outputs("1")[0]
+    expected = Captioner(captioners / "blip-image-captioning-base").caption(
+        _pictures(3), CaptionOptions(decoding="beam search", num_beams=2, max_length=10, min_length=2, batch_size=2))
+    assert captions == expected
+    assert (folder / "p0.caption").read_text() == expected[0] + "\n"
+    assert (folder / "p1.caption").read_text() == "mine\n"  # an existing caption is kept
+    assert steps[-1] == (3, 3)  # ComfyUI's progress bar reached the end
+
+
+def test_command_line_caption(captioners, tmp_path, capsys):
+    import sys
+
+    from conftest import REPO
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    import prepare_dataset as cli
+
+    for i, image in enumerate(_pictures(2)):
+        image.save(tmp_path / f"q{i}.png")
+    argv = ["caption", str(tmp_path), "--model", str(captioners / "git-base"), "--greedy", "--max_length", "8",
+            "--min_length", "0", "--batch_size", "2", "--caption_extension", ".txt"]
+    assert cli.main(argv) == 0
+    expected = Captioner(captioners / "git-base").caption(
+        _pictures(2), CaptionOptions(decoding="greedy", max_length=8, min_length=0, batch_size=2))
+    assert (tmp_path / "q1.txt").read_text() == expected[1] + "\n"
+    assert cli.main([*argv[:3], str(tmp_path / "nope" / "git-large")]) == 1
+    assert "https://huggingface.co/microsoft/git-large" in capsys.readouterr().err
