@@ -24,26 +24,23 @@ STICK_WIDTH = 4
 EPS = 0.01  # points at (or left/above of) the origin are "not detected" for hands and faces
 
 
-def draw_bodies(canvas: np.ndarray, bodies: list[list[Point]]) -> None:
-    """Every limb of every body, limb by limb, then every joint, joint by joint (the
-    reference's order, which decides what covers what where people overlap)."""
+def draw_body(canvas: np.ndarray, body: list[Point]) -> None:
+    """Limbs first, then joints on top."""
     h, w = canvas.shape[:2]
     for (a, b), colour in zip(LIMBS, COLOURS):
-        for body in bodies:
-            p, q = body[a - 1], body[b - 1]
-            if p is None or q is None:
-                continue
-            xs = np.array([p[0], q[0]]) * float(w)
-            ys = np.array([p[1], q[1]]) * float(h)
-            length = ((ys[0] - ys[1]) ** 2 + (xs[0] - xs[1]) ** 2) ** 0.5
-            angle = math.degrees(math.atan2(ys[0] - ys[1], xs[0] - xs[1]))
-            polygon = cv2.ellipse2Poly((int(np.mean(xs)), int(np.mean(ys))), (int(length / 2), STICK_WIDTH),
-                                       int(angle), 0, 360, 1)
-            cv2.fillConvexPoly(canvas, polygon, [int(float(c) * 0.6) for c in colour])
-    for i, colour in enumerate(COLOURS):
-        for body in bodies:
-            if body[i] is not None:
-                cv2.circle(canvas, (int(body[i][0] * w), int(body[i][1] * h)), 4, colour, thickness=-1)
+        p, q = body[a - 1], body[b - 1]
+        if p is None or q is None:
+            continue
+        xs = np.array([p[0], q[0]]) * float(w)
+        ys = np.array([p[1], q[1]]) * float(h)
+        length = ((ys[0] - ys[1]) ** 2 + (xs[0] - xs[1]) ** 2) ** 0.5
+        angle = math.degrees(math.atan2(ys[0] - ys[1], xs[0] - xs[1]))
+        polygon = cv2.ellipse2Poly((int(np.mean(xs)), int(np.mean(ys))), (int(length / 2), STICK_WIDTH),
+                                   int(angle), 0, 360, 1)
+        cv2.fillConvexPoly(canvas, polygon, [int(float(c) * 0.6) for c in colour])
+    for point, colour in zip(body, COLOURS):
+        if point is not None:
+            cv2.circle(canvas, (int(point[0] * w), int(point[1] * h)), 4, colour, thickness=-1)
 
 
 def draw_hand(canvas: np.ndarray, hand: list[Point] | None) -> None:
@@ -72,19 +69,16 @@ def draw_face(canvas: np.ndarray, face: list[Point] | None) -> None:
 
 
 def draw_people(people: list[Person], height: int, width: int, body: bool = True, hands: bool = True,
-                face: bool = True, person_by_person: bool = True) -> np.ndarray:
-    """RGB uint8 (height, width, 3) canvas. OpenPose draws each person whole in turn;
-    DWPose (person_by_person=False) draws every body, then every left hand, every right
-    hand, then every face."""
+                face: bool = True) -> np.ndarray:
+    """RGB uint8 (height, width, 3) canvas, each person drawn whole in turn (body, left
+    hand, right hand, face), as comfyui_controlnet_aux draws OpenPose and DWPose."""
     canvas = np.zeros((height, width, 3), dtype=np.uint8)
-    groups = [[p] for p in people] if person_by_person else [people]
-    for group in groups:
+    for person in people:
         if body:
-            draw_bodies(canvas, [p.body for p in group])
+            draw_body(canvas, person.body)
         if hands:
-            for hand in [p.left_hand for p in group] + [p.right_hand for p in group]:
-                draw_hand(canvas, hand)
+            draw_hand(canvas, person.left_hand)
+            draw_hand(canvas, person.right_hand)
         if face:
-            for p in group:
-                draw_face(canvas, p.face)
+            draw_face(canvas, person.face)
     return canvas

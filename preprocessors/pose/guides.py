@@ -22,10 +22,11 @@ def to_detection_uint8(images: torch.Tensor, detect_resolution: int) -> np.ndarr
 
 
 def pose_guides(detect: Callable[[np.ndarray], list[list[Person]]], images: torch.Tensor, detect_resolution: int,
-                body: bool, hands: bool, face: bool, person_by_person: bool,
+                body: bool, hands: bool, face: bool, pixels: bool = False,
                 before_chunk: Callable[[int], None] = lambda done: None,
                 chunk: int = 4) -> tuple[torch.Tensor, list[dict]]:
-    """(B, C, H, W) -> drawn guides (B, 3, H, W) 0..1 and one OpenPose JSON dict per image.
+    """(B, C, H, W) -> drawn guides (B, 3, H, W) 0..1 and one OpenPose JSON dict per image
+    (coordinates as fractions, or pixels of the input with `pixels`).
     `before_chunk(images done)` runs before each chunk (progress, interruption)."""
     height, width = images.shape[-2:]
     maps, poses = [], []
@@ -33,8 +34,8 @@ def pose_guides(detect: Callable[[np.ndarray], list[list[Person]]], images: torc
         before_chunk(start)
         small = to_detection_uint8(images[start:start + chunk], detect_resolution)
         for found in detect(small):
-            canvas = draw_people(found, small.shape[1], small.shape[2], body, hands, face, person_by_person)
+            canvas = draw_people(found, small.shape[1], small.shape[2], body, hands, face)
             maps.append(cv2.resize(canvas, (width, height), interpolation=cv2.INTER_LINEAR))
-            poses.append(pose_json(found, height, width))
+            poses.append(pose_json(found, height, width, pixels))
     before_chunk(images.shape[0])
     return torch.from_numpy(np.stack(maps)).permute(0, 3, 1, 2).float() / 255.0, poses

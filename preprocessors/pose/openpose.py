@@ -143,4 +143,4 @@ def openpose(patchers: list, images: torch.Tensor, detect_resolution: int = 512,
     body_net, hand_net, face_net = (by_patcher.get(id(p)) if p is not None else None for p in patchers)
     nets = OpenPoseNets(body_net, hand_net if hands else None, face_net if face else None, device)
     return pose_guides(lambda small: detect_people(nets, small, hands, face), images, detect_resolution,
-                       body, hands, face, person_by_person=True, before_chunk=progress(images.shape[0]))
+                       body, hands, face, before_chunk=progress(images.shape[0]))
