@@ -16,7 +16,8 @@ from ..training.data_prep.captioner import DECODING, CaptionOptions, load_captio
 from ..training.data_prep.files import beside, list_images, read_beside, write_beside
 from ..training.data_prep.look import contact_sheet, inspect
 from ..training.data_prep.metadata import merge_metadata
-from ..training.data_prep.model_files import CAPTIONERS, ModelFileMissing, folder_choices
+from ..training.data_prep.model_files import CAPTIONERS, TAGGERS, ModelFileMissing, folder_choices, locate
+from ..training.data_prep.tagger import TagOptions, load_tagger
 from .model_folders import register_model_folders
 from .training_form import resolve_path
 
@@ -313,4 +314,73 @@ class CaptionImages(io.ComfyNode):
             f"{n}: {c}" for n, c in list(zip(names, captions))[:50])))
 
 
-NODES = [EditCaptions, MergeMetadata, ResizeImages, LookAtDataset, CaptionImages]
+class TagImages(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LLLiteKit_TagImages", display_name="Tag Images, WD14 (LLLite Kit)", category=CATEGORY,
+            description="Danbooru tags from a WD14 tagger folder in models/taggers (SmilingWolf's v3: model.safetensors + "
+                        "config.json + selected_tags.csv, run with timm; v2 model.onnx needs onnxruntime), with "
+                        "sd-scripts' tag_images_by_wd14_tagger.py options, batched, and a tag frequency table and chart.",
+            inputs=[io.Combo.Input("model", options=folder_choices(TAGGERS, _model_dirs("taggers")),
+                                   tooltip="Folder in models/taggers named as its repository (SmilingWolf/wd-vit-tagger-v3 "
+                                           "-> wd-vit-tagger-v3)."),
+                    io.String.Input("image_dir", default="training/my_dataset", optional=True,
+                                    tooltip="Folder of images (relative: ComfyUI's input folder); unused when images is linked."),
+                    io.Image.Input("images", optional=True, tooltip="Images to tag instead of a folder (nothing is written)."),
+                    io.Float.Input("general_threshold", default=0.35, min=0.0, max=1.0, step=0.01),
+                    io.Float.Input("character_threshold", default=0.35, min=0.0, max=1.01, step=0.01,
+                                   tooltip="Above 1: no character tags."),
+                    io.Combo.Input("rating_tag", options=["none", "first", "last"], default="none",
+                                   tooltip="The most likely rating (general, sensitive, questionable, explicit) as a tag."),
+                    io.Boolean.Input("character_tags_first", default=False),
+                    io.Boolean.Input("character_tag_expand", default=False,
+                                     tooltip="'name_(series)' becomes 'name, series'."),
+                    io.Boolean.Input("remove_underscore", default=True,
+                                     tooltip="long_hair -> long hair (tags of 3 characters or less, e.g. ^_^, are kept)."),
+                    io.String.Input("undesired_tags", default="", tooltip="Comma-separated tags never written."),
+                    io.String.Input("always_first_tags", default="",
+                                    tooltip="Comma-separated tags put first when found (the last one listed ends up first, as sd-scripts)."),
+                    io.String.Input("caption_separator", default=", ", advanced=True),
+                    io.Int.Input("batch_size", default=8, min=1, max=256),
+                    *_write_inputs(".txt")],
+            outputs=[io.String.Output(display_name="tags", is_output_list=True),
+                     io.String.Output(display_name="frequency"),
+                     io.Image.Output(display_name="frequency_chart")],
+            is_output_node=True)
+
+    @classmethod
+    def validate_inputs(cls, model=None) -> bool | str:
+        from ..training.data_prep.tagger import REQUIRED_FILES
+
+        if model is None:
+            return True
+        try:
+            locate(model, _model_dirs("taggers"), REQUIRED_FILES, TAGGERS, "taggers")
+        except ModelFileMissing as e:
+            return str(e)
+        return True
+
+    @classmethod
+    def execute(cls, model, general_threshold, character_threshold, rating_tag, character_tags_first,
+                character_tag_expand, remove_underscore, undesired_tags, always_first_tags, caption_separator, batch_size,
+                write_files, caption_extension, if_exists, image_dir=None, images=None) -> io.NodeOutput:
+        from ..training.lora.tools.chart import bar_chart
+
+        if write_files:
+            beside(Path("x"), caption_extension)
+        tagger = load_tagger(model, _model_dirs("taggers"), *_device_dtype())
+        pictures, files = _images(image_dir, images)
+        options = TagOptions(general_threshold, character_threshold, rating_tag == "first", rating_tag == "last",
+                             character_tags_first, character_tag_expand, remove_underscore, undesired_tags,
+                             always_first_tags, caption_separator, batch_size)
+        result = tagger.tag(pictures, options, *_progress_hooks(len(pictures)))
+        texts = [caption_separator.join(t) for t in result.tags]
+        written = _write_results(files, texts, write_files, caption_extension, if_exists)
+        table = result.frequency_table()
+        frequency = "\n".join(f"{tag}: {n}" for tag, n in table)
+        chart = bar_chart(dict(table[:30]) or {"(no tags)": 0.0}, f"tag frequency ({len(pictures)} images)")
+        return io.NodeOutput(texts, frequency, chart, ui=ui.PreviewText(f"{written}\n\n{frequency}"))
+
+
+NODES = [EditCaptions, MergeMetadata, ResizeImages, LookAtDataset, CaptionImages, TagImages]

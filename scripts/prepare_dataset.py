@@ -5,6 +5,7 @@
     python scripts/prepare_dataset.py edit DIR --caption_extension .txt [--clean tags] [--find A --replace B] [--prefix sks] [--write]
     python scripts/prepare_dataset.py resize SRC DST --max_resolution 512x512,384x384 [--divisible_by 8] [--interpolation area] [--save_as_png] [--copy_associated_files]
     python scripts/prepare_dataset.py caption DIR --model models/captioners/blip-image-captioning-large [--beam_search --num_beams 3] [--batch_size 8] [--caption_extension .caption]
+    python scripts/prepare_dataset.py tag DIR --model models/taggers/wd-vit-tagger-v3 [--thresh 0.35] [--character_threshold 0.7] [--use_rating_tags] [--remove_underscore] [--frequency_tags]
     python scripts/prepare_dataset.py look DIR [--caption_extension .txt] [--resolution 1024] [--sheet sheet.png]
 
 Exit status: 0 done, 1 bad input (the message names it).
@@ -104,6 +105,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--recursive", action="store_true")
     _write_args(p, ".caption")
 
+    p = sub.add_parser("tag", help="WD14 tags (tag_images_by_wd14_tagger.py)")
+    p.add_argument("train_data_dir")
+    p.add_argument("--model", required=True, help="a tagger folder as published (e.g. .../wd-vit-tagger-v3)")
+    p.add_argument("--thresh", type=float, default=0.35)
+    p.add_argument("--general_threshold", type=float, help="default: --thresh")
+    p.add_argument("--character_threshold", type=float, help="default: --thresh; above 1: none")
+    p.add_argument("--use_rating_tags", action="store_true")
+    p.add_argument("--use_rating_tags_as_last_tag", action="store_true")
+    p.add_argument("--character_tags_first", action="store_true")
+    p.add_argument("--character_tag_expand", action="store_true")
+    p.add_argument("--remove_underscore", action="store_true")
+    p.add_argument("--undesired_tags", default="")
+    p.add_argument("--always_first_tags", default="")
+    p.add_argument("--caption_separator", default=", ")
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--frequency_tags", action="store_true", help="print the tag frequency table")
+    p.add_argument("--recursive", action="store_true")
+    _write_args(p, ".txt")
+    p.add_argument("--append_tags", action="store_true", help="same as --if_exists append")
+
     p = sub.add_parser("look", help="problems report and contact sheet")
     p.add_argument("train_data_dir")
     p.add_argument("--caption_extension", default=".txt")
@@ -159,6 +180,25 @@ def run(args) -> str:
         files, images = _load_images(args.train_data_dir, args.recursive)
         captions = Captioner(folder, *_device()).caption(images, options)
         return _write_all(files, captions, args)
+    if args.tool == "tag":
+        from lllite_kit.training.data_prep.model_files import TAGGERS, locate
+        from lllite_kit.training.data_prep.tagger import REQUIRED_FILES, Tagger, TagOptions
+
+        model = Path(args.model)
+        folder = locate(model.name, [str(model.parent)], REQUIRED_FILES, TAGGERS, "taggers")
+        general = args.thresh if args.general_threshold is None else args.general_threshold
+        character = args.thresh if args.character_threshold is None else args.character_threshold
+        options = TagOptions(general, character, args.use_rating_tags, args.use_rating_tags_as_last_tag,
+                             args.character_tags_first, args.character_tag_expand, args.remove_underscore,
+                             args.undesired_tags, args.always_first_tags, args.caption_separator, args.batch_size)
+        if args.append_tags:
+            args.if_exists = "append"
+        files, images = _load_images(args.train_data_dir, args.recursive)
+        result = Tagger(folder, *_device()).tag(images, options)
+        out = _write_all(files, [args.caption_separator.join(t) for t in result.tags], args)
+        if args.frequency_tags:
+            out += "\nTag frequencies:\n" + "\n".join(f"{t}: {n}" for t, n in result.frequency_table())
+        return out
     report = inspect(list_images(args.train_data_dir), args.caption_extension,
                      (args.resolution, args.resolution) if args.resolution else None)
     if args.sheet:
