@@ -93,3 +93,19 @@ def build_anima_clip(seed: int = 0) -> comfy.sd.CLIP:
     clip = comfy.sd.CLIP(target, model_options={"dtype": torch.float32})
     fill_seeded(clip.cond_stage_model, seed + 1)
     return clip
+
+
+def build_anima_vae(seed: int = 0) -> comfy.sd.VAE:
+    """A Wan 2.1 / Qwen-Image layout VAE (16 latent channels, 8x, 5-D latents) at width 8:
+    comfy.sd.VAE detects the layout from the keys, as VAELoader does."""
+    import comfy.ldm.wan.vae
+
+    net = comfy.ldm.wan.vae.WanVAE(dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                                   temperal_downsample=[False, True, True], dropout=0.0)
+    fill_seeded(net, seed + 2)
+    return comfy.sd.VAE(sd=net.state_dict())
+
+
+def build_anima_checkpoint(seed: int = 0):
+    """(MODEL, CLIP, VAE) as UNETLoader / CLIPLoader / VAELoader give them for Anima."""
+    return build_anima(seed), build_anima_clip(seed), build_anima_vae(seed)
