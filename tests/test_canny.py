@@ -1,10 +1,12 @@
-"""Canny: known answers on synthetic images, batching, agreement with OpenCV."""
+"""Canny: known answers on synthetic images, batching, and the same map as cv2.Canny on the
+uint8 RGB picture (the call A1111 and controlnet_aux make) from both paths: OpenCV on CPU,
+the torch implementation elsewhere (run here on CPU to compare)."""
 import cv2
 import numpy as np
 import pytest
 import torch
 
-from lllite_kit.preprocessors.canny import canny
+from lllite_kit.preprocessors.canny import canny, canny_torch, to_uint8_rgb
 
 
 def _rectangle(h=64, w=80, top=16, left=20, bottom=48, right=60):
@@ -39,10 +41,10 @@ def test_matches_opencv_on_a_natural_like_image():
     base = cv2.GaussianBlur(rng.uniform(0, 255, (96, 128)).astype(np.float32), (0, 0), 3)
     gray = np.clip((base - base.min()) / (base.max() - base.min()) * 255, 0, 255).astype(np.uint8)
     ref = cv2.Canny(gray, 50, 100) > 0
-    ours = canny(torch.from_numpy(gray).float().div(255).view(1, 1, 96, 128), 50, 100)[0, 0].bool().numpy()
-    inner = (slice(2, -2), slice(2, -2))
-    agree = (ref[inner] == ours[inner]).mean()
-    assert agree > 0.97, agree
+    x = torch.from_numpy(gray).float().div(255).view(1, 1, 96, 128)
+    assert ref.sum() > 300
+    assert np.array_equal(canny(x, 50, 100)[0, 0].bool().numpy(), ref)
+    assert np.array_equal(canny_torch(to_uint8_rgb(x), 50, 100, False)[0, 0].bool().numpy(), ref)
 
 
 def test_batch_is_processed_per_image():
@@ -80,5 +82,40 @@ def test_a_long_winding_edge_is_kept_from_one_strong_end():
         cv2.line(img, (195 if (r // 8) % 2 == 0 else 4, r), (195 if (r // 8) % 2 == 0 else 4, r + 8), 40, 1)
     cv2.line(img, (4, 4), (20, 4), 255, 1)  # one strong stretch at the start
     ref = cv2.Canny(img, 100, 200) > 0
-    ours = canny(torch.from_numpy(img).float().div(255).view(1, 1, 64, 200), 100, 200)[0, 0].bool().numpy()
-    assert ref.sum() > 1500 and (ours == ref).mean() > 0.995
+    x = torch.from_numpy(img).float().div(255).view(1, 1, 64, 200)
+    ours = canny_torch(to_uint8_rgb(x), 100, 200, False)[0, 0].bool().numpy()
+    assert ref.sum() > 1500 and np.array_equal(ours, ref)
+
+
+def _colour_pictures(n=3, h=67, w=91):
+    rng = np.random.default_rng(7)
+    out = []
+    for i in range(n):
+        base = cv2.GaussianBlur(rng.uniform(0, 255, (h, w, 3)).astype(np.float32), (0, 0), 1.0 + i)
+        out.append(np.clip((base - base.min()) / (base.max() - base.min()) * 255, 0, 255).astype(np.uint8))
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("l2", [False, True], ids=["L1", "L2"])
+@pytest.mark.parametrize("low,high", [(100, 200), (30, 60), (90, 40)])
+def test_both_paths_equal_opencv_on_colour_pictures(low, high, l2):
+    """Colour matters: OpenCV takes, per pixel, the channel with the largest gradient."""
+    pictures = _colour_pictures()
+    expected = np.stack([cv2.Canny(p, low, high, L2gradient=l2) > 0 for p in pictures])
+    x = torch.from_numpy(pictures).permute(0, 3, 1, 2).float() / 255.0
+    assert expected.sum() > 500
+    assert np.array_equal(canny(x, low, high, l2)[:, 0].bool().numpy(), expected)
+    assert np.array_equal(canny_torch(to_uint8_rgb(x), low, high, l2)[:, 0].bool().numpy(), expected)
+    grey = np.stack([cv2.Canny(cv2.cvtColor(p, cv2.COLOR_RGB2GRAY), low, high, L2gradient=l2) > 0 for p in pictures])
+    assert not np.array_equal(grey, expected)  # the pictures tell colour Canny from grey Canny
+
+
+def test_pictures_read_from_8_bit_files_are_not_shifted_by_a_level():
+    level = torch.full((1, 3, 8, 8), 0.0)
+    level[..., 4:] = 201 / 255
+    assert torch.equal(to_uint8_rgb(level)[0, 0, 0], torch.tensor([0, 0, 0, 0, 201, 201, 201, 201], dtype=torch.uint8))
+
+
+def test_negative_thresholds_are_refused():
+    with pytest.raises(ValueError, match=">= 0"):
+        canny(_rectangle(), -1, 10)
