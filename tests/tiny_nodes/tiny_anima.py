@@ -54,16 +54,18 @@ class TinyAnima(comfy.supported_models.Anima):
         return TinyAnimaModel(self, device=device)
 
 
-def build_anima(seed: int = 0, dtype: torch.dtype = torch.float32, **_ignored) -> comfy.model_patcher.ModelPatcher:
-    """A MODEL (ModelPatcher) of the tiny Anima; kwargs as tiny_models.build_model."""
-    model_config = TinyAnima(dict(ANIMA_DIT, dtype=dtype))
+def build_anima(seed: int = 0, dtype: torch.dtype = torch.float32, dit_config: dict | None = None,
+                **_ignored) -> comfy.model_patcher.ModelPatcher:
+    """A MODEL (ModelPatcher) of the tiny Anima (or of `dit_config`, e.g. the full size for
+    benchmarks); kwargs as tiny_models.build_model."""
+    model_config = TinyAnima(dict(dit_config or ANIMA_DIT, dtype=dtype))
     model_config.set_inference_dtype(dtype, None)
     model = model_config.get_model({})
     fill_seeded(model.diffusion_model, seed)
     model.diffusion_model.to(dtype)
     device = comfy.model_management.get_torch_device()
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))
-    patcher.cached_patcher_init = (build_anima, (seed, dtype))
+    patcher.cached_patcher_init = (build_anima, (seed, dtype, dit_config))
     return patcher
 
 
