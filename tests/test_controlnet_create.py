@@ -10,7 +10,6 @@ import nodes
 from controlnet_testing import build_model, perturb
 from lllite_kit.training.controlnet.adapter import ControlNetAdapter
 from lllite_kit.training.controlnet.network import controlnet_from_unet
-from lllite_kit.training.controlnet.weights import read_controlnet
 from lllite_testing import conditioning, sample
 
 

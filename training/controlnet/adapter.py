@@ -16,7 +16,7 @@ import torch
 from ...lllite.guide import fit_guide
 from ..comfy_bridge.model import set_gradient_checkpointing
 from ..data.batch import Batch
-from .network import controlnet_from_unet, control_outputs, new_controlnet
+from .network import ControlNetError, controlnet_from_unet, control_outputs, new_controlnet
 from .weights import DECODER_PREFIXES, read_controlnet, save_controlnet, save_unet
 
 LATENT_SCALE = 8
@@ -39,7 +39,7 @@ class ControlNetAdapter:
         strength: multiplies every control output while training (lllyasviel's control_scales).
         guide_dropout: probability of a black guide per sample (trains the no-guide case)."""
         if not 0.0 <= guide_dropout <= 1.0:
-            raise ValueError(f"guide_dropout must be in [0, 1], got {guide_dropout}")
+            raise ControlNetError(f"guide_dropout must be in [0, 1], got {guide_dropout}")
         self.unet_config, self.family = unet_config, family
         self.control_weights = control_weights
         self.sd_locked, self.only_mid_control = sd_locked, only_mid_control
@@ -137,10 +137,10 @@ class ControlNetAdapter:
 
     def set_batch(self, batch: Batch) -> None:
         if batch.guides is None:
-            raise ValueError("ControlNet training needs guide images in every batch (conditioning_data_dir, Fill50K source/, "
+            raise ControlNetError("ControlNet training needs guide images in every batch (conditioning_data_dir, Fill50K source/, "
                              "or in-graph guide images)")
         if batch.guides.shape[0] != batch.latents.shape[0]:
-            raise ValueError(f"the batch has {batch.latents.shape[0]} latents but {batch.guides.shape[0]} guide images")
+            raise ControlNetError(f"the batch has {batch.latents.shape[0]} latents but {batch.guides.shape[0]} guide images")
         self._guides = batch.guides
 
     @contextmanager
@@ -170,7 +170,7 @@ class ControlNetAdapter:
         decoder = {k[len("unet."):]: v for k, v in sd.items() if k.startswith("unet.")}
         self._load({k: v for k, v in sd.items() if not k.startswith("unet.")}, "the training state")
         if set(decoder) != set(self._decoder):
-            raise ValueError("the training state's U-Net decoder does not match sd_locked: resume with the same sd_locked")
+            raise ControlNetError("the training state's U-Net decoder does not match sd_locked: resume with the same sd_locked")
         with torch.no_grad():
             for k, p in self._decoder.items():
                 p.copy_(decoder[k])
@@ -180,14 +180,15 @@ class ControlNetAdapter:
         missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
         wrong = sorted(k for k in set(own) & set(sd) if tuple(own[k].shape) != tuple(sd[k].shape))
         if missing or unexpected or wrong:
-            raise ValueError(f"{source} does not fit a ControlNet of this {self.family} model: missing {missing[:3]}, "
+            raise ControlNetError(f"{source} does not fit a ControlNet of this {self.family} model: missing {missing[:3]}, "
                              f"unexpected {unexpected[:3]}, other shapes {wrong[:3]}")
         with torch.no_grad():
             for k, v in own.items():
                 v.copy_(sd[k])
 
     def metadata(self) -> dict[str, str]:
-        return {"ss_network_module": "controlnet", "ss_sd_locked": str(self.sd_locked),
+        architecture = "stable-diffusion-xl-v1-base" if self.family == "sdxl" else "stable-diffusion-v1"
+        return {"ss_network_module": "controlnet", "modelspec.architecture": f"{architecture}/controlnet", "ss_sd_locked": str(self.sd_locked),
                 "ss_only_mid_control": str(self.only_mid_control), "ss_control_strength": str(self.strength),
                 "ss_guide_dropout": str(self.guide_dropout), "ss_base_model_family": self.family}
 

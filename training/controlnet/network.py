@@ -9,9 +9,16 @@ import comfy.model_detection
 import comfy.ops
 import torch
 
+from ...errors import user_error
+
 HINT_CHANNELS = 3
 FILE_PREFIX = "control_model."  # lllyasviel's layout: core (pth branch), A1111 and Advanced-ControlNet read it
 ZERO_PREFIXES = ("zero_convs.", "middle_block_out.")
+
+
+@user_error
+class ControlNetError(ValueError):
+    """A ControlNet or base model that does not fit what was asked; the message says why."""
 
 
 def controlnet_config(unet_config: dict) -> dict:
@@ -45,12 +52,12 @@ def controlnet_from_unet(diffusion_model: torch.nn.Module, unet_config: dict) ->
     for key, p in control.state_dict().items():
         if key in unet:
             if tuple(unet[key].shape) != tuple(p.shape):
-                raise ValueError(f"the U-Net's {key} has shape {tuple(unet[key].shape)}, the ControlNet's {tuple(p.shape)}")
+                raise ControlNetError(f"the U-Net's {key} has shape {tuple(unet[key].shape)}, the ControlNet's {tuple(p.shape)}")
             p.copy_(unet[key].to(p.dtype))
         elif key.startswith(ZERO_PREFIXES) or key.startswith(zero_last + "."):
             p.zero_()
         elif not key.startswith("input_hint_block."):
-            raise ValueError(f"ControlNet tensor {key} has no counterpart in the U-Net")
+            raise ControlNetError(f"ControlNet tensor {key} has no counterpart in the U-Net")
     check_core_reads_alike(control, unet_config)
     return control
 
@@ -70,7 +77,7 @@ def check_core_reads_alike(control: torch.nn.Module, unet_config: dict) -> None:
     ours = {k: unet_config.get(k, -1) for k in ("num_heads", "num_head_channels")}
     theirs = {k: detected.get(k, -1) for k in ours}
     if _heads(unet_config, ours) != _heads(unet_config, theirs):
-        raise ValueError(f"ComfyUI's ControlNet loader would read a ControlNet of this model with attention heads {theirs}, "
+        raise ControlNetError(f"ComfyUI's ControlNet loader would read a ControlNet of this model with attention heads {theirs}, "
                          f"the model has {ours}: the saved file would compute something else. Use a standard SD1.5/SDXL model.")
 
 

@@ -7,13 +7,18 @@ import safetensors.torch
 import torch
 
 from ...files.atomic import write_atomic
-from .network import FILE_PREFIX
+from .network import FILE_PREFIX, ControlNetError
 
 DECODER_PREFIXES = ("output_blocks.", "out.")  # what sd_locked=False trains
 
 
 def save_controlnet(path: str, control: torch.nn.Module, dtype: torch.dtype, metadata: dict[str, str]) -> None:
-    tensors = {FILE_PREFIX + k: v.detach().to("cpu", dtype).contiguous() for k, v in control.state_dict().items()}
+    save_tensors(path, control.state_dict(), dtype, metadata)
+
+
+def save_tensors(path: str, sd: dict[str, torch.Tensor], dtype: torch.dtype, metadata: dict[str, str]) -> None:
+    """cldm-named tensors -> a ControlNet file (prefixed), written atomically."""
+    tensors = {FILE_PREFIX + k: v.detach().to("cpu", dtype).contiguous() for k, v in sd.items()}
     write_atomic(path, lambda tmp: safetensors.torch.save_file(tensors, str(tmp), metadata=metadata), "ControlNet")
 
 
@@ -26,7 +31,7 @@ def read_controlnet(path: str) -> dict[str, torch.Tensor]:
         return sd
     if "controlnet_cond_embedding.conv_in.weight" in sd:
         return _from_diffusers(sd)
-    raise ValueError(f"{path} is not a ControlNet file (no control_model.*, zero_convs.* or diffusers controlnet keys)")
+    raise ControlNetError(f"{path} is not a ControlNet file (no control_model.*, zero_convs.* or diffusers controlnet keys)")
 
 
 def _from_diffusers(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

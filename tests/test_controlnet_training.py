@@ -1,0 +1,117 @@
+"""ControlNet training on the one engine (tiny SD1.5, the Fill50K-like synthetic task of the
+LLLite tests): the control gap is exactly 0 at the start (zero convolutions) and grows, the
+saved file is what core loads, a resumed run ends where the uninterrupted one does, and
+sd_locked=False trains and saves the decoder while the graph's model keeps its weights."""
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+import comfy.controlnet
+from controlnet_testing import build_model
+from lllite_kit.training.comfy_bridge import TextConditioner, trainable_model
+from lllite_kit.training.config import TrainConfig
+from lllite_kit.training.control_gap import ControlGap
+from lllite_kit.training.controlnet.adapter import ControlNetAdapter, unet_file_for
+from lllite_kit.training.controlnet.weights import read_controlnet
+from lllite_kit.training.data import DatasetConfig, DatasetError, SubsetConfig, TrainingData, items_from_tensors
+from lllite_kit.training.data.fill50k import subset_from_fill50k
+from lllite_kit.training.engine import TrainHooks, TrainingEngine
+from lllite_kit.training.lora import training_metadata
+from lllite_kit.training.session import data_facts
+from lllite_kit.training.state import state_path_for
+from test_lllite_training import fill_task, pooled_latents
+
+STEPS = 6
+
+
+def _run(tiny, out, steps=STEPS, holdout=2, **kw):
+    cfg_keys = {k: kw.pop(k) for k in ("resume", "save_every_n_steps", "save_last_n_steps") if k in kw}
+    images, guides = fill_task(8)
+    dataset = DatasetConfig(subsets=[SubsetConfig(items=items_from_tensors(images, "a filled circle", guides))],
+                            resolution=(64, 64), batch_size=2)
+    data = TrainingData([dataset], encode_latents=pooled_latents, vae_id="avg-pool-8", seed=0, size_multiple=64,
+                        require_guides=True, holdout=holdout)
+    model, clip = build_model("sd15", seed=0), tiny.build_clip("sd15", seed=0)
+    cfg = TrainConfig(**{"max_train_steps": steps, "learning_rate": 2e-3, "seed": 0, "v_parameterization": True,
+                         "min_timestep": 500, "validate_every_n_steps": steps, "save_precision": "float",
+                         "output_name": "fill_cn", **cfg_keys})
+    with torch.inference_mode(False):
+        text = TextConditioner(clip, "sd15")
+        text.precompute(data.fixed_captions())
+        with trainable_model(model, v_parameterization=True) as tm:
+            adapter = ControlNetAdapter(model.model.model_config.unet_config, "sd15", **kw)
+            hooks = TrainHooks()
+            engine = TrainingEngine(cfg, tm, text, adapter, data, out, training_metadata,
+                                    {**data_facts(data)[0], "sd_model_name": "tiny"}, hooks=hooks)
+            if holdout:
+                hooks.evaluate = ControlGap(tm, text, adapter, data.holdout_batches(), (cfg.min_timestep, cfg.max_timestep))
+            result = engine.run()
+    return result, adapter, model
+
+
+@pytest.fixture(scope="module")
+def trained(tiny, tmp_path_factory):
+    return _run(tiny, tmp_path_factory.mktemp("cn_train"))
+
+
+def test_control_gap_is_exactly_zero_at_start_and_positive_after_training(trained):
+    result, adapter, _ = trained
+    (s0, start), (s1, end) = result.evaluations
+    assert (s0, s1) == (0, STEPS)
+    assert start["control_gap"] == 0.0  # zero convolutions: the guide changes nothing yet
+    assert end["heldout_correct"] < start["heldout_correct"]
+    assert end["control_gap"] > 1e-4 * end["heldout_correct"], end
+    assert adapter.control.zero_convs[0][0].weight.abs().max() > 0  # the zero convolutions learned
+
+
+def test_saved_file_is_lllyasviels_layout_and_loads_in_core(trained):
+    result, adapter, _ = trained
+    sd = read_controlnet(str(result.final_path))
+    assert set(sd) == set(adapter.control.state_dict())
+    control = comfy.controlnet.load_controlnet(str(result.final_path))
+    loaded = control.control_model.state_dict()
+    assert all(torch.equal(loaded[k].float(), v.float().cpu()) for k, v in adapter.control.state_dict().items())
+
+
+def test_resume_ends_where_the_uninterrupted_run_ends(tiny, tmp_path):
+    full, _, _ = _run(tiny, tmp_path / "full", steps=2, holdout=0, save_every_n_steps=1, save_last_n_steps=5)
+    state = state_path_for(tmp_path / "full" / "fill_cn-step00000001.safetensors")
+    assert state.is_file()
+    resumed, _, _ = _run(tiny, tmp_path / "resumed", steps=2, holdout=0, resume=str(state))
+    a, b = read_controlnet(str(full.final_path)), read_controlnet(str(resumed.final_path))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sd_unlocked_trains_and_saves_the_decoder_and_gives_the_model_back(tiny, tmp_path):
+    result, adapter, model = _run(tiny, tmp_path, steps=1, holdout=0, sd_locked=False)
+    original = build_model("sd15", seed=0).model.diffusion_model.state_dict()
+    assert all(torch.equal(v, original[k]) for k, v in model.model.diffusion_model.state_dict().items())  # restored
+    import safetensors.torch
+    unet = safetensors.torch.load_file(str(unet_file_for(result.final_path)))
+    assert set(unet) == set(original)
+    changed = {k for k in unet if not torch.equal(unet[k], original[k])}
+    assert changed and all(k.startswith(("output_blocks.", "out.")) for k in changed)
+
+
+def test_fill50k_folder_is_read_as_it_is_and_problems_are_listed_together(tmp_path):
+    images, guides = fill_task(3, size=64)
+    (tmp_path / "source").mkdir()
+    (tmp_path / "target").mkdir()
+    lines = []
+    for i in range(3):
+        Image.fromarray((guides[i].permute(1, 2, 0).numpy() * 255).astype("uint8")).save(tmp_path / "source" / f"{i}.png")
+        Image.fromarray((images[i].permute(1, 2, 0).numpy() * 255).astype("uint8")).save(tmp_path / "target" / f"{i}.png")
+        lines.append(json.dumps({"source": f"source/{i}.png", "target": f"target/{i}.png", "prompt": f"circle {i}"}))
+    (tmp_path / "prompt.json").write_text("\n".join(lines) + "\n")
+    subset = subset_from_fill50k(tmp_path)
+    assert [(i.caption, i.guide.name, i.size) for i in subset.items] == [(f"circle {i}", f"{i}.png", (64, 64)) for i in range(3)]
+
+    (tmp_path / "prompt.json").write_text("\n".join(lines + ['{"source": "source/9.png", "target": "target/9.png", "prompt": "x"}',
+                                                             "not json"]) + "\n")
+    (tmp_path / "source" / "1.png").write_bytes(b"not an image")
+    with pytest.raises(DatasetError) as e:
+        subset_from_fill50k(tmp_path)
+    text = str(e.value)
+    assert "9.png" in text and "prompt.json:5" in text and "1.png" in text
