@@ -8,6 +8,7 @@ from . import lora_tools_nodes
 from . import controllability_nodes
 from . import dataset_prep_nodes
 from . import textual_inversion_nodes
+from . import full_model_nodes
 
 NODE_CLASSES = [
     *preprocessor_nodes.NODES,
@@ -19,4 +20,5 @@ NODE_CLASSES = [
     *controllability_nodes.NODES,
     *dataset_prep_nodes.NODES,
     *textual_inversion_nodes.NODES,
+    *full_model_nodes.NODES,
 ]

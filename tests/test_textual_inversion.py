@@ -75,9 +75,9 @@ def test_trained_embedding_through_core_clip_text_encode_is_the_training_conditi
         start = {k: v.detach().clone() for k, v in adapter.vectors.items()}
         text = TextConditioner(clip, tm.family, trainable=True, embeddings=adapter.embeddings(name),
                                rewrite=caption_rewrite("sks", name))
-        data = ListData(n=2, bs=2)
+        data = ListData(n=2, bs=1)
         data.captions = ["a photo of sks 0", "sks, a photo"]
-        cfg = TrainConfig(max_train_steps=2, learning_rate=5e-2, output_name=name, save_precision="float")
+        cfg = TrainConfig(max_train_steps=1, learning_rate=5e-2, output_name=name, save_precision="float")
         result = TrainingEngine(cfg, tm, text, adapter, data, folder, no_metadata).run()
         with torch.no_grad():
             trained_context, trained_pooled = text.encode([prompt], torch.device("cpu"), prompts=True)
