@@ -16,6 +16,7 @@ from ..preprocessors.normal_map import normals_from_depth
 from ..preprocessors.pidinet import load_pidinet, pidinet_edges
 from ..preprocessors.resolution import detect_then_restore
 from ..preprocessors.scribble import scribble_xdog
+from ..preprocessors.segmentation import load_segmenter, segment
 from ..preprocessors.threshold import binary_threshold
 from .common import bchw_to_image, image_to_bchw
 from .model_folders import register_model_folders
@@ -281,6 +282,22 @@ class MiDaSDepth(_LearnedNode):
         return io.NodeOutput(bchw_to_image(midas_depth(load_midas(_weight_path(weights)), image_to_bchw(image))))
 
 
+class SegmentationADE20K(_LearnedNode):
+    @classmethod
+    def define_schema(cls):
+        return _schema("SegmentationADE20K", "Segmentation (ADE20K, UperNet)",
+                       "Semantic segmentation painted in the ADE20K colours ControlNet's seg models expect, from a "
+                       "transformers UperNet folder in models/preprocessors (openmmlab/upernet-convnext-small or "
+                       "-large, MIT).",
+                       [_weights_input(w.UPERNET_CONVNEXT_SMALL, w.UPERNET_CONVNEXT_LARGE), _detect_input(512)],
+                       output="segmentation")
+
+    @classmethod
+    def execute(cls, image, weights, detect_resolution=512) -> io.NodeOutput:
+        return io.NodeOutput(bchw_to_image(segment(load_segmenter(_weight_path(weights)), image_to_bchw(image),
+                                                   detect_resolution)))
+
+
 class NormalFromDepth(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -302,4 +319,5 @@ class NormalFromDepth(io.ComfyNode):
 
 
 NODES = [CannyEdges, LineartStandard, ScribbleXDoG, BinaryThreshold, InvertImage, TileGuide, BlurGuide,
-         HEDSoftEdges, PiDiNetSoftEdges, MLSDLines, LineartRealistic, DepthAnythingV2, MiDaSDepth, NormalFromDepth]
+         HEDSoftEdges, PiDiNetSoftEdges, MLSDLines, LineartRealistic, DepthAnythingV2, MiDaSDepth, NormalFromDepth,
+         SegmentationADE20K]

@@ -69,8 +69,19 @@ DWPOSE_ESTIMATOR = WeightSpec("dw-ll_ucoco_384.onnx", _DWPOSE + "dw-ll_ucoco_384
                               "Apache-2.0")
 POSE_WEIGHTS = (OPENPOSE_BODY, OPENPOSE_HAND, OPENPOSE_FACE, DWPOSE_DETECTOR, DWPOSE_ESTIMATOR)
 
+UPERNET_CONVNEXT_SMALL = WeightSpec(
+    "upernet-convnext-small", "https://huggingface.co/openmmlab/upernet-convnext-small",
+    "UperNet ADE20K segmentation (transformers UperNetForSemanticSegmentation folder: config.json + "
+    "model.safetensors, 150 classes)", "MIT")
+UPERNET_CONVNEXT_LARGE = WeightSpec(
+    "upernet-convnext-large", "https://huggingface.co/openmmlab/upernet-convnext-large",
+    UPERNET_CONVNEXT_SMALL.architecture, "MIT")
+LINEART_ANIME = WeightSpec("netG.pth", _ANNOTATORS + "netG.pth",
+                           "UnetGenerator (ControlNet 1.1 lineart_anime: 8 levels, 64 wide)", "MIT (ControlNet 1.1 annotator)")
+SECOND_WAVE_WEIGHTS = (UPERNET_CONVNEXT_SMALL, UPERNET_CONVNEXT_LARGE, LINEART_ANIME)
+
 CATALOGUE = (HED, PIDINET, MLSD, LINEART, LINEART_COARSE, DEPTH_ANYTHING_V2_SMALL, DEPTH_ANYTHING_V2_BASE,
-             DEPTH_ANYTHING_V2_LARGE, DEPTH_ANYTHING_V2_SMALL_HF, MIDAS_DPT_HYBRID, *POSE_WEIGHTS)
+             DEPTH_ANYTHING_V2_LARGE, DEPTH_ANYTHING_V2_SMALL_HF, MIDAS_DPT_HYBRID, *POSE_WEIGHTS, *SECOND_WAVE_WEIGHTS)
 
 
 @user_error
