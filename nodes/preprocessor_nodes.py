@@ -8,6 +8,7 @@ from ..preprocessors.canny import canny
 from ..preprocessors.depth_anything import NATIVE_RESOLUTION, depth_anything, load_depth_anything
 from ..preprocessors.hed import hed_edges, load_hed
 from ..preprocessors.image_ops import invert
+from ..preprocessors.lineart_anime import lineart_anime, load_lineart_anime
 from ..preprocessors.lineart_realistic import lineart_realistic, load_lineart
 from ..preprocessors.lineart_standard import lineart_standard
 from ..preprocessors.midas import load_midas, midas_depth
@@ -282,6 +283,20 @@ class MiDaSDepth(_LearnedNode):
         return io.NodeOutput(bchw_to_image(midas_depth(load_midas(_weight_path(weights)), image_to_bchw(image))))
 
 
+class LineartAnime(_LearnedNode):
+    @classmethod
+    def define_schema(cls):
+        return _schema("LineartAnime", "Anime Lineart",
+                       "Lineart of anime-style pictures drawn by ControlNet 1.1's lineart_anime network (netG.pth), "
+                       "white lines on black, for the lineart_anime model.",
+                       [_weights_input(w.LINEART_ANIME), _detect_input(512)])
+
+    @classmethod
+    def execute(cls, image, weights, detect_resolution=512) -> io.NodeOutput:
+        lines = lineart_anime(load_lineart_anime(_weight_path(weights)), image_to_bchw(image), detect_resolution)
+        return io.NodeOutput(bchw_to_image(lines))
+
+
 class SegmentationADE20K(_LearnedNode):
     @classmethod
     def define_schema(cls):
@@ -320,4 +335,4 @@ class NormalFromDepth(io.ComfyNode):
 
 NODES = [CannyEdges, LineartStandard, ScribbleXDoG, BinaryThreshold, InvertImage, TileGuide, BlurGuide,
          HEDSoftEdges, PiDiNetSoftEdges, MLSDLines, LineartRealistic, DepthAnythingV2, MiDaSDepth, NormalFromDepth,
-         SegmentationADE20K]
+         LineartAnime, SegmentationADE20K]

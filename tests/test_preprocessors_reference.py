@@ -183,3 +183,49 @@ def test_mlsd_map_equals_controlnet_aux(tmp_path, picture, score):
     ours = mlsd.mlsd_lines(mlsd.load_mlsd(path), _ours(picture), H, score, 2.0)
     assert _reference_map(expected).mean() > 0.02
     assert torch.equal(ours[0, 0], _reference_map(expected))
+
+
+def test_anime_lineart_equals_controlnet_aux(tmp_path):
+    """netG.pth's U-Net at a tiny width (the reference class takes the width too), on a
+    256 px picture: the reference's own multiple, so its cubic resizes are the identity."""
+    import functools
+
+    import cv2
+    from controlnet_aux.lineart_anime import LineartAnimeDetector, UnetGenerator
+
+    from lllite_kit.preprocessors import lineart_anime
+
+    norm = functools.partial(torch.nn.InstanceNorm2d, affine=False, track_running_stats=False)
+    ref = _randomise(UnetGenerator(3, 1, 8, 4, norm_layer=norm), 0)
+    path = _save(ref, tmp_path / "netG.pth", lambda sd: {f"module.{k}": v for k, v in sd.items()})
+    rng = np.random.default_rng(3)
+    picture = np.clip(cv2.resize(rng.uniform(0, 255, (16, 16, 3)).astype(np.float32), (256, 256),
+                                 interpolation=cv2.INTER_CUBIC), 0, 255).astype(np.uint8)
+    expected = LineartAnimeDetector(ref)(picture, detect_resolution=256, image_resolution=256, output_type="np")
+    ours = lineart_anime.lineart_anime(lineart_anime.load_lineart_anime(path), _ours(picture), 256)
+    _assert_within_one_level(1.0 - ours[0, 0], 1.0 - _reference_map(expected))
+
+
+def test_anime_lineart_node_reads_netg_and_keeps_the_picture_size(graph, comfy_dirs):
+    from PIL import Image
+
+    from lllite_kit.preprocessors import lineart_anime
+
+    torch.manual_seed(0)
+    torch.save(lineart_anime.UnetGenerator(width=2).state_dict(), comfy_dirs / "models" / "preprocessors" / "netG.pth")
+    Image.fromarray(np.full((40, 56, 3), 128, np.uint8)).save(comfy_dirs / "input" / "anime_picture.png")
+    prompt = {"1": {"class_type": "LoadImage", "inputs": {"image": "anime_picture.png"}},
+              "2": {"class_type": "LLLiteKit_LineartAnime",
+                    "inputs": {"image": ["1", 0], "weights": "netG.pth", "detect_resolution": 64}},
+              "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}}}
+    graph.run(prompt)
+    out = graph.node_outputs("2")[0][0]
+    assert out.shape == (1, 40, 56, 3) and 0 <= out.min() and out.max() <= 1
+
+
+def test_anime_lineart_refuses_other_files(tmp_path):
+    from lllite_kit.preprocessors import lineart_anime, weights
+
+    torch.save(lineart_realistic.Generator(width=4, residual_blocks=1).state_dict(), tmp_path / "sk_model.pth")
+    with pytest.raises(weights.WrongWeightLayout, match="UnetGenerator"):
+        lineart_anime.build_lineart_anime(str(tmp_path / "sk_model.pth"))
