@@ -131,3 +131,11 @@ def test_canny_map_of_the_guide_picture_scores_perfectly():
     assert measure("edges", result_maps("canny", torch.zeros_like(pic), s), guide).mean["f1"] == 0.0
     with pytest.raises(ValueError, match="weight file"):
         result_maps("hed", pic, s)
+
+
+def test_measure_segmentation_maps():
+    guide = torch.zeros(1, 3, 4, 8)
+    guide[:, 0, :, 4:] = 1.0
+    m = measure("segmentation", torch.zeros(1, 3, 8, 16), guide)  # resized by nearest neighbour: colours kept
+    assert m.mean["miou"] == pytest.approx(0.25) and m.mean["pixel_accuracy"] == pytest.approx(0.5)
+    assert m.primary == "miou" and m.side_by_side.shape == (1, 3, 4, 24)

@@ -145,3 +145,25 @@ def prepare_lora_block_weights(models_dir, input_dir, tiny):
     randomize(adapter, scale=0.1)
     adapter.save(str(models_dir / "loras" / "my_lora.safetensors"), torch.float32, {})
     adapter.detach()
+
+
+def prepare_dataset_prep(models_dir, input_dir, tiny):
+    """Four pictures under input/training/dataset_prep_example/ and tiny random tagger and BLIP
+    folders under the published names (test_data_prep_models)."""
+    import folder_paths
+    import numpy as np
+    from PIL import Image
+    from test_data_prep_models import tiny_blip, tiny_tagger
+
+    for kind, name, build in (("taggers", "wd-vit-tagger-v3", tiny_tagger),
+                              ("captioners", "blip-image-captioning-large", tiny_blip)):
+        folder_paths.add_model_folder_path(kind, str(models_dir / kind), is_default=True)
+        if not (models_dir / kind / name / "model.safetensors").is_file():
+            build(models_dir / kind / name)
+    folder = input_dir / "training" / "dataset_prep_example"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(4):
+        y, x = np.mgrid[0:64, 0:64]
+        img = np.stack([(x * (3 + i)) % 256, (y * 5) % 256, ((x - 32) ** 2 + (y - 32) ** 2 < 200 + 300 * i) * 255], -1)
+        Image.fromarray(img.astype(np.uint8)).save(folder / f"pic_{i}.png")
+    return {"2": {"max_length": 12, "min_length": 2}}

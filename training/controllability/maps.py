@@ -15,6 +15,7 @@ from ...preprocessors.midas import load_midas, midas_depth
 from ...preprocessors.normal_map import normals_from_depth
 from ...preprocessors.pidinet import load_pidinet, pidinet_edges
 from ...preprocessors.resolution import detect_then_restore
+from ...preprocessors.segmentation import load_segmenter, segment
 
 
 @dataclass
@@ -33,7 +34,7 @@ class MapSettings:
 @dataclass(frozen=True)
 class MapKind:
     name: str
-    family: str  # "edges", "depth", "normals": which metrics compare the maps
+    family: str  # "edges", "depth", "normals", "segmentation": which metrics compare the maps
     make: Callable[[torch.Tensor, MapSettings], torch.Tensor]  # (B, C, H, W) 0..1 pictures -> maps
     needs_weights: bool = False
 
@@ -67,6 +68,8 @@ KINDS = {k.name: k for k in [
     MapKind("midas", "depth", _midas, True),
     MapKind("normals_depth_anything_v2", "normals", _normals(_depth_anything), True),
     MapKind("normals_midas", "normals", _normals(_midas), True),
+    MapKind("segmentation_ade20k", "segmentation",
+            lambda x, s: segment(load_segmenter(s.weights_path), x, _res(s, 512)), True),
 ]}
 
 
