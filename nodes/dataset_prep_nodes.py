@@ -75,7 +75,7 @@ class EditCaptions(io.ComfyNode):
                     io.String.Input("suffix", default="", tooltip="Tag added at the end."),
                     io.Boolean.Input("write_files", default=False,
                                      tooltip="Replace the caption files with the edited text (atomic). Off: preview only.")],
-            outputs=[io.String.Output(display_name="captions", is_output_list=True)],
+            outputs=[io.String.Output(display_name="captions", is_output_list=True), _folder_output()],
             is_output_node=True)
 
     @classmethod
@@ -96,7 +96,7 @@ class EditCaptions(io.ComfyNode):
                 changed += 1
             captions.append(new)
         report = f"{len(captions)} captions" + (f", {changed} files rewritten" if write_files else " (preview; nothing written)")
-        return io.NodeOutput(captions, ui=ui.PreviewText(report + "\n\n" + "\n".join(captions[:50])))
+        return io.NodeOutput(captions, str(folder), ui=ui.PreviewText(report + "\n\n" + "\n".join(captions[:50])))
 
 
 class MergeMetadata(io.ComfyNode):
@@ -247,6 +247,15 @@ def _write_results(files: list[Path] | None, texts: list[str], write_files: bool
     return f"{len(written) - kept} {extension} files written" + (f", {kept} existing kept" if kept else "")
 
 
+def _folder_output() -> io.String.Output:
+    return io.String.Output(display_name="image_dir", tooltip="The folder read, once its files are written: link it "
+                            "to the next dataset node's image_dir so that node runs after this one.")
+
+
+def _folder(files: list[Path] | None, image_dir: str | None) -> str:
+    return str(resolve_path(image_dir or "", "image_dir")) if files is not None else ""
+
+
 def _write_inputs(extension: str) -> list:
     return [io.Boolean.Input("write_files", default=False, tooltip="Write a file beside each image (atomic)."),
             io.String.Input("caption_extension", default=extension, tooltip="Extension of the files written."),
@@ -282,7 +291,7 @@ class CaptionImages(io.ComfyNode):
                     io.Boolean.Input("git_remove_words", default=False, advanced=True,
                                      tooltip="GIT: drop read-aloud text ('with the words ...'), make_captions_by_git.py --remove_words."),
                     *_write_inputs(".caption")],
-            outputs=[io.String.Output(display_name="captions", is_output_list=True)],
+            outputs=[io.String.Output(display_name="captions", is_output_list=True), _folder_output()],
             is_output_node=True)
 
     @classmethod
@@ -310,7 +319,7 @@ class CaptionImages(io.ComfyNode):
         captions = captioner.caption(pictures, options, *_progress_hooks(len(pictures)))
         report = _write_results(files, captions, write_files, caption_extension, if_exists)
         names = [f.name for f in files] if files else [f"images[{i}]" for i in range(len(captions))]
-        return io.NodeOutput(captions, ui=ui.PreviewText(report + "\n\n" + "\n".join(
+        return io.NodeOutput(captions, _folder(files, image_dir), ui=ui.PreviewText(report + "\n\n" + "\n".join(
             f"{n}: {c}" for n, c in list(zip(names, captions))[:50])))
 
 
@@ -346,7 +355,7 @@ class TagImages(io.ComfyNode):
                     *_write_inputs(".txt")],
             outputs=[io.String.Output(display_name="tags", is_output_list=True),
                      io.String.Output(display_name="frequency"),
-                     io.Image.Output(display_name="frequency_chart")],
+                     io.Image.Output(display_name="frequency_chart"), _folder_output()],
             is_output_node=True)
 
     @classmethod
@@ -380,7 +389,7 @@ class TagImages(io.ComfyNode):
         table = result.frequency_table()
         frequency = "\n".join(f"{tag}: {n}" for tag, n in table)
         chart = bar_chart(dict(table[:30]) or {"(no tags)": 0.0}, f"tag frequency ({len(pictures)} images)")
-        return io.NodeOutput(texts, frequency, chart, ui=ui.PreviewText(f"{written}\n\n{frequency}"))
+        return io.NodeOutput(texts, frequency, chart, _folder(files, image_dir), ui=ui.PreviewText(f"{written}\n\n{frequency}"))
 
 
 NODES = [EditCaptions, MergeMetadata, ResizeImages, LookAtDataset, CaptionImages, TagImages]

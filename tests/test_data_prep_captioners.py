@@ -11,45 +11,7 @@ from PIL import Image
 
 from lllite_kit.training.data_prep.captioner import Captioner, CaptionOptions, load_captioner
 from lllite_kit.training.data_prep.model_files import ModelFileMissing
-
-WORDS = "a picture of the cat dog red blue sits on with and in field sky tree house car girl boy hat small big green".split()
-
-
-def _tokenizer(folder: Path):
-    from transformers import BertTokenizer
-
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", *WORDS]) + "\n")
-    return BertTokenizer(str(folder / "vocab.txt"), bos_token="[DEC]"), len(WORDS) + 6
-
-
-def tiny_blip(folder: Path) -> Path:
-    """BLIP with BLIP's special-token layout: [DEC] starts, [SEP] ends, [PAD] pads."""
-    from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
-
-    tokenizer, vocab = _tokenizer(folder)
-    torch.manual_seed(0)
-    small = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
-    config = BlipConfig(text_config=dict(vocab_size=vocab, bos_token_id=5, sep_token_id=3, pad_token_id=0,
-                                         max_position_embeddings=128, encoder_hidden_size=32, **small),
-                        vision_config=dict(image_size=32, patch_size=8, **small))
-    BlipForConditionalGeneration(config).save_pretrained(folder)
-    BlipProcessor(BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer).save_pretrained(folder)
-    return folder
-
-
-def tiny_git(folder: Path) -> Path:
-    from transformers import CLIPImageProcessor, GitConfig, GitForCausalLM, GitProcessor
-
-    tokenizer, vocab = _tokenizer(folder)
-    torch.manual_seed(1)
-    small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37)
-    config = GitConfig(vision_config=dict(image_size=32, patch_size=8, **small), vocab_size=vocab, max_position_embeddings=128,
-                       bos_token_id=2, eos_token_id=3, pad_token_id=0, **small)
-    GitForCausalLM(config).save_pretrained(folder)
-    GitProcessor(CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-                 tokenizer).save_pretrained(folder)
-    return folder
+from test_data_prep_models import tiny_blip, tiny_git
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,6 @@
 config.json + selected_tags.csv): known probabilities give sd-scripts' tag lists under every
 option; the timm path equals onnxruntime on the same network exported as the ONNX v2/v3
 graph (BGR 0-255 NHWC in, probabilities out); the node writes, appends and counts tags."""
-import csv
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -15,41 +13,9 @@ from PIL import Image
 from lllite_kit.training.data_prep.model_files import ModelFileMissing
 from lllite_kit.training.data_prep.tagger import Labels, TagOptions, Tagger, load_tagger, prepare, select_tags
 
+from test_data_prep_models import MODEL_ARGS, PROBS, TAGS, tiny_tagger
+
 timm = pytest.importorskip("timm")
-
-TAGS = [("general", "9"), ("sensitive", "9"), ("questionable", "9"), ("explicit", "9"),
-        ("long_hair", "0"), ("1girl", "0"), ("^_^", "0"), ("white_shirt", "0"),
-        ("hatsune_miku_(vocaloid)", "4"), ("rem_(re:zero)", "4")]
-# logits -> these probabilities whatever the image (head weights zero): ratings, general, characters
-PROBS = [0.1, 0.6, 0.2, 0.05, 0.9, 0.5, 0.36, 0.3, 0.8, 0.34]
-MODEL_ARGS = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2, "class_token": False,
-              "global_pool": "avg", "fc_norm": False}
-
-
-def _net(fixed: bool):
-    torch.manual_seed(0)
-    net = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=len(TAGS), **MODEL_ARGS).eval()
-    if fixed:
-        with torch.no_grad():
-            net.head.weight.zero_()
-            net.head.bias.copy_(torch.logit(torch.tensor(PROBS)))
-    return net
-
-
-def tiny_tagger(folder: Path, fixed: bool = True) -> Path:
-    import safetensors.torch
-
-    folder.mkdir(parents=True, exist_ok=True)
-    safetensors.torch.save_file(_net(fixed).state_dict(), folder / "model.safetensors")
-    (folder / "config.json").write_text(json.dumps({
-        "architecture": "vit_base_patch16_224", "num_classes": len(TAGS), "num_features": 32, "global_pool": "avg",
-        "model_args": MODEL_ARGS, "pretrained_cfg": {"input_size": [3, 32, 32], "interpolation": "bicubic",
-                                                     "mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 1.0}}))
-    with open(folder / "selected_tags.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["tag_id", "name", "category", "count"])
-        w.writerows([i, name, cat, 100] for i, (name, cat) in enumerate(TAGS))
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -159,12 +125,12 @@ def test_tag_node_appends_and_reports_frequency(graph, taggers, comfy_dirs):
                   undesired_tags="^_^", always_first_tags="", caption_separator=", ", batch_size=2, write_files=True,
                   caption_extension=".txt", if_exists="append")
     graph.run({"1": {"class_type": "LLLiteKit_TagImages", "inputs": inputs}})
-    tags, frequency, chart = graph.node_outputs("1")
+    tags, frequency, chart, folder_out = graph.node_outputs("1")
     assert tags == ["sensitive, long hair, 1girl, hatsune miku (vocaloid)"] * 2
     assert (folder / "t0.txt").read_text() == "sensitive, long hair, 1girl, hatsune miku (vocaloid)\n"
     assert (folder / "t1.txt").read_text() == "sks, 1girl, sensitive, long hair, hatsune miku (vocaloid)\n"
     assert frequency[0].splitlines()[0] == "long hair: 2" and "sensitive: 2" in frequency[0]
-    assert chart[0].shape[-1] == 3
+    assert chart[0].shape[-1] == 3 and folder_out == [str(folder)]
 
 
 def test_command_line_tag(taggers, tmp_path, capsys):

@@ -58,6 +58,7 @@ def test_edit_caption_order_of_operations():
     assert cleaning.edit_caption(text, find="red", replace="blue", dedupe=True, first=["sks"], prefix="photo",
                                  suffix="best") == "photo, sks, cat, blue, |||, outdoors, best"
     assert cleaning.edit_caption("a, b, a") == "a, b, a"
+    assert cleaning.edit_caption("sks, a, best", prefix="sks", suffix="best") == "sks, a, best"  # idempotent
 
 
 def _image(path: Path, size=(40, 30), color=(200, 30, 30)) -> Path:
@@ -148,8 +149,8 @@ def test_resize_folder_numbers_names_and_associated_files(tmp_path):
 
 
 def test_inspect_reports_problems_and_draws_a_sheet(tmp_path):
-    a = _image(tmp_path / "a.png", (64, 64), (250, 10, 10))
-    b = _image(tmp_path / "b.png", (64, 64), (250, 10, 10))  # same picture as a
+    _image(tmp_path / "a.png", (64, 64), (250, 10, 10))
+    _image(tmp_path / "b.png", (64, 64), (250, 10, 10))  # same picture as a
     c = tmp_path / "c.png"
     Image.fromarray(np.tile(np.arange(0, 256, 8, dtype=np.uint8), (32, 1))).save(c)  # a gradient, 32x32
     (tmp_path / "d.jpg").write_bytes(b"not an image")

@@ -88,7 +88,7 @@ def edit_caption(text: str, find: str = "", replace: str = "", prefix: str = "",
                  dedupe: bool = False, first: list[str] | None = None, separator: str = ", ") -> str:
     """Hand edits in a fixed order: find -> replace (plain text), duplicate tags removed (the
     first one kept), the `first` tags moved to the front in the given order (those present),
-    then prefix and suffix added as tags. A kept-token separator such as "|||" in the text is a
+    then prefix and suffix added as tags (unless already first/last). A kept-token separator such as "|||" in the text is a
     tag of its own here, so it stays where it is relative to the tags around it."""
     if find:
         text = text.replace(find, replace)
@@ -100,5 +100,9 @@ def edit_caption(text: str, find: str = "", replace: str = "", prefix: str = "",
         if tag in tags:
             tags.remove(tag)
             tags.insert(0, tag)
-    tags = [t for t in (prefix.strip(), *tags, suffix.strip()) if t]
+    # A prefix/suffix already in place is not added again, so running the edit twice is harmless.
+    if prefix.strip() and tags[:1] != [prefix.strip()]:
+        tags.insert(0, prefix.strip())
+    if suffix.strip() and tags[-1:] != [suffix.strip()]:
+        tags.append(suffix.strip())
     return separator.join(tags)

@@ -102,7 +102,8 @@ def contact_sheet(report: Report, columns: int = 4, thumb: int = 256, caption_li
         if e.size:
             with Image.open(e.path) as im:
                 im = im.convert("RGB")
-                im.thumbnail((thumb - 4, thumb - 4))
+                scale = (thumb - 4) / max(im.size)  # small pictures enlarged too: the sheet is for looking
+                im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.LANCZOS)
                 sheet.paste(im, (x + (thumb - im.width) // 2, y + (thumb - im.height) // 2))
         header = f"{e.path.name} {e.size[0]}x{e.size[1]}" if e.size else f"{e.path.name} UNREADABLE"
         draw.text((x + 2, y + thumb), header[:chars], fill=(255, 220, 120), font=font)
