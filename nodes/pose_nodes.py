@@ -3,6 +3,7 @@ comfyui_controlnet_aux's layout: one dict per image) that pose editors and saver
 from comfy_api.latest import io
 
 from ..preprocessors import weights as w
+from ..preprocessors.pose.dwpose import BACKENDS, dwpose, load_dwpose
 from ..preprocessors.pose.openpose import load_openpose, openpose
 from .common import bchw_to_image, image_to_bchw
 from .preprocessor_nodes import CATEGORY, _detect_input, _weight_dirs, _weight_path
@@ -71,4 +72,37 @@ class OpenPose(io.ComfyNode):
         return io.NodeOutput(bchw_to_image(guides), poses)
 
 
-NODES = [OpenPose]
+class DWPose(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LLLiteKit_DWPose", display_name="DWPose Whole-Body Pose (LLLite Kit)", category=CATEGORY,
+            description="DWPose (YOLOX person boxes + RTMPose-l, 133 keypoints) drawn as OpenPose stick figures "
+                        "with hands and face, for openpose ControlNets, and the keypoints as OpenPose JSON. Reads "
+                        "yolox_l.onnx and dw-ll_ucoco_384.onnx (yzd-v/DWPose) and runs them on torch; onnxruntime "
+                        "is optional.",
+            inputs=[io.Image.Input("image"),
+                    _switch("include_body", True, "the body"), _switch("include_hands", True, "the hands"),
+                    _switch("include_face", True, "the face"),
+                    _file_input("bbox_detector", w.DWPOSE_DETECTOR, "Person detector (ONNX)"),
+                    _file_input("pose_estimator", w.DWPOSE_ESTIMATOR, "Whole-body pose estimator (ONNX)"),
+                    io.Combo.Input("backend", options=list(BACKENDS), default="torch", advanced=True,
+                                   tooltip="torch runs the ONNX graphs on ComfyUI's device (no extra package); "
+                                           "onnxruntime runs them with onnxruntime if it is installed."),
+                    _detect_input(512)],
+            outputs=_outputs())
+
+    @classmethod
+    def validate_inputs(cls, bbox_detector=None, pose_estimator=None, **_) -> bool | str:
+        return _check({"detector": bbox_detector, "estimator": pose_estimator})
+
+    @classmethod
+    def execute(cls, image, include_body, include_hands, include_face, bbox_detector, pose_estimator,
+                backend="torch", detect_resolution=512) -> io.NodeOutput:
+        models = load_dwpose(_weight_path(bbox_detector), _weight_path(pose_estimator), backend)
+        guides, poses = dwpose(models, image_to_bchw(image), detect_resolution, include_body, include_hands,
+                               include_face)
+        return io.NodeOutput(bchw_to_image(guides), poses)
+
+
+NODES = [OpenPose, DWPose]

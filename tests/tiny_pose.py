@@ -60,3 +60,102 @@ def write_openpose(folder: Path, seed: int = 0, width: int = 4) -> dict[str, Pat
     return {"body": _write(folder / "body_pose_model.pth", body_shapes(width), seed),
             "hand": _write(folder / "hand_pose_model.pth", cpm_shapes(22, width), seed + 1),
             "face": _write(folder / "facenet.pth", cpm_shapes(71, width), seed + 2)}
+
+
+def _onnx_model(nodes, inputs, outputs, inits, path: Path) -> Path:
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = helper.make_graph(nodes, "tiny", inputs, outputs,
+                              [numpy_helper.from_array(v.astype("float32") if v.dtype.kind == "f" else v, k)
+                               for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def write_yolox(path: Path, seed: int = 0, width: int = 8) -> Path:
+    """A YOLOX-shaped graph: (1, 3, 640, 640) -> (1, 8400, 85) raw box offsets and sigmoid
+    objectness/class scores at strides 8, 16, 32, with the ops the export uses (Conv,
+    SiLU as Sigmoid*Mul, Resize, Add, Slice, Concat, Reshape, Transpose). Biases make the
+    stride-32 cells see large, confident people, so detections exist."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(seed)
+    inits, nodes = {}, []
+
+    def conv(name, x, c_in, c_out, k, s, bias=None):
+        inits[name + "_w"] = rng.normal(0, (1.0 / (c_in * k * k)) ** 0.5, (c_out, c_in, k, k))
+        inits[name + "_b"] = rng.normal(0, 0.1, c_out) if bias is None else bias
+        nodes.append(helper.make_node("Conv", [x, name + "_w", name + "_b"], [name], kernel_shape=[k, k],
+                                      strides=[s, s]))
+        return name
+
+    def silu(x):
+        nodes.append(helper.make_node("Sigmoid", [x], [x + "_sig"]))
+        nodes.append(helper.make_node("Mul", [x, x + "_sig"], [x + "_silu"]))
+        return x + "_silu"
+
+    p3 = silu(conv("p3", "images", 3, width, 8, 8))
+    inits["p3_w"] /= 255.0  # YOLOX takes 0-255 pixels
+    p4 = silu(conv("p4", p3, width, width, 2, 2))
+    p5 = silu(conv("p5", p4, width, width, 2, 2))
+    inits["up_scales"] = np.array([1, 1, 2, 2], dtype=np.float32)
+    nodes.append(helper.make_node("Resize", [p5, "", "up_scales"], ["p5_up"], mode="nearest"))
+    nodes.append(helper.make_node("Add", [p4, "p5_up"], ["p4_sum"]))
+    inits["starts"], inits["ends"], inits["axes"] = (np.array([v], dtype=np.int64) for v in (4, 85, 1))
+    inits["starts0"], inits["ends0"] = np.array([0], dtype=np.int64), np.array([4], dtype=np.int64)
+    inits["flat_shape"] = np.array([1, 85, -1], dtype=np.int64)
+    flats = []
+    for level, x, stride in (("h3", p3, 8), ("h4", "p4_sum", 16), ("h5", p5, 32)):
+        bias = rng.normal(0, 0.1, 85)
+        bias[2:4] = np.log(640 / stride) if level == "h5" else 0.0  # stride-32 boxes: a whole-image person
+        bias[4] = 3.0 if level == "h5" else -6.0
+        bias[5] = 3.0
+        h = conv(level, x, width, 85, 1, 1, bias)
+        inits[h + "_w"] *= 0.05  # outputs near the biases: finite boxes, scores set by the biases
+        nodes.append(helper.make_node("Slice", [h, "starts0", "ends0", "axes"], [h + "_reg"]))
+        nodes.append(helper.make_node("Slice", [h, "starts", "ends", "axes"], [h + "_cls"]))
+        nodes.append(helper.make_node("Sigmoid", [h + "_cls"], [h + "_prob"]))
+        nodes.append(helper.make_node("Concat", [h + "_reg", h + "_prob"], [h + "_out"], axis=1))
+        nodes.append(helper.make_node("Reshape", [h + "_out", "flat_shape"], [h + "_flat"]))
+        flats.append(h + "_flat")
+    nodes.append(helper.make_node("Concat", flats, ["all"], axis=2))
+    nodes.append(helper.make_node("Transpose", ["all"], ["output"], perm=[0, 2, 1]))
+    return _onnx_model(nodes, [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 640, 640])],
+                       [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 8400, 85])], inits, path)
+
+
+def write_rtmpose(path: Path, seed: int = 0) -> Path:
+    """An RTMPose-shaped graph: (1, 3, 384, 288) -> simcc_x (1, 133, 576), simcc_y (1, 133, 768),
+    through Conv, Relu, Reshape, an RMS ScaleNorm (Pow, ReduceMean, Sqrt, Div, Mul) and MatMul."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(seed)
+    inits = {"c_w": rng.normal(0, 0.02, (133, 3, 32, 32)), "c_b": rng.normal(0, 0.1, 133),
+             "shape": np.array([1, 133, 108], dtype=np.int64), "two": np.array(2.0, dtype=np.float32),
+             "gain": rng.normal(1, 0.1, 108), "wx": rng.normal(0, 0.3, (108, 576)),
+             "wy": rng.normal(0, 0.3, (108, 768))}
+    nodes = [helper.make_node("Conv", ["input", "c_w", "c_b"], ["c"], kernel_shape=[32, 32], strides=[32, 32]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Reshape", ["r", "shape"], ["f"]),
+             helper.make_node("Pow", ["f", "two"], ["sq"]),
+             helper.make_node("ReduceMean", ["sq"], ["ms"], axes=[-1], keepdims=1),
+             helper.make_node("Sqrt", ["ms"], ["rms"]),
+             helper.make_node("Div", ["f", "rms"], ["n"]),
+             helper.make_node("Mul", ["n", "gain"], ["g"]),
+             helper.make_node("MatMul", ["g", "wx"], ["simcc_x"]),
+             helper.make_node("MatMul", ["g", "wy"], ["simcc_y"])]
+    return _onnx_model(nodes, [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 384, 288])],
+                       [helper.make_tensor_value_info("simcc_x", TensorProto.FLOAT, [1, 133, 576]),
+                        helper.make_tensor_value_info("simcc_y", TensorProto.FLOAT, [1, 133, 768])], inits, path)
+
+
+def write_dwpose(folder: Path, seed: int = 0) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    return {"detector": write_yolox(folder / "yolox_l.onnx", seed),
+            "estimator": write_rtmpose(folder / "dw-ll_ucoco_384.onnx", seed + 1)}

@@ -198,11 +198,13 @@ def dwpose(models: tuple, images: torch.Tensor, detect_resolution: int = 512, bo
     coordinates of the input, as comfyui_controlnet_aux's DWPose writes them)."""
     from .guides import pose_guides
     from .loading import on_device, progress
+    from .onnx_torch import OrtModel
 
-    if isinstance(models[0], torch.nn.Module) or not hasattr(models[0], "session"):
-        (detector, estimator), device = on_device(list(models))
-    else:
+    if isinstance(models[0], OrtModel):
         (detector, estimator), device = models, torch.device("cpu")
+    else:
+        (detector, estimator), device = on_device(list(models))
     size = (estimator.input_shape[3], estimator.input_shape[2])
-    return pose_guides(lambda small: detect_people(detector, estimator, size, small, device), images,
-                       detect_resolution, body, hands, face, pixels=True, before_chunk=progress(images.shape[0]))
+    with torch.no_grad():
+        return pose_guides(lambda small: detect_people(detector, estimator, size, small, device), images,
+                           detect_resolution, body, hands, face, pixels=True, before_chunk=progress(images.shape[0]))

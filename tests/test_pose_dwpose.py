@@ -1,0 +1,91 @@
+"""DWPose on torch: the ONNX graphs converted by onnx2torch compute what onnxruntime
+computes (tiny random graphs built with the onnx package in the published files'
+input/output layouts), the whole detection gives the same people on both, and the
+keypoint decoding and COCO-wholebody -> OpenPose mapping follow DWPose's annotator."""
+import numpy as np
+import pytest
+import torch
+
+import tiny_pose
+from lllite_kit.preprocessors.pose import dwpose, onnx_torch
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return tiny_pose.write_dwpose(tmp_path_factory.mktemp("dwpose"))
+
+
+@pytest.fixture(scope="module")
+def runners(files):
+    torch_runners = [onnx_torch.OnnxModel(str(files[k]), k).eval() for k in ("detector", "estimator")]
+    ort_runners = [onnx_torch.OrtModel(str(files[k])) for k in ("detector", "estimator")]
+    return torch_runners, ort_runners
+
+
+def test_torch_runs_the_graphs_as_onnxruntime_does(runners):
+    """float32 on both sides with different kernels: equal to 1e-5 of the outputs' range."""
+    (det, est), (det_ort, est_ort) = runners
+    assert det.input_shape == (1, 3, 640, 640) and est.input_shape == (1, 3, 384, 288)
+    g = torch.Generator().manual_seed(0)
+    for ours, ref, x in ((det, det_ort, torch.rand(1, 3, 640, 640, generator=g) * 255),
+                         (est, est_ort, torch.randn(1, 3, 384, 288, generator=g))):
+        with torch.no_grad():
+            a = ours(x)
+        b = ref(x)
+        assert len(a) == len(b)
+        for t, o in zip(b, a):
+            assert t.shape == o.shape and (o - t).abs().max() <= 1e-5 * t.abs().max()
+
+
+def test_same_people_on_torch_and_onnxruntime(runners):
+    (det, est), (det_ort, est_ort) = runners
+    image = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    with torch.no_grad():
+        ours = dwpose.detect_people(det, est, (288, 384), image[None], "cpu")[0]
+    ref = dwpose.detect_people(det_ort, est_ort, (288, 384), image[None], "cpu")[0]
+    assert len(ours) == len(ref) > 0
+    for o, r in zip(ours, ref):
+        for part in ("body", "left_hand", "right_hand", "face", "feet"):
+            a, b = getattr(o, part), getattr(r, part)
+            assert (a is None) == (b is None), part
+            for p, q in zip(a or [], b or []):
+                assert (p is None) == (q is None) and (p is None or np.allclose(p, q, atol=1e-6)), part
+
+
+def _simcc_at(x_index: int, y_index: int, score: float = 1.0):
+    sx, sy = torch.zeros(1, 133, 576), torch.zeros(1, 133, 768)
+    sx[..., x_index], sy[..., y_index] = score, score
+    return lambda _: (sx, sy)
+
+
+def test_simcc_decoding_maps_the_crop_back_to_the_box():
+    """Box 40 x 80 at (10, 20): padded 1.25x and widened to the network's 3:4 -> 75 x 100
+    around (30, 60). SimCC bins are half pixels of the 288 x 384 crop."""
+    image = np.zeros((120, 100, 3), np.uint8)
+    box = np.array([[10.0, 20.0, 50.0, 100.0]])
+    for (ix, iy), expected in (((288, 384), (30.0, 60.0)), ((0, 0), (-7.5, 10.0)), ((576 - 1, 768 - 1),
+                                                                                    (67.5 - 75 / 576, 110 - 100 / 768))):
+        kp, scores = dwpose.estimate_keypoints(_simcc_at(ix, iy), image, box, (288, 384), "cpu")
+        assert kp.shape == (1, 133, 2) and np.allclose(kp[0], expected, atol=1e-4) and (scores == 1.0).all()
+    kp, _ = dwpose.estimate_keypoints(_simcc_at(5, 5, score=0.0), image, box, (288, 384), "cpu")
+    assert np.allclose(kp[0, 0], np.array([-1, -1]) / 2 / np.array([288, 384]) * [75, 100] + [30, 60] - [37.5, 50])
+
+
+def test_wholebody_to_openpose_layout():
+    """COCO-wholebody order -> OpenPose's 18 body points (neck = shoulders' mean), feet,
+    68 face points + both eyes, 21 per hand; points under 0.3 are dropped."""
+    kp = np.stack([np.arange(133, dtype=float), np.arange(133, dtype=float) * 2], -1)[None]
+    scores = np.full((1, 133), 0.9)
+    scores[0, 10] = 0.29  # left wrist: too uncertain
+    scores[0, 91:112] = 0.1  # the whole left hand
+    (person,) = dwpose.to_people(dwpose.to_openpose_order(kp, scores), height=2, width=1)
+    coco = [0, None, 6, 8, 10, 5, 7, 9, 12, 14, 16, 11, 13, 15, 2, 1, 4, 3]  # OpenPose index -> COCO index
+    for i, c in enumerate(coco):
+        expected = (5.5, 5.5) if c is None else (None if c == 10 else (float(c), float(c)))
+        assert person.body[i] == expected, i
+    assert person.left_hand is None and person.right_hand == [(float(c), float(c)) for c in range(112, 133)]
+    assert len(person.face) == 70 and person.face[0] == (23.0, 23.0) and person.face[-2:] == [person.body[14],
+                                                                                             person.body[15]]
+    assert person.feet == [(float(c), float(c)) for c in range(17, 23)]
