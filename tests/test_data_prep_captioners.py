@@ -155,3 +155,13 @@ def test_command_line_caption(captioners, tmp_path, capsys):
     assert (tmp_path / "q1.txt").read_text() == expected[1] + "\n"
     assert cli.main([*argv[:3], str(tmp_path / "nope" / "git-large")]) == 1
     assert "https://huggingface.co/microsoft/git-large" in capsys.readouterr().err
+
+
+def test_caption_node_absent_folder_fails_before_running_naming_the_url(graph, captioners):
+    from graph_runner import GraphError
+
+    inputs = dict(model="blip-image-captioning-large", image_dir="captions_set", decoding="greedy", num_beams=1,
+                  top_p=0.9, max_length=10, min_length=2, seed=42, batch_size=2, blip_prompt="a picture of ",
+                  git_remove_words=False, write_files=False, caption_extension=".caption", if_exists="skip")
+    with pytest.raises(GraphError, match="https://huggingface.co/Salesforce/blip-image-captioning-large"):
+        graph.run({"1": {"class_type": "LLLiteKit_CaptionImages", "inputs": inputs}})
