@@ -163,7 +163,8 @@ def training_metadata(facts: dict) -> dict[str, str]:
     meta = {f"ss_{k}": _text(facts.get(k, v)) for k, v in _ABSENT_OPTIONS.items()}
     meta.update({f"ss_{k}": _text(facts[k]) for k in _PLAIN_FACTS})
     meta["ss_resolution"] = str((width, height))
-    meta["ss_total_batch_size"] = str(facts["batch_size_per_device"] * facts["gradient_accumulation_steps"])
+    # sd-scripts: per-device batch x processes x accumulation
+    meta["ss_total_batch_size"] = str(facts["batch_size_per_device"] * facts.get("num_processes", 1) * facts["gradient_accumulation_steps"])
     meta.update(_source_file_metadata("sd_model", facts["sd_model_file"]))
     meta.update(_source_file_metadata("vae", facts["vae_file"]))
     meta.update(_modelspec(facts, width, height))
@@ -205,8 +206,9 @@ def save_lora(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, s
     return metadata
 
 
-def load_lora(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors, metadata) of a kohya LoRA file, with errors that name the file."""
+def load_lora(path: str, kohya_only: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a kohya LoRA file, with errors that name the file. kohya_only=False:
+    any keys (LyCORIS files, which training/lora/tools/lycoris.py reads)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"LoRA file not found: {path}")
     try:
@@ -215,7 +217,8 @@ def load_lora(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             metadata = f.metadata() or {}
     except Exception as e:
         raise ValueError(f"{path} is not a readable .safetensors file: {e}") from e
-    split_modules(tensors, path)
+    if kohya_only:
+        split_modules(tensors, path)
     return tensors, metadata
 
 

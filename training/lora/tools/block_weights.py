@@ -128,20 +128,26 @@ def apply(lora, spec, family: str | None = None):
     return LoRA(f"{lora.name}_lbw", modules, meta)
 
 
+# Per module the one tensor its difference is linear in: kohya's lora_up, LoHa's w1_a, LoKr's w1.
+_LINEAR_PART = (".lora_up.weight", ".hada_w1_a", ".lokr_w1", ".lokr_w1_a")
+
+
 def scale_state_dict(tensors: dict[str, torch.Tensor], spec, family: str) -> dict[str, torch.Tensor]:
-    """The same on a raw kohya state dict (e.g. for comfy.lora.load_lora): lora_up scaled,
-    modules of weight 0 dropped; keys of other formats are refused (their factors are not
-    linear in one tensor)."""
+    """The same on a raw state dict (e.g. for comfy.lora.load_lora) of kohya LoRA or LyCORIS
+    LoHa/LoKr modules: the tensor each difference is linear in is scaled, modules of weight 0
+    dropped. DoRA (not linear in any one tensor) and other formats are refused."""
+    from .lycoris import group
+
     weights = parse(spec, family)
-    names = {k.split(".", 1)[0] for k in tensors}
-    foreign = [k for k in tensors if not k.endswith((".lora_up.weight", ".lora_down.weight", ".alpha"))]
-    if foreign:
-        raise ValueError(f"block weights need kohya LoRA keys (lora_up/lora_down/alpha); found {foreign[:3]}")
-    mult = module_multipliers(names, weights, family)
+    modules = group(tensors, "block weights")
+    dora = [n for n, parts in modules.items() if "dora_scale" in parts]
+    if dora:
+        raise ValueError(f"block weights cannot scale DoRA modules (dora_scale is not linear in the difference): {dora[:3]}")
+    mult = module_multipliers(modules, weights, family)
     out = {}
     for key, value in tensors.items():
         m = mult[key.split(".", 1)[0]]
         if m == 0:
             continue
-        out[key] = value * m if key.endswith(".lora_up.weight") else value
+        out[key] = value * m if key.endswith(_LINEAR_PART) else value
     return out

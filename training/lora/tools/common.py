@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from ..file import implementation_version, load_lora, save_lora, split_modules
+from ..file import implementation_version, load_lora, save_lora
+from . import lycoris
 
 SVD_METHODS = ("exact", "lowrank")
 # torch.svd_lowrank: extra random directions and power iterations beyond the rank asked for.
@@ -22,12 +23,22 @@ class LoRA:
     name: str
     modules: dict[str, dict[str, torch.Tensor]]
     metadata: dict[str, str] = field(default_factory=dict)
+    # The file's module format: "lora" (kohya), or LyCORIS "loha" / "lokr" / "dora" (several
+    # joined by "+"), whose modules were read as exact kohya factors of their full difference.
+    source_format: str = "lora"
 
     @classmethod
-    def load(cls, path: str) -> "LoRA":
-        tensors, metadata = load_lora(str(path))
-        modules = {n: {k: v.float() for k, v in parts.items()} for n, parts in split_modules(tensors, str(path)).items()}
-        return cls(Path(path).stem, modules, dict(metadata))
+    def load(cls, path: str, base: dict[str, torch.Tensor] | None = None) -> "LoRA":
+        """base: kohya module name -> layer weight of the model, needed only by DoRA modules."""
+        tensors, metadata = load_lora(str(path), kohya_only=False)
+        modules, source_format = lycoris.read_modules(tensors, str(path), base)
+        return cls(Path(path).stem, modules, dict(metadata), source_format)
+
+    def require_kohya(self, tool: str) -> None:
+        """Refuses a LyCORIS file for a tool that works on kohya's lora_up/lora_down themselves."""
+        if self.source_format != "lora":
+            raise ValueError(f"{tool} needs a kohya LoRA file; {self.name} is a LyCORIS {self.source_format} file, which "
+                             "only merge (concat, svd), resize, block weights and inspect take (as its full difference)")
 
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {}

@@ -18,6 +18,7 @@ def unit_of(lora: LoRA) -> int | None:
 
 
 def cut(lora: LoRA, rank: int, unit: int | None = None, name: str | None = None) -> LoRA:
+    lora.require_kohya("DyLoRA cut")
     unit = unit or unit_of(lora)
     max_rank = max(rank_of(p) for p in lora.modules.values())
     if unit is None:

@@ -56,6 +56,8 @@ def extract(base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], dim: 
     args = {"conv_dim": str(conv_dim), "conv_alpha": str(float(conv_dim))} if conv_dim is not None else {}
     meta = network_metadata([], dim, float(dim), args, family=family)
     meta["modelspec.title"] = name
+    if sources[0]:
+        meta["ss_sd_model_name"] = sources[0]  # the model the LoRA applies to, as sd-scripts names it
     meta.update(tool_metadata(
         "extract", f"extracted from {sources[1] or 'tuned'} - {sources[0] or 'base'}, dim {dim}, conv_dim {conv_dim}",
         base=sources[0], tuned=sources[1], dim=dim, conv_dim=conv_dim, clamp_quantile=clamp_quantile, min_diff=min_diff,

@@ -90,6 +90,8 @@ def merge_concat(loras: list[LoRA], ratios=None, block_ratios=None, name: str = 
 
 def merge_weighted(loras: list[LoRA], ratios=None, block_ratios=None, name: str = "merged") -> LoRA:
     ratios = _ratios(loras, ratios)
+    for lora in loras:
+        lora.require_kohya("weighted merge")
     mults = _block_multipliers(loras, block_ratios)
     modules = {}
     for n in _module_names(loras):
