@@ -78,3 +78,48 @@ def test_saved_file_loads_in_core_with_every_key(anima, train_te, comfy_dirs, ca
     if train_te:
         loaded_te = _encode(clip_lora)
         assert ((loaded_te - expected_te).abs().max() / expected_te.abs().max()).item() < 1e-5
+
+
+def test_engine_trains_an_anima_lora_that_core_loads(anima, comfy_dirs, caplog):
+    """Two steps on the one engine (Anima's flow schedule, Qwen3 + llm_adapter context); the
+    file loads in core's LoraLoader with every key and reproduces the trained prediction."""
+    import shutil
+
+    from lllite_kit.training.anima.model import trainable_anima
+    from lllite_kit.training.anima.text import AnimaTextConditioner
+    from lllite_kit.training.config import TrainConfig
+    from lllite_kit.training.data import DatasetConfig, SubsetConfig, TrainingData, items_from_tensors
+    from lllite_kit.training.engine import TrainingEngine
+
+    model, clip = anima
+    images = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    dataset = DatasetConfig(subsets=[SubsetConfig(items=items_from_tensors(images, "a disc"))], resolution=(64, 64), batch_size=2)
+
+    def latents(x):  # 16-channel 8x-downscaled stand-in for the (slow on CPU) VAE
+        p = torch.nn.functional.avg_pool2d(x, 8)
+        return torch.cat([p] * 5 + [p[:, :1]], 1)
+
+    data = TrainingData([dataset], encode_latents=latents, vae_id="avg-pool-8x16", seed=0, size_multiple=32)
+    cfg = TrainConfig(max_train_steps=2, learning_rate=5e-2, seed=0, save_precision="float", output_name="anima_lora")
+    adapter = LoRAAdapter(LoRAConfig(dim=4, alpha=4.0, train_text_encoder=False), model.model.model_config)
+    with torch.inference_mode(False), trainable_anima(model) as tm:
+        result = TrainingEngine(cfg, tm, AnimaTextConditioner(clip, tm.diffusion_model), adapter, data,
+                                comfy_dirs / "anima_lora_run", lambda facts: {}).run()
+        adapter.attach(tm.diffusion_model, {})
+        adapter.train(False)
+        try:
+            trained = _predict(tm.diffusion_model)
+        finally:
+            adapter.detach()
+    assert len(result.losses) == 2 and all(torch.isfinite(torch.tensor(result.losses)))
+    shutil.copy(result.final_path, comfy_dirs / "models" / "loras" / "anima_engine.safetensors")
+    comfy.model_management.unload_all_models()  # the training clone holds the model loaded
+    model_lora, _ = load_in_core(model, clip, "anima_engine.safetensors", list(adapter.modules), caplog)
+    model_lora.patch_model()
+    try:
+        loaded = _predict(model.model.diffusion_model)
+    finally:
+        model_lora.unpatch_model()
+    bare = _predict(model.model.diffusion_model)
+    assert ((loaded - trained).abs().max() / trained.abs().max()).item() < 1e-5
+    assert (trained - bare).abs().max() > 0  # the two steps changed the model
