@@ -77,11 +77,12 @@ def _display_names(labels: Labels, options: TagOptions) -> list[str]:
     return names
 
 
-def select_tags(probs: np.ndarray, labels: Labels, options: TagOptions, frequency: Counter | None = None) -> list[str]:
+def select_tags(probs: np.ndarray, labels: Labels, options: TagOptions, frequency: Counter | None = None,
+                names: list[str] | None = None) -> list[str]:
     """One image's tags from its probabilities, in sd-scripts' order: general and character
     tags in label order (characters each moved to the front with character_tags_first), the
     most likely rating first or last, then always_first_tags moved to the front."""
-    names = _display_names(labels, options)
+    names = names or _display_names(labels, options)
     sep = options.caption_separator.strip() or options.caption_separator
     undesired = {t.strip() for t in options.undesired_tags.split(sep) if t.strip()}
     frequency = Counter() if frequency is None else frequency
@@ -181,13 +182,14 @@ class Tagger:
             progress: Callable[[int, int], None] | None = None,
             check_interrupt: Callable[[], None] | None = None) -> TagResult:
         result = TagResult([])
+        names = _display_names(self.labels, options)  # once, not per image (10861 tags)
         step = max(1, options.batch_size)
         for start in range(0, len(images), step):
             if check_interrupt is not None:
                 check_interrupt()
             batch = np.stack([prepare(im, self.size) for im in images[start:start + step]])
             for probs in self.probabilities(batch):
-                result.tags.append(select_tags(probs, self.labels, options, result.frequency))
+                result.tags.append(select_tags(probs, self.labels, options, result.frequency, names))
             if progress is not None:
                 progress(len(result.tags), len(images))
         return result
