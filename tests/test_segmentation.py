@@ -6,36 +6,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import tiny_preprocessors as tp
 from lllite_kit.preprocessors import segmentation as seg
 from lllite_kit.preprocessors import weights as w
 
 H, W = 64, 96
 
 
-def tiny_upernet(seed: int = 0, classes: int = seg.ADE20K_CLASSES):
-    from transformers import ConvNextConfig, UperNetConfig, UperNetForSemanticSegmentation
-
-    torch.manual_seed(seed)
-    backbone = ConvNextConfig(num_channels=3, hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1],
-                              out_features=["stage1", "stage2", "stage3", "stage4"])
-    net = UperNetForSemanticSegmentation(UperNetConfig(backbone_config=backbone, hidden_size=16, num_labels=classes,
-                                                       use_auxiliary_head=False)).eval()
-    with torch.no_grad():  # layer scales start near 0: nudge so the classes vary over the picture
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * 0.2)
-    return net
-
-
 def write_upernet_folder(folder, seed: int = 0, classes: int = seg.ADE20K_CLASSES):
-    """As published (openmmlab/upernet-convnext-*): model plus its image processor settings,
-    here sized to the test picture so no resampling filter is compared."""
-    from transformers import SegformerImageProcessor
-
-    tiny_upernet(seed, classes).save_pretrained(folder)
-    SegformerImageProcessor(do_resize=True, size={"height": H, "width": W}, do_rescale=True, do_normalize=True,
-                            image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
-                            do_reduce_labels=False).save_pretrained(folder)
-    return folder
+    """Image processor sized to the test picture, so no resampling filter is compared."""
+    return tp.write_upernet_folder(folder, seed, classes, (H, W))
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +74,6 @@ def test_any_picture_size_comes_back_at_its_size(folder):
 
 
 def test_wrong_models_name_the_architecture(tmp_path):
-    import tiny_preprocessors as tp
-
     with pytest.raises(w.WrongWeightLayout, match="predicts 19 classes.*ADE20K"):
         seg.build_segmenter(str(write_upernet_folder(tmp_path / "cityscapes", classes=19)))
     with pytest.raises(w.WrongWeightLayout, match="'dpt' model; expected UperNet ADE20K"):

@@ -135,6 +135,35 @@ def write_midas_folder(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def write_lineart_anime(path: Path, seed: int = 0) -> Path:
+    from lllite_kit.preprocessors.lineart_anime import UnetGenerator
+
+    _seeded(seed)
+    torch.save({f"module.{k}": v for k, v in UnetGenerator(width=2).state_dict().items()}, path)
+    return path
+
+
+def write_upernet_folder(folder: Path, seed: int = 0, classes: int = 150, size: tuple[int, int] = (64, 96)) -> Path:
+    """A tiny UperNet (ConvNeXt) saved as openmmlab/upernet-convnext-* are: model plus image
+    processor settings (here sized `size`, so tests can skip its resampling)."""
+    from transformers import (ConvNextConfig, SegformerImageProcessor, UperNetConfig,
+                              UperNetForSemanticSegmentation)
+
+    _seeded(seed)
+    backbone = ConvNextConfig(num_channels=3, hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1],
+                              out_features=["stage1", "stage2", "stage3", "stage4"])
+    net = UperNetForSemanticSegmentation(UperNetConfig(backbone_config=backbone, hidden_size=16, num_labels=classes,
+                                                       use_auxiliary_head=False)).eval()
+    with torch.no_grad():  # layer scales start near 0: nudge so the classes vary over the picture
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    net.save_pretrained(folder)
+    SegformerImageProcessor(do_resize=True, size={"height": size[0], "width": size[1]}, do_rescale=True,
+                            do_normalize=True, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+                            do_reduce_labels=False).save_pretrained(folder)
+    return folder
+
+
 def write_all(preprocessors_dir: Path) -> None:
     """Every public file name the preprocessor nodes default to, tiny."""
     preprocessors_dir.mkdir(parents=True, exist_ok=True)
@@ -144,3 +173,5 @@ def write_all(preprocessors_dir: Path) -> None:
     write_lineart(preprocessors_dir / "sk_model.pth")
     write_depth_anything_original(preprocessors_dir / "depth_anything_v2_vits.pth")
     write_midas_folder(preprocessors_dir / "dpt-hybrid-midas")
+    write_lineart_anime(preprocessors_dir / "netG.pth")
+    write_upernet_folder(preprocessors_dir / "upernet-convnext-small")
