@@ -60,5 +60,8 @@ def test_dreambooth_node_writes_a_checkpoint_and_its_lora(graph, comfy_dirs, fol
 def test_options_the_full_model_trainer_lacks_are_refused_by_name(graph, folders):
     with pytest.raises(GraphError, match="fused_backward_pass"):
         graph.run(_graph(extra_options="fused_backward_pass = true"))
+    with pytest.raises(GraphError, match="full_bf16 with sample images"):
+        graph.run(_graph(extra_options="full_bf16 = true", mixed_precision="bf16", sample_prompts="a dog",
+                         sample_every_n_steps=1))
     with pytest.raises(GraphError, match="block_lr is SDXL"):
         graph.run(_graph(block_lr=",".join(["1e-6"] * 23)))

@@ -62,6 +62,9 @@ def _refuse(cfg: TrainConfig, family: str, options: FullModelOptions) -> None:
         problems.append("block_lr is SDXL's (23 blocks); this model is not SDXL")
     if options.learning_rate_te2 is not None and family != "sdxl":
         problems.append("learning_rate_te2 is for SDXL's second text encoder")
+    if cfg.full_bf16 and cfg.sample_prompts and (cfg.sample_every_n_steps or cfg.sample_every_n_epochs):
+        problems.append("full_bf16 with sample images is not implemented for full-model training: ComfyUI's sampler "
+                        "runs the model in its own dtype, not bf16 weights. Sample from the saved checkpoint instead")
     if options.save_lora_dim < 0:
         problems.append("save_lora_dim must be >= 0")
     if problems:
