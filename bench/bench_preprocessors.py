@@ -10,6 +10,10 @@ check that both give the same depth map.
     .venv/bin/python bench/bench_preprocessors.py --real-size-depth   # Depth Anything V2 Small at full size
     .venv/bin/python bench/bench_preprocessors.py --smoke    # seconds: 2 small images, tiny depth model
 
+Then each learned detector (HED, PiDiNet, M-LSD, realistic and anime lineart) against
+controlnet_aux's (pip install controlnet-aux) on the same random weights: per-image
+milliseconds, batch 8 at 512 px by default (controlnet_aux takes one picture at a time).
+
 Inputs are synthetic (blurred noise with shapes), 16 images of 1024x1024 unless told
 otherwise. Depth uses random weights: speed does not depend on their values."""
 import argparse
@@ -151,6 +155,69 @@ def compare_depth(pictures: np.ndarray, device, real_size: bool, rounds: int) ->
         sys.exit("our depth map differs from transformers' beyond the tolerance")
 
 
+def _reference_detectors(root: Path, device, anime: bool):
+    """(name, our detector on a batch, controlnet_aux's detector on one uint8 picture) for
+    each learned detector both have, on one set of random weights saved in the published
+    layout (ours reads the file; the reference gets the same module)."""
+    import functools
+
+    import controlnet_aux as cna
+    from controlnet_aux.hed import ControlNetHED_Apache2
+    from controlnet_aux.lineart import Generator
+    from controlnet_aux.lineart_anime import UnetGenerator
+    from controlnet_aux.mlsd.models.mbv2_mlsd_large import MobileV2_MLSD_Large
+    from controlnet_aux.pidi.model import pidinet
+
+    from lllite_kit.preprocessors import hed, lineart_anime, lineart_realistic, mlsd, pidinet as ours_pidinet
+
+    def saved(net, name, wrap=lambda sd: sd):
+        torch.manual_seed(0)
+        torch.save(wrap(net.state_dict()), root / name)
+        return str(root / name), net.float().eval().to(device)
+
+    norm = functools.partial(torch.nn.InstanceNorm2d, affine=False, track_running_stats=False)
+    path, net = saved(ControlNetHED_Apache2(), "ControlNetHED.pth")
+    yield "HED", functools.partial(hed.hed_edges, hed.load_hed(path)), cna.HEDdetector(net)
+    path, net = saved(pidinet(), "table5_pidinet.pth", lambda sd: {"state_dict": sd})
+    yield "PiDiNet", functools.partial(ours_pidinet.pidinet_edges, ours_pidinet.load_pidinet(path)), \
+        cna.PidiNetDetector(net)
+    path, net = saved(MobileV2_MLSD_Large(), "mlsd_large_512_fp32.pth")
+    yield "M-LSD", functools.partial(mlsd.mlsd_lines, mlsd.load_mlsd(path)), cna.MLSDdetector(net)
+    path, net = saved(Generator(3, 1, 3), "sk_model.pth")
+    yield "Realistic lineart", functools.partial(lineart_realistic.lineart_realistic,
+                                                 lineart_realistic.load_lineart(path)), cna.LineartDetector(net, net)
+    if not anime:
+        return
+    path, net = saved(UnetGenerator(3, 1, 8, 64, norm_layer=norm), "netG.pth")
+    yield "Anime lineart", functools.partial(lineart_anime.lineart_anime, lineart_anime.load_lineart_anime(path)), \
+        cna.LineartAnimeDetector(net)
+
+
+def compare_learned(pictures: np.ndarray, device, rounds: int) -> None:
+    """Ours on the batch vs controlnet_aux one picture at a time (its API), same weights,
+    detection at the pictures' size (a multiple of 64, so neither resizes)."""
+    try:
+        import controlnet_aux  # noqa: F401
+    except ImportError:
+        print("\nlearned detectors: controlnet_aux is not installed (pip install controlnet-aux): skipped")
+        return
+    n, size = len(pictures), pictures.shape[1]
+    frames = torch.from_numpy(pictures).to(device).movedim(-1, 1).float() / 255.0
+    print(f"\nlearned detectors vs controlnet_aux: {n} images {size}x{size}, same random weights, fp32; "
+          f"per-image ms")
+    with tempfile.TemporaryDirectory() as tmp:
+        if size % 256:
+            print(f"{'Anime lineart':<18} skipped: the picture side must be a multiple of 256 (its working multiple)")
+        for name, ours, reference in _reference_detectors(Path(tmp), device, anime=size % 256 == 0):
+            times = benchlib.interleaved(
+                {"ours": lambda: ours(frames, detect_resolution=size),
+                 "reference": lambda: [reference(p, detect_resolution=size, image_resolution=size, output_type="np")
+                                       for p in pictures]}, rounds)
+            ma, mb = benchlib.median(times["ours"]) / n, benchlib.median(times["reference"]) / n
+            print(f"{name:<18} ours {ma * 1000:9.1f} ms   controlnet_aux {mb * 1000:9.1f} ms")
+            benchlib.ratio(f"{name}: ours / controlnet_aux time", ma / mb, "goal <= 1")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=16)
@@ -160,12 +227,16 @@ def main() -> None:
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
     p.add_argument("--real-size-depth", action="store_true", help="Depth Anything V2 Small at its real size (24.8 M params)")
     p.add_argument("--depth-images", type=int, default=None, help="images for the depth run (default: --images)")
+    p.add_argument("--learned-images", type=int, default=8, help="batch for the learned detectors vs controlnet_aux")
+    p.add_argument("--learned-size", type=int, default=512, help="their picture side (a multiple of 64; 256 for anime lineart)")
+    p.add_argument("--learned-rounds", type=int, default=1, help="A B B A rounds per learned detector")
     p.add_argument("--smoke", action="store_true", help="smallest settings: 2 images of 560x560, one round (a few seconds)")
     opts = p.parse_args()
     if opts.size < 518:
         sys.exit("--size must be at least 518 (Depth Anything's detection size; see DEPTH_AGREEMENT)")
     if opts.smoke:
         opts.images, opts.size, opts.rounds, opts.depth_rounds = 2, 560, 1, 1
+        opts.learned_images, opts.learned_size = 1, 64
         benchlib.smoke_threads()
     benchlib.bootstrap(cpu=opts.cpu)
     import comfy.model_management as mm
@@ -187,6 +258,7 @@ def main() -> None:
 
     n = opts.depth_images or opts.images
     compare_depth(pictures[np.arange(n) % len(pictures)], device, opts.real_size_depth, opts.depth_rounds)
+    compare_learned(_pictures(opts.learned_images, opts.learned_size), device, opts.learned_rounds)
 
 
 if __name__ == "__main__":
