@@ -167,3 +167,16 @@ def prepare_dataset_prep(models_dir, input_dir, tiny):
         img = np.stack([(x * (3 + i)) % 256, (y * 5) % 256, ((x - 32) ** 2 + (y - 32) ** 2 < 200 + 300 * i) * 255], -1)
         Image.fromarray(img.astype(np.uint8)).save(folder / f"pic_{i}.png")
     return {"2": {"max_length": 12, "min_length": 2}}
+
+
+def prepare_pose_lllite(models_dir, input_dir, tiny):
+    """Tiny DWPose graphs (the detector biased to find people) and a kohya-format LLLite for
+    the tiny SDXL model under the name of kohya's released pose LLLite."""
+    import tiny_pose
+    from lllite_kit.lllite.weights import save_lllite
+    from lllite_testing import random_network
+
+    tiny_pose.write_dwpose(models_dir / "preprocessors")
+    path = models_dir / "controlnet" / "controllllite_v01032064e_sdxl_pose_anime.safetensors"
+    save_lllite(str(path), random_network(tiny.build_model("sdxl", seed=0), "sdxl", name=path.name))
+    return {"4": {"detect_resolution": 64}}  # detection at the tiny picture's size
