@@ -6,6 +6,7 @@ from . import training_nodes
 from . import lllite_training_nodes
 from . import lora_tools_nodes
 from . import controllability_nodes
+from . import distill_nodes
 from . import dataset_prep_nodes
 from . import textual_inversion_nodes
 from . import full_model_nodes
@@ -18,6 +19,7 @@ NODE_CLASSES = [
     *lllite_training_nodes.NODES,
     *lora_tools_nodes.NODES,
     *controllability_nodes.NODES,
+    *distill_nodes.NODES,
     *dataset_prep_nodes.NODES,
     *textual_inversion_nodes.NODES,
     *full_model_nodes.NODES,

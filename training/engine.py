@@ -197,8 +197,11 @@ class TrainingEngine:
             context, pooled = self.text.encode(batch.captions, dev)
         y = model.adm(pooled, batch.original_sizes, batch.crop_top_left, batch.target_sizes)
         self.adapter.set_batch(batch)
-        pred = model.predict(schedule.noisy_input(latents, noise, t), t, context, y)
-        target = schedule.target(latents, noise, t)
+        x_in = schedule.noisy_input(latents, noise, t)
+        # an adapter that learns from a teacher model (distillation) supplies the target
+        teacher = getattr(self.adapter, "teacher_prediction", None)
+        target = teacher(x_in, t, context, y) if teacher is not None else schedule.target(latents, noise, t)
+        pred = model.predict(x_in, t, context, y)
         c = huber_c(t, schedule.alphas_cumprod, cfg.huber_c, cfg.huber_schedule) if cfg.loss_type in ("huber", "smooth_l1") else None
         loss = per_sample_loss(pred, target, cfg.loss_type, c)
         if cfg.prior_loss_weight != 1.0 and any(batch.is_reg):

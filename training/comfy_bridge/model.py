@@ -197,15 +197,16 @@ class TrainingModel:
         return torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=enabled)
 
     def predict(self, x_in: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, y: torch.Tensor | None,
-                transformer_options: dict | None = None) -> torch.Tensor:
+                transformer_options: dict | None = None, control: dict | None = None) -> torch.Tensor:
         """Raw U-Net output (eps or v, float32) for the already scaled input `x_in`: the call
-        ComfyUI's BaseModel._apply_model makes, minus its conversion to a denoised image."""
+        ComfyUI's BaseModel._apply_model makes, minus its conversion to a denoised image.
+        control: a core ControlNet's residuals (ControlBase.get_control), as in sampling."""
         dtype = self.compute_dtype if self.compute_dtype != torch.float32 else self.patcher.model.get_dtype_inference()
         dev = self.device
         with self.autocast():
             out = self.diffusion_model(
                 x_in.to(dev, dtype), timesteps.to(dev).float(), context=context.to(dev, dtype),
-                y=None if y is None else y.to(dev, dtype), control=None,
+                y=None if y is None else y.to(dev, dtype), control=control,
                 transformer_options=dict(transformer_options or {}),
             )
         return out.float()
