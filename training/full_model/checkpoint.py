@@ -10,8 +10,11 @@ ARCHITECTURE = {"sdxl": "stable-diffusion-xl-v1-base", "sd15": "stable-diffusion
 
 
 def checkpoint_state_dict(patcher, clip, vae) -> dict[str, torch.Tensor]:
-    """The keys core's save_checkpoint writes, from the weights as they are now (trained in place)."""
-    clip_sd = clip.state_dict_for_saving() if clip is not None else None
+    """The keys core's save_checkpoint writes, from the weights as they are now (trained in place).
+    Inference mode for the CLIP: core wraps each weight in a lazy Parameter, which an untrained
+    encoder's inference tensors (loaded in a graph) only allow there."""
+    with torch.inference_mode():
+        clip_sd = clip.state_dict_for_saving() if clip is not None else None
     return patcher.state_dict_for_saving(clip_sd, vae.get_sd() if vae is not None else None)
 
 
