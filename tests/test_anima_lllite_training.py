@@ -155,3 +155,24 @@ def test_engine_trains_an_anima_lllite_that_core_applies(model, patch_dir, inpai
             adapter.detach()
     core = _dit(model, x, _core(model, name, guide, mask[:, 0] if inpainting else None))
     assert ((core - trained).abs().max() / trained.abs().max()).item() < TOL
+
+
+def test_train_lllite_takes_an_anima_model_with_its_vae(model, comfy_dirs):
+    """session.train_lllite (what TrainLLLite runs) on the tiny Anima with its Wan-layout VAE and
+    Qwen3 CLIP: latents through the VAE, text through Qwen3 + llm_adapter, a v2 inpainting file."""
+    import tiny_anima
+    from lllite_kit.lllite.weights import read_lllite as read
+    from lllite_kit.training.config import TrainConfig
+    from lllite_kit.training.data import DatasetConfig, SubsetConfig, items_from_tensors
+    from lllite_kit.training.session import train_lllite
+
+    g = torch.Generator().manual_seed(0)
+    images, guides = torch.rand(2, 3, 32, 32, generator=g), torch.rand(2, 3, 32, 32, generator=g)
+    dataset = DatasetConfig(subsets=[SubsetConfig(items=items_from_tensors(images, "a disc", guides))],
+                            resolution=(32, 32), batch_size=2)
+    cfg = TrainConfig(max_train_steps=1, learning_rate=1e-2, seed=0, save_precision="float", output_name="anima_session",
+                      cond_emb_dim=8, network_dim=8, network_args={"inpainting": "true"})
+    result = train_lllite(cfg, model, tiny_anima.build_anima_clip(0), tiny_anima.build_anima_vae(0), [dataset],
+                          output_dir=comfy_dirs / "anima_session", holdout=0)
+    net = read(str(result.final_path))
+    assert net.inpainting and net.inpaint_masked_input and len(result.losses) == 1

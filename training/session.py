@@ -19,6 +19,9 @@ from .data.errors import DatasetError
 from .data.folders import subsets_from_folder_tree
 from .data.loader import TrainingData
 from .distributed import current
+from .anima.lllite_adapter import anima_lllite_adapter
+from .anima.model import frame_latents, is_anima, trainable_anima
+from .anima.text import AnimaTextConditioner
 from .engine import TrainHooks, TrainingEngine, TrainResult
 from .preflight import check_batches, check_options
 from .prompts import parse_prompts
@@ -107,13 +110,17 @@ def run_training(cfg: TrainConfig, model, clip, vae, datasets: Sequence[DatasetC
     more TextConditioner arguments (Textual Inversion's embeddings and caption rewrite)."""
     group = current()  # under torchrun: this process's part of a data-parallel run
     with torch.inference_mode(False):
-        family = trainable_family(model)
+        anima = is_anima(model)  # the DiT family: its own schedule, text and model call (training/anima/)
+        if anima and trains_text_encoders:
+            raise ValueError("Anima: training the Qwen3 text encoder is not supported yet; train the DiT only")
+        family = "anima" if anima else trainable_family(model)
         cfg.check_model_family(family)
         check_options(cfg, datasets, model.model.model_config.unet_config)
         latent_format = model.model.latent_format
         # no_half_vae on a half VAE makes other latents: they must not share a disk cache entry
         vae_id = vae_identity(vae, latent_format) + (":fp32" if cfg.no_half_vae and vae.vae_dtype != torch.float32 else "")
-        data = TrainingData(datasets, encode_latents=latent_encoder(vae, latent_format, cfg.no_half_vae), vae_id=vae_id,
+        encode = latent_encoder(vae, latent_format, cfg.no_half_vae)
+        data = TrainingData(datasets, encode_latents=frame_latents(encode) if anima else encode, vae_id=vae_id,
                             seed=cfg.seed, cache_latents=cfg.cache_latents,
                             cache_dir=latent_cache_dir if cfg.cache_latents_to_disk else None,
                             shard=(group.rank, group.world), **(data_options or {}))
@@ -123,9 +130,9 @@ def run_training(cfg: TrainConfig, model, clip, vae, datasets: Sequence[DatasetC
         if cfg.cache_latents:
             unload_from_device(vae.patcher)
 
-        text = TextConditioner(clip, family, trainable=trains_text_encoders, clip_skip=cfg.clip_skip,
-                               max_tokens=cfg.max_token_length or 75, caption_weights=cfg.weighted_captions,
-                               **(text_options or {}))
+        text = AnimaTextConditioner(clip, model.model.diffusion_model) if anima else TextConditioner(
+            clip, family, trainable=trains_text_encoders, clip_skip=cfg.clip_skip,
+            max_tokens=cfg.max_token_length or 75, caption_weights=cfg.weighted_captions, **(text_options or {}))
         first = data.datasets[0]
         prompts = parse_prompts(cfg.sample_prompts, default_size=max(first.resolution))
         wants_samples = group.is_main and bool(prompts) and bool(cfg.sample_every_n_steps or cfg.sample_every_n_epochs)
@@ -147,8 +154,8 @@ def run_training(cfg: TrainConfig, model, clip, vae, datasets: Sequence[DatasetC
         def metadata(f: dict) -> dict[str, str]:
             return {**make_metadata(f), **data_meta}
 
-        with trainable_model(model, cfg.mixed_precision, cfg.gradient_checkpointing,
-                             cfg.v_parameterization, cfg.zero_terminal_snr, cfg.fp8) as tm, closing(text):
+        with (trainable_anima if anima else trainable_model)(model, cfg.mixed_precision, cfg.gradient_checkpointing,
+                                                             cfg.v_parameterization, cfg.zero_terminal_snr, cfg.fp8) as tm, closing(text):
             if tm.schedule.v_prediction:
                 log.info("training a v-prediction model")
             adapter = adapter_factory(tm)
@@ -202,13 +209,15 @@ def train_lllite(cfg: TrainConfig, model, clip, vae, datasets: Sequence[DatasetC
     from .lllite_adapter import LLLiteAdapter
     from .lora import training_metadata
 
-    family = trainable_family(model)
-    if family not in LAYOUTS:
-        raise ValueError(f"ControlNet-LLLite training supports SDXL and SD1.5 models; this one is {family}")
+    family = "anima" if is_anima(model) else trainable_family(model)
+    if family not in LAYOUTS and family != "anima":
+        raise ValueError(f"ControlNet-LLLite training supports SDXL, SD1.5 and Anima models; this one is {family}")
     if sample_guide is None and cfg.sample_prompts and (cfg.sample_every_n_steps or cfg.sample_every_n_epochs):
         raise ValueError("LLLite sample images need a sample guide image")
 
     def adapter(tm: TrainingModel) -> LLLiteAdapter:
+        if family == "anima":
+            return anima_lllite_adapter(cfg)
         return LLLiteAdapter(tm.family, cfg.cond_emb_dim, cfg.network_dim, cfg.network_dropout, cfg.network_weights,
                              checkpoint_embeddings=cfg.gradient_checkpointing, name=cfg.output_name)
 

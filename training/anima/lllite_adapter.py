@@ -134,3 +134,17 @@ class AnimaLLLiteAdapter:
 
     def save(self, path: str, dtype: torch.dtype, metadata: dict[str, str]) -> None:
         save_anima_lllite(path, self.network, dtype, {**metadata, **self.metadata()})
+
+
+def anima_lllite_adapter(cfg) -> AnimaLLLiteAdapter:
+    """The adapter TrainLLLite builds on an Anima model from its TrainConfig: cond_emb_dim,
+    network_dim, network_weights, seed; network_args `inpainting=true` (4-channel guide, random
+    masks) and `masked_input=false` (keep the image under the mask)."""
+    args = {k: str(v).strip().lower() for k, v in (cfg.network_args or {}).items()}
+    unknown = sorted(set(args) - {"inpainting", "masked_input"})
+    if unknown:
+        raise ValueError(f"Anima LLLite network_args: unknown {unknown}; known: inpainting, masked_input")
+    return AnimaLLLiteAdapter(cond_emb_dim=cfg.cond_emb_dim, network_dim=cfg.network_dim,
+                              inpainting=args.get("inpainting", "false") == "true",
+                              masked_input=args.get("masked_input", "true") == "true",
+                              network_weights=cfg.network_weights, seed=cfg.seed, name=cfg.output_name)

@@ -49,7 +49,9 @@ def _enable_rope_backward() -> None:
 
 
 class FlowSchedule:
-    prediction_type = "flow"
+    # the model predicts a velocity, but this is what sd-scripts' sai_model_spec writes into Anima
+    # files' modelspec.prediction_type (only Flux is exempt), and the metadata writers follow it
+    prediction_type = "epsilon"
     v_prediction = False
 
     def __init__(self, model_sampling):
@@ -114,8 +116,14 @@ class AnimaTrainingModel:
 
 
 @contextmanager
-def trainable_anima(model, mixed_precision: str = "no"):
-    """The Anima model prepared for training (see comfy_bridge.trainable_model, which it follows)."""
+def trainable_anima(model, mixed_precision: str = "no", gradient_checkpointing: bool = False,
+                    v_parameterization: bool = False, zero_terminal_snr: bool = False, fp8_base: bool = False):
+    """The Anima model prepared for training (see comfy_bridge.trainable_model, which it follows,
+    with the same arguments); options not implemented for Anima are refused by name."""
+    refused = [name for name, on in (("gradient_checkpointing", gradient_checkpointing), ("v_parameterization", v_parameterization),
+                                     ("zero_terminal_snr", zero_terminal_snr), ("fp8_base", fp8_base)) if on]
+    if refused:
+        raise UnsupportedModel(f"Anima training: {', '.join(refused)} not supported yet (flow-matching DiT); turn it off")
     if torch.is_inference_mode_enabled():
         raise RuntimeError("trainable_anima must be used under torch.inference_mode(False)")
     if not isinstance(model.model, comfy.model_base.Anima):
@@ -126,3 +134,17 @@ def trainable_anima(model, mixed_precision: str = "no"):
     make_autograd_safe(patcher.model.diffusion_model)
     patcher.model.diffusion_model.train(False)
     yield AnimaTrainingModel(patcher, _compute_dtype(mixed_precision, patcher.model.get_dtype_inference()))
+
+
+def is_anima(model) -> bool:
+    """Whether a MODEL (ModelPatcher) is an Anima DiT (trained through this module)."""
+    return isinstance(getattr(model, "model", None), comfy.model_base.Anima)
+
+
+def frame_latents(encode):
+    """Images encoded one by one (the Wan-layout VAE reads a batch as the frames of one video)
+    into (B, 16, h, w): the (1, 16, 1, h, w) latents as sd-scripts keeps them."""
+    def flat(images):
+        latents = [encode(images[i:i + 1]) for i in range(images.shape[0])]
+        return torch.cat([lat.squeeze(2) if lat.ndim == 5 else lat for lat in latents])
+    return flat
