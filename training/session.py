@@ -112,7 +112,8 @@ def run_training(cfg: TrainConfig, model, clip, vae, datasets: Sequence[DatasetC
     with torch.inference_mode(False):
         anima = is_anima(model)  # the DiT family: its own schedule, text and model call (training/anima/)
         if anima and trains_text_encoders:
-            raise ValueError("Anima: training the Qwen3 text encoder is not supported yet; train the DiT only")
+            raise ValueError("Anima: training the Qwen3 text encoder is not supported yet; train the DiT only "
+                             "(network_train_unet_only = true)")
         family = "anima" if anima else trainable_family(model)
         cfg.check_model_family(family)
         check_options(cfg, datasets, model.model.model_config.unet_config)
