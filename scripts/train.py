@@ -1,6 +1,7 @@
-"""Train a LoRA without the UI, with the same engine and options as the Train LoRA node.
+"""Train a LoRA or ControlNet-LLLite without the UI, with the same engine and options as the nodes.
 
-    python scripts/train.py --config_file config.toml --dataset_config dataset.toml
+    python scripts/train.py --config_file config.toml --dataset_config dataset.toml [--trainer lllite]
+    torchrun --nproc_per_node 2 scripts/train.py ...     (data-parallel, one process per GPU)
 
 config.toml is an sd-scripts training config (sections are flattened, as sd-scripts does);
 pretrained_model_name_or_path names the checkpoint (.safetensors / .ckpt), output_dir
@@ -8,6 +9,8 @@ defaults to ComfyUI's loras folder. Options given on the command line override t
 ComfyUI is imported from COMFYUI_DIR, or from the pack's own .comfyui/ComfyUI.
 Exit status: 0 trained, 1 bad input (the message names it), 130 interrupted (files saved
 so far are kept; resume with --resume <name>-state.pt).
+Under torchrun every process trains its slice of each global batch (per-process batch size
+x processes), gradients are averaged, and process 0 alone prints, writes files and samples.
 """
 import argparse
 import logging
@@ -32,6 +35,9 @@ def bootstrap_comfyui() -> None:
         package = types.ModuleType(PACK)
         package.__path__ = [str(REPO)]
         sys.modules[PACK] = package
+    from lllite_kit.training.distributed import pin_local_device
+
+    pin_local_device()  # before anything initialises CUDA
     import torch
     from comfy.cli_args import args
 
@@ -51,10 +57,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--learning_rate", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--resume", help="a <name>-state.pt written next to a saved LoRA")
+    p.add_argument("--trainer", choices=sorted(TRAINERS), default="lora", help="what to train (default lora)")
+    p.add_argument("--progress_json", action="store_true",
+                   help="print progress, phases and saved files as JSON lines prefixed with 'lllite-kit ' (for the TrainDistributed node)")
+    p.add_argument("--stop_file", help="stop (all processes, at the same step) once this file exists: how a caller cancels")
     p.add_argument("--allow_module", action="append", default=[], metavar="PACKAGE",
                    help="also import optimizer_type / lr_scheduler classes (module.Class) from PACKAGE; repeatable. "
                         "Without it only the known optimizer packages are imported")
     return p.parse_args(argv)
+
+
+# --trainer -> training.session function; each takes (cfg, model, clip, vae, datasets, **keywords)
+TRAINERS = {"lora": "train_lora", "lllite": "train_lllite"}
 
 
 def load_models(cfg):
@@ -90,45 +104,89 @@ def _save_png(path: Path, image) -> None:
     write_atomic(path, lambda tmp: pixels.save(tmp, format="PNG"), "image")
 
 
-def _save_images(folder: Path, name: str, step: int, images) -> None:
-    for i, img in enumerate(images):
-        _save_png(folder / f"{name}_{step:06d}_{i:02d}.png", img[0])
+def _save_images(folder: Path, name: str, step: int, images) -> list[Path]:
+    files = [folder / f"{name}_{step:06d}_{i:02d}.png" for i in range(len(images))]
+    for file, img in zip(files, images):
+        _save_png(file, img[0])
+    return files
+
+
+def _report(kind: str, **fields) -> None:
+    """One machine-readable line for the TrainDistributed node (--progress_json)."""
+    import json
+
+    print("lllite-kit " + json.dumps({"kind": kind, **fields}), flush=True)
+
+
+def _hooks(args, cfg, out_dir: Path, is_main: bool, last_samples: list):
+    """The run's hooks; last_samples receives the newest round of sample files."""
+    from lllite_kit.training.engine import TrainHooks
+
+    if not is_main:  # the other processes train silently; process 0 speaks for the run
+        return TrainHooks()
+
+    def progress(step, total, loss):
+        if args.progress_json:
+            _report("progress", step=step, total=total, loss=loss)
+        elif step == total or step % max(1, total // 100) == 0:
+            print(f"step {step}/{total}  loss {loss:.4f}", flush=True)
+
+    def samples(step, images):
+        last_samples[:] = _save_images(out_dir / "sample", cfg.output_name, step, images)
+        if args.progress_json:
+            _report("samples", step=step, files=[str(f) for f in last_samples])
+
+    def check_interrupt():
+        if args.stop_file and Path(args.stop_file).exists():
+            raise KeyboardInterrupt(f"stop file {args.stop_file} appeared")
+
+    phase = (lambda text: _report("phase", text=text)) if args.progress_json else None
+    return TrainHooks(progress=progress, samples=samples, phase=phase, check_interrupt=check_interrupt)
 
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
     bootstrap_comfyui()
+    from lllite_kit.training import distributed, session
     from lllite_kit.training.class_allowlist import allow_packages
     from lllite_kit.training.comfy_bridge import default_output_dir, latent_cache_dir
     from lllite_kit.training.config import load_config
-    from lllite_kit.training.engine import TrainHooks
     from lllite_kit.training.loss_curve import draw_loss_curve
-    from lllite_kit.training.session import datasets_from_config, train_lora
 
-    overrides = {k: v for k, v in vars(args).items() if k not in ("config_file", "allow_module")}
+    overrides = {k: v for k, v in vars(args).items() if k not in ("config_file", "allow_module", "trainer", "progress_json", "stop_file")}
+    try:
+        group = distributed.join_from_environment()
+    except (RuntimeError, ValueError) as e:
+        print(f"train: could not join the torchrun job: {e}", file=sys.stderr)
+        return 1
+    if not group.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+    last_samples: list[Path] = []
     try:
         with allow_packages(args.allow_module):  # command line only: graphs never widen the list
             cfg = load_config(args.config_file, **overrides)
-            datasets = datasets_from_config(cfg)
+            datasets = session.datasets_from_config(cfg)
             model, clip, vae, model_name = load_models(cfg)
             out_dir = Path(cfg.output_dir or default_output_dir())
-
-            def progress(step, total, loss):
-                if step == total or step % max(1, total // 100) == 0:
-                    print(f"step {step}/{total}  loss {loss:.4f}", flush=True)
-
-            hooks = TrainHooks(progress=progress, samples=lambda step, images: _save_images(out_dir / "sample", cfg.output_name, step, images))
-            result = train_lora(cfg, model, clip, vae, datasets, output_dir=out_dir, model_name=model_name, hooks=hooks,
-                                latent_cache_dir=latent_cache_dir())
+            train = getattr(session, TRAINERS[args.trainer])
+            result = train(cfg, model, clip, vae, datasets, output_dir=out_dir, model_name=model_name,
+                           hooks=_hooks(args, cfg, out_dir, group.is_main, last_samples), latent_cache_dir=latent_cache_dir())
     except KeyboardInterrupt:
         print("train: interrupted; files saved so far are kept (resume with --resume <file>-state.pt)", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError, FloatingPointError, ImportError) as e:  # bad input or divergence: the message says which
         print(f"train: {e}", file=sys.stderr)
         return 1
+    finally:
+        distributed.leave()
+    if not group.is_main:
+        return 0
     curve = draw_loss_curve({"loss": result.losses})
     _save_png(out_dir / f"{cfg.output_name}_loss.png", curve[0])
+    if args.progress_json:
+        _report("done", final=str(result.final_path), saved=[str(p) for p in result.saved], losses=result.losses,
+                curve=str(out_dir / f"{cfg.output_name}_loss.png"), samples=[str(f) for f in last_samples])
     print(f"train: saved {result.final_path} after {result.steps} steps ({len(result.saved)} files)")
     return 0
 

@@ -6,7 +6,8 @@ Per optimizer step: noise and timesteps from the engine's own generator, the mod
 noise schedule, loss (l2/l1/huber/smooth_l1, min-SNR, prior loss weight) under autocast,
 gradient accumulation, fp16 loss scaling, clipping, optimizer and scheduler. Saves every
 N steps/epochs through adapter.save() with a resumable state beside each file; a resumed
-run continues exactly as the uninterrupted run would have.
+run continues exactly as the uninterrupted run would have. Under torchrun the same loop runs
+in every process (training/distributed.py): gradients averaged, stops agreed, rank 0 saves.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from ..errors import user_error
 from .adapter import TrainableAdapter
 from .config import TrainConfig
 from .data.batch import Batch
+from .distributed import Group, current
 from .losses import huber_c, min_snr_weight, per_sample_loss
 from .noise import sample_timesteps, training_noise
 from .optimizers import adafactor_uses_relative_step, build_optimizer
@@ -95,10 +97,11 @@ class _Position:
 class TrainingEngine:
     def __init__(self, cfg: TrainConfig, model: TrainingModel, text: TextConditioner, adapter: TrainableAdapter,
                  data: TrainingData, output_dir: str | Path, make_metadata: Callable[[dict], dict[str, str]],
-                 facts: dict | None = None, sampler=None, hooks: TrainHooks | None = None):
+                 facts: dict | None = None, sampler=None, hooks: TrainHooks | None = None, group: Group | None = None):
         """make_metadata: training facts -> the adapter's file metadata. facts: what the
         caller knows (model name, dataset statistics), merged with the loop's own.
-        sampler: optional samples.SampleRenderer for sample images during training."""
+        sampler: optional samples.SampleRenderer for sample images during training.
+        group: the data-parallel group (default: the process's, training.distributed.current())."""
         self.cfg = cfg
         self.model = model
         self.text = text
@@ -109,6 +112,7 @@ class TrainingEngine:
         self.facts = dict(facts or {})
         self.sampler = sampler
         self.hooks = hooks or TrainHooks()
+        self.group = group or current()
         self.pos = _Position()
         self.samples: list[tuple[int, list[torch.Tensor]]] = []
         nb = len(data)
@@ -170,10 +174,12 @@ class TrainingEngine:
             epoch_done = self.pos.batch >= nb
             if len(micro_losses) < ga and not epoch_done:
                 continue
-            loss = torch.stack(micro_losses).mean().item()
+            # every rank sees the same mean loss, so a NaN anywhere stops all of them at the same step
+            loss = (self.group.sum(torch.stack(micro_losses).mean()) / self.group.world).item()
             micro_losses = []
             if not math.isfinite(loss):
                 self._diverged(loss)
+            self.group.average_gradients(self.params)
             self._optimizer_step()
             self.pos.step += 1
             self.pos.losses.append(loss)
@@ -190,9 +196,9 @@ class TrainingEngine:
         cfg, model, schedule = self.cfg, self.model, self.model.schedule
         dev = model.device
         latents = batch.latents.to(dev, torch.float32)
-        noise = training_noise(latents, self.generator, cfg.noise_offset, cfg.adaptive_noise_scale,
-                               cfg.multires_noise_iterations, cfg.multires_noise_discount)
-        t = sample_timesteps(latents.shape[0], cfg.min_timestep, cfg.max_timestep, self.generator, dev)
+        noise, t = self._noise_and_timesteps(latents, batch)
+        if latents.shape[0] == 0:  # nothing of this global batch is ours: gradients stay as they are
+            return torch.zeros((), device=dev)
         with torch.set_grad_enabled(self.adapter.trains_text_encoders):
             context, pooled = self.text.encode(batch.captions, dev)
         y = model.adm(pooled, batch.original_sizes, batch.crop_top_left, batch.target_sizes)
@@ -209,10 +215,30 @@ class TrainingEngine:
             loss = loss * w
         if cfg.min_snr_gamma:
             loss = loss * min_snr_weight(t, schedule.alphas_cumprod, cfg.min_snr_gamma, schedule.v_prediction).to(loss.device)
-        loss = loss.mean()
+        # data-parallel: sum over this rank's part of the global batch, scaled so that the mean
+        # of the ranks' gradients is the gradient of the global batch's mean loss
+        loss = loss.sum() * (self.group.world / batch.global_size) if batch.global_size else loss.mean()
         scaled = loss / ga
         (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
         return loss.detach()
+
+    def _noise_and_timesteps(self, latents: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step's noise and timesteps. For a rank's slice of a global batch they are drawn for
+        the whole global batch (every rank draws the same) and sliced: the run equals one process
+        with the global batch."""
+        cfg, dev = self.cfg, self.model.device
+        whole = latents
+        if batch.global_size:
+            channels = latents.shape[1] if latents.shape[0] else self.model.patcher.model.latent_format.latent_channels
+            whole = latents.new_zeros((batch.global_size, channels, *latents.shape[2:]))
+            whole[batch.offset:batch.offset + latents.shape[0]] = latents
+        noise = training_noise(whole, self.generator, cfg.noise_offset, cfg.adaptive_noise_scale,
+                               cfg.multires_noise_iterations, cfg.multires_noise_discount)
+        t = sample_timesteps(whole.shape[0], cfg.min_timestep, cfg.max_timestep, self.generator, dev)
+        if batch.global_size:
+            mine = slice(batch.offset, batch.offset + latents.shape[0])
+            noise, t = noise[mine], t[mine]
+        return noise, t
 
     def _optimizer_step(self) -> None:
         if self.scaler is not None:
@@ -249,13 +275,18 @@ class TrainingEngine:
             self.hooks.phase(text)
 
     def _check_interrupt(self) -> None:
+        stop = None
         if self.hooks.check_interrupt is not None:
             try:
                 self.hooks.check_interrupt()
-            except BaseException:
-                last = self.pos.saved[-1] if self.pos.saved else "none yet"
-                log.info("training interrupted at step %d of %d; last saved file: %s", self.pos.step, self.total_steps, last)
-                raise
+            except BaseException as e:
+                stop = e
+        if self.group.any(stop is not None) and stop is None:
+            stop = KeyboardInterrupt("another process of this data-parallel run was interrupted")
+        if stop is not None:
+            last = self.pos.saved[-1] if self.pos.saved else "none yet"
+            log.info("training interrupted at step %d of %d; last saved file: %s", self.pos.step, self.total_steps, last)
+            raise stop
 
     def _diverged(self, loss: float) -> None:
         last = self.pos.saved[-1] if self.pos.saved else "none yet"
@@ -355,6 +386,10 @@ class TrainingEngine:
 
     def _save(self, path: Path) -> Path:
         cfg = self.cfg
+        if not self.group.is_main:  # every rank holds the same weights; one writes them
+            if path not in self.pos.saved:
+                self.pos.saved.append(path)
+            return path
         path.parent.mkdir(parents=True, exist_ok=True)
         self.adapter.save(str(path), SAVE_DTYPES[cfg.save_dtype_name], self._metadata())
         final = path == self.output_dir / f"{cfg.output_name}.safetensors"
@@ -417,7 +452,7 @@ class TrainingEngine:
             "losses": list(self.pos.losses), "saved": [str(p) for p in self.pos.saved],
             "evaluations": list(self.pos.evaluations),
             "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(), "cuda_rng": cuda,
-            "total_steps": self.total_steps, "batches_per_epoch": len(self.data),
+            "total_steps": self.total_steps, "batches_per_epoch": len(self.data), "world": self.group.world,
             "config": self.cfg.to_dict(), "started_at": self.started_at,
         }
 
@@ -425,7 +460,8 @@ class TrainingEngine:
         state = load_state(path)
         if state["adapter_kind"] != self.adapter.kind:
             raise ValueError(f"{path}: a {state['adapter_kind']} training state cannot resume {self.adapter.kind} training")
-        if state["batches_per_epoch"] != len(self.data):
+        old_world = state.get("world", 1)
+        if old_world == self.group.world and state["batches_per_epoch"] != len(self.data):
             raise ValueError(f"{path}: saved with {state['batches_per_epoch']} batches per epoch, the dataset now has "
                              f"{len(self.data)}: resume with the same dataset and batch size")
         old = state["config"]
@@ -442,7 +478,14 @@ class TrainingEngine:
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
-        self.pos = _Position(state["step"], state["epoch"], state["batch"], list(state["losses"]), [Path(p) for p in state["saved"]],
+        batch = state["batch"]
+        if old_world != self.group.world:
+            # another number of processes makes other global batches: the epoch goes on from the
+            # same fraction of its samples (the step count and the optimizer state carry over)
+            batch = round(batch * len(self.data) / state["batches_per_epoch"])
+            log.warning("resuming a %d-process run with %d processes: epoch %d continues at batch %d of %d", old_world,
+                        self.group.world, state["epoch"] + 1, batch, len(self.data))
+        self.pos = _Position(state["step"], state["epoch"], batch, list(state["losses"]), [Path(p) for p in state["saved"]],
                              list(state.get("evaluations", [])))
         self.started_at = state["started_at"]
         log.info("resumed from %s at step %d (epoch %d)", path, self.pos.step, self.pos.epoch)

@@ -15,6 +15,9 @@ class Batch:
     guides: (B, 3, H, W) guide images in [-1, 1] at the image's pixel size (LLLite /
         ControlNet); resized, cropped and flipped exactly like their image. None otherwise.
     is_reg: which samples are regularization images.
+    offset, global_size: in a data-parallel run, these samples are [offset, offset + B) of a
+        global batch of global_size (the step's noise is drawn for the whole global batch);
+        global_size 0: the batch is the whole step.
     """
 
     latents: torch.Tensor
@@ -24,3 +27,5 @@ class Batch:
     target_sizes: list[tuple[int, int]]
     guides: torch.Tensor | None = None
     is_reg: list[bool] = field(default_factory=list)
+    offset: int = 0
+    global_size: int = 0

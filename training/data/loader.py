@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from .augment import color_augment, hflip
+from ..distributed import shard
 from .batch import Batch
 from .buckets import Bucketer, Placement, resize_and_crop
 from .captions import base_caption, process_caption, tags_of
@@ -89,6 +90,9 @@ class TrainingData:
     require_guides: the adapter needs guide images (LLLite, ControlNet).
     holdout: number of training images kept out of training for held-out evaluation
         (holdout_batches()), chosen by the seed.
+    shard: (rank, world) of a data-parallel run: batches are planned at batch_size * world
+        (the global batch, the same on every rank) and each rank gets its contiguous slice,
+        with every augmentation drawn as the single-process run draws it.
     """
 
     def __init__(
@@ -103,6 +107,7 @@ class TrainingData:
         size_multiple: int = 8,
         require_guides: bool = False,
         holdout: int = 0,
+        shard: tuple[int, int] = (0, 1),
     ):
         if size_multiple <= 0 or size_multiple % 8:
             raise ValueError(f"size_multiple must be a positive multiple of 8, got {size_multiple}")
@@ -118,6 +123,9 @@ class TrainingData:
         self.cache = LatentCache(cache_dir)
         self.epoch = 0
         self.position = 0
+        self.rank, self.world = shard
+        if not 0 <= self.rank < self.world:
+            raise ValueError(f"shard {shard}: rank must be in [0, world)")
 
         # Every problem of every dataset, subset and guide folder goes into one error.
         problems = DatasetProblems()
@@ -129,7 +137,7 @@ class TrainingData:
         self._holdout = self._pick_holdout(holdout)
         self._groups = [self._bucket_samples(d) for d in range(len(self.datasets))]
         self.steps_per_epoch = sum(
-            -(-len(samples) // self.datasets[d].batch_size) for d, groups in enumerate(self._groups) for _, samples in groups
+            -(-len(samples) // self._global_batch(d)) for d, groups in enumerate(self._groups) for _, samples in groups
         )
         self._latents: dict[tuple[int, bool], torch.Tensor] = {}
         self._prepared = False
@@ -285,7 +293,9 @@ class TrainingData:
         if self._plan_epoch != epoch:
             self._plan, self._plan_epoch = self._epoch_plan(epoch), epoch
         rng = random.Random(f"{self.seed}:batch:{epoch}:{index}")
-        return self._make_batch(self._plan[index], rng, epoch + 1)
+        idxs = self._plan[index]
+        mine = shard(len(idxs), self.rank, self.world) if self.world > 1 else slice(0, len(idxs))
+        return self._make_batch(idxs, rng, epoch + 1, mine)
 
     def next_batch(self) -> Batch:
         """The batch at the cursor (epoch, position); advances, rolling over to the next epoch."""
@@ -309,11 +319,14 @@ class TrainingData:
             batches += [self._make_batch(idxs[s : s + size], None, 1) for s in range(0, len(idxs), size)]
         return batches
 
+    def _global_batch(self, d: int) -> int:
+        return self.datasets[d].batch_size * self.world
+
     def _epoch_plan(self, epoch: int) -> list[list[int]]:
         rng = random.Random(f"{self.seed}:order:{epoch}")
         batches = []
         for d, groups in enumerate(self._groups):
-            size = self.datasets[d].batch_size
+            size = self._global_batch(d)
             for _, samples in groups:
                 order = list(samples)
                 rng.shuffle(order)
@@ -321,28 +334,39 @@ class TrainingData:
         rng.shuffle(batches)
         return batches
 
-    def _make_batch(self, idxs: list[int], rng: random.Random | None, epoch: int) -> Batch:
+    def _make_batch(self, idxs: list[int], rng: random.Random | None, epoch: int, mine: slice | None = None) -> Batch:
+        """The batch of samples idxs[mine] (all when None); the augmentations of the others are
+        still drawn, so each sample gets what it gets in the single-process run."""
+        mine = mine or slice(0, len(idxs))
         with torch.inference_mode(False), torch.no_grad():
             captions, originals, crops, targets, guides, pixels, latents = [], [], [], [], [], [], []
-            for i in idxs:
+            for n, i in enumerate(idxs):
                 e, s = self._entries[i], self._entries[i].subset
                 (bw, bh), (rw, rh) = e.placement.bucket, e.placement.resized
                 flip = rng is not None and s.flip_aug and rng.random() < 0.5
                 crop = e.placement.crop
                 if rng is not None and s.random_crop:
                     crop = (rng.randint(0, rw - bw), rng.randint(0, rh - bh))
-                captions.append(process_caption(e.caption, s, rng, epoch))
+                caption = process_caption(e.caption, s, rng, epoch)
+                color_rng = random.Random(rng.random()) if (rng is not None and s.color_aug) else None
+                if not mine.start <= n < mine.stop:
+                    continue
+                captions.append(caption)
                 if self.cache_latents:
                     latents.append(self._latents[(i, flip)])
                 else:
-                    pixels.append(self._pixels(i, crop, flip, rng if (rng is not None and s.color_aug) else None))
+                    pixels.append(self._pixels(i, crop, flip, color_rng))
                 if self.has_guides:
                     guides.append(self._guide(i, crop, flip))
                 originals.append((e.item.size[1], e.item.size[0]))
                 # SDXL's crop conditioning: (top, left) of the window in the resized image, mirrored with the image.
                 crops.append((crop[1], rw - bw - crop[0] if flip else crop[0]))
                 targets.append((bh, bw))
-            stacked = torch.stack(latents) if self.cache_latents else self._encode(torch.stack(pixels)).clone()
+            if not captions:  # a short last global batch left this rank nothing; the loop still draws the step's noise
+                bw, bh = self._entries[idxs[0]].placement.bucket
+                stacked = torch.zeros((0, 0, bh // 8, bw // 8))
+            else:
+                stacked = torch.stack(latents) if self.cache_latents else self._encode(torch.stack(pixels)).clone()
             return Batch(
                 latents=stacked,
                 captions=captions,
@@ -350,7 +374,9 @@ class TrainingData:
                 crop_top_left=crops,
                 target_sizes=targets,
                 guides=torch.stack(guides) if guides else None,
-                is_reg=[self._entries[i].subset.is_reg for i in idxs],
+                is_reg=[self._entries[i].subset.is_reg for i in idxs[mine]],
+                offset=mine.start if self.world > 1 else 0,
+                global_size=len(idxs) if self.world > 1 else 0,
             )
 
     # ----- resume -----
