@@ -6,6 +6,7 @@ whose parameters are the graph's initializers. We use a converter rather than a
 hand-written YOLOX/RTMPose because the files are what users have: the graph says exactly
 what to compute, so any export of these networks runs as exported. onnxruntime, when
 installed, can run the same file instead (optional accelerator)."""
+import importlib.util
 import os
 
 import torch
@@ -55,8 +56,4 @@ class OrtModel:
 
 
 def onnxruntime_available() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("onnxruntime") is not None
