@@ -180,3 +180,28 @@ def prepare_pose_lllite(models_dir, input_dir, tiny):
     path = models_dir / "controlnet" / "controllllite_v01032064e_sdxl_pose_anime.safetensors"
     save_lllite(str(path), random_network(tiny.build_model("sdxl", seed=0), "sdxl", name=path.name))
     return {"4": {"detect_resolution": 64}}  # detection at the tiny picture's size
+
+
+def prepare_controllability_compare(models_dir, input_dir, tiny):
+    """The canny LLLite of prepare_lllite_canny_apply and a tiny SDXL ControlNet file core's
+    ControlNetLoader reads, under the names the workflow uses."""
+    import controlnet_files
+
+    prepare_lllite_canny_apply(models_dir, input_dir, tiny)
+    controlnet_files.write_controlnet(models_dir / "controlnet" / "controlnet-canny-sdxl-1.0.safetensors",
+                                      tiny.build_model("sdxl", seed=0))
+
+
+def prepare_distill_controlnet(models_dir, input_dir, tiny):
+    """The folder dataset of prepare_lllite_train_folders and a tiny SDXL ControlNet; distillation
+    shrunk to 64 px, 1 step in fp32, 2 held-out images."""
+    import controlnet_files
+
+    prepare_lllite_train_folders(models_dir, input_dir, tiny)
+    controlnet_files.write_controlnet(models_dir / "controlnet" / "controlnet-canny-sdxl-1.0.safetensors",
+                                      tiny.build_model("sdxl", seed=0))
+    return {
+        "3": {"resolution": 64, "batch_size": 2},
+        "4": {"max_train_steps": 1, "heldout_images": 2, "validate_every_n_steps": 0, "save_every_n_steps": 0,
+              "mixed_precision": "no"},
+    }
