@@ -24,7 +24,9 @@ def _adapt_to_tiny(prompt: dict, input_dir) -> dict:
         ct, inputs = node["class_type"], node["inputs"]
         if ct == "CheckpointLoaderSimple":
             node["class_type"] = "LLLiteKitTest_TinyCheckpoint"
-            node["inputs"] = {"family": _family(inputs["ckpt_name"]), "seed": 0}
+            # a linked name (a trainer's saved checkpoint) cannot be detected at tiny size: tiny SD1.5
+            name = inputs["ckpt_name"]
+            node["inputs"] = {"family": _family(name) if isinstance(name, str) else "sd15", "seed": 0}
         elif ct == "LoadImage" and not (input_dir / inputs["image"]).exists():
             synthetic_image(input_dir / inputs["image"])
         elif ct == "EmptyLatentImage":
@@ -204,4 +206,42 @@ def prepare_distill_controlnet(models_dir, input_dir, tiny):
         "3": {"resolution": 64, "batch_size": 2},
         "4": {"max_train_steps": 1, "heldout_images": 2, "validate_every_n_steps": 0, "save_every_n_steps": 0,
               "mixed_precision": "no"},
+    }
+
+
+def _pictures(folder, n: int, stem: str):
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        y, x = np.mgrid[0:64, 0:64]
+        img = np.stack([(x * (3 + i)) % 256, (y * 5) % 256, ((x - 32) ** 2 + (y - 32) ** 2 < 200 + 300 * i) * 255], -1)
+        Image.fromarray(img.astype(np.uint8)).save(folder / f"{stem}_{i}.png")
+
+
+def prepare_ti_train(models_dir, input_dir, tiny):
+    """Two pictures in `10_sks` (object templates, no captions); the embeddings folder under
+    models/; training shrunk to 64 px, 2 steps, one 64 px sample."""
+    import folder_paths
+
+    (models_dir / "embeddings").mkdir(parents=True, exist_ok=True)
+    folder_paths.add_model_folder_path("embeddings", str(models_dir / "embeddings"), is_default=True)
+    _pictures(input_dir / "training" / "ti_example" / "10_sks", 2, "toy")
+    return {
+        "2": {"resolution": 64},
+        "3": {"max_train_steps": 2, "save_every_n_steps": 1, "sample_every_n_steps": 2, "mixed_precision": "no",
+              "sample_prompts": "a photo of sks --w 64 --h 64 --s 2 --d 1"},
+    }
+
+
+def prepare_full_model_dreambooth(models_dir, input_dir, tiny):
+    """Two subject pictures (`20_sks dog`) and two regularization pictures (`1_dog`); training
+    shrunk to 64 px, 2 steps, one 64 px sample."""
+    _pictures(input_dir / "training" / "dreambooth_example" / "20_sks dog", 2, "dog")
+    _pictures(input_dir / "training" / "dreambooth_reg" / "1_dog", 2, "reg")
+    return {
+        "2": {"resolution": 64},
+        "3": {"max_train_steps": 2, "save_every_n_steps": 0, "sample_every_n_steps": 2,
+              "sample_prompts": "a photo of sks dog --w 64 --h 64 --s 2 --d 1"},
     }
