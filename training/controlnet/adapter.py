@@ -107,10 +107,15 @@ class ControlNetAdapter:
         return hint
 
     def _inject(self, module, args, kwargs):
-        x = args[0]
+        x = args[0]  # the U-Net's own input stays as it is; only the ControlNet's copy is cast
         timesteps = args[1] if len(args) > 1 else kwargs["timesteps"]
         context, y = kwargs.get("context"), kwargs.get("y")
-        outputs, middle = control_outputs(self.control, x, self.hint_for(x), timesteps, context, y)
+        hint = self.hint_for(x)
+        if not torch.is_autocast_enabled(x.device.type):  # sampling: a half model's inputs, fp32 ControlNet weights
+            dtype = next(self.control.parameters()).dtype
+            x, timesteps, context, hint = (t.to(dtype) for t in (x, timesteps, context, hint))
+            y = None if y is None else y.to(dtype)
+        outputs, middle = control_outputs(self.control, x, hint, timesteps, context, y)
         options = dict(kwargs.get("transformer_options") or {})
         patches = {k: list(v) for k, v in options.get("patches", {}).items()}
         s = self.strength
