@@ -76,27 +76,42 @@ def _assert_within_one_level(ours: torch.Tensor, ref: torch.Tensor, exact_share:
     assert same >= exact_share, f"only {same:.4f} of the pixels are on the same level"
 
 
-@pytest.mark.parametrize("safe", [False, True], ids=["plain", "safe"])
-def test_hed_equals_controlnet_aux(tmp_path, picture, safe):
-    from controlnet_aux.hed import ControlNetHED_Apache2, HEDdetector
+@pytest.fixture(scope="module")
+def hed_pair(tmp_path_factory):
+    """controlnet_aux's HED with random weights, and the same weights as ControlNetHED.pth."""
+    from controlnet_aux.hed import ControlNetHED_Apache2
 
     ref = _randomise(ControlNetHED_Apache2(), 0)
     with torch.no_grad():
         ref.norm.copy_(torch.tensor([120.0, 115.0, 105.0]).view(1, 3, 1, 1))
-    path = _save(ref, tmp_path / "ControlNetHED.pth")
+    return ref, _save(ref, tmp_path_factory.mktemp("hed") / "ControlNetHED.pth")
+
+
+@pytest.fixture(scope="module")
+def pidinet_pair(tmp_path_factory):
+    """controlnet_aux's PiDiNet, and the same weights as table5_pidinet.pth is saved."""
+    from controlnet_aux.pidi.model import pidinet as reference_pidinet
+
+    ref = _randomise(reference_pidinet(), 0, scale=0.5)
+    return ref, _save(ref, tmp_path_factory.mktemp("pidinet") / "table5_pidinet.pth",
+                      lambda sd: {"epoch": 19, "state_dict": {f"module.{k}": v for k, v in sd.items()}})
+
+
+@pytest.mark.parametrize("safe", [False, True], ids=["plain", "safe"])
+def test_hed_equals_controlnet_aux(hed_pair, picture, safe):
+    from controlnet_aux.hed import HEDdetector
+
+    ref, path = hed_pair
     expected = HEDdetector(ref)(picture, detect_resolution=H, image_resolution=H, safe=safe, output_type="np")
     ours = hed.hed_edges(hed.load_hed(path), _ours(picture), detect_resolution=H, safe=safe)
     _assert_within_one_level(ours[0, 0], _reference_map(expected))
 
 
 @pytest.mark.parametrize("safe", [False, True], ids=["plain", "safe"])
-def test_pidinet_equals_controlnet_aux(tmp_path, picture, safe):
+def test_pidinet_equals_controlnet_aux(pidinet_pair, picture, safe):
     from controlnet_aux.pidi import PidiNetDetector
-    from controlnet_aux.pidi.model import pidinet as reference_pidinet
 
-    ref = _randomise(reference_pidinet(), 0, scale=0.5)
-    path = _save(ref, tmp_path / "table5_pidinet.pth",
-                 lambda sd: {"epoch": 19, "state_dict": {f"module.{k}": v for k, v in sd.items()}})
+    ref, path = pidinet_pair
     expected = PidiNetDetector(ref)(picture, detect_resolution=H, image_resolution=H, safe=safe, output_type="np")
     ours = pidinet.pidinet_edges(pidinet.load_pidinet(path), _ours(picture), detect_resolution=H, safe=safe)
     _assert_within_one_level(ours[0, 0], _reference_map(expected))
@@ -116,26 +131,21 @@ def test_realistic_lineart_equals_controlnet_aux(tmp_path, picture, coarse):
 
 
 @pytest.mark.parametrize("detector", ["hed", "pidinet"])
-def test_fake_scribble_equals_controlnet_aux_up_to_opencv_fixed_point(tmp_path, picture, detector):
+def test_fake_scribble_equals_controlnet_aux_up_to_opencv_fixed_point(hed_pair, pidinet_pair, picture, detector):
     """The reference's last blur runs on uint8 in OpenCV's fixed-point arithmetic (up to 2
     levels off a float blur) and its ridge search on the truncated map: strokes may move
     at their rims, so at least 98.5% of the pixels must agree, and the stroke areas
     within 2%."""
     if detector == "hed":
-        from controlnet_aux.hed import ControlNetHED_Apache2, HEDdetector
+        from controlnet_aux.hed import HEDdetector
 
-        ref = _randomise(ControlNetHED_Apache2(), 0)
-        with torch.no_grad():
-            ref.norm.copy_(torch.tensor([120.0, 115.0, 105.0]).view(1, 3, 1, 1))
-        path = _save(ref, tmp_path / "ControlNetHED.pth")
+        ref, path = hed_pair
         expected = HEDdetector(ref)(picture, detect_resolution=H, image_resolution=H, scribble=True, output_type="np")
         ours = hed.hed_edges(hed.load_hed(path), _ours(picture), detect_resolution=H, scribble=True)
     else:
         from controlnet_aux.pidi import PidiNetDetector
-        from controlnet_aux.pidi.model import pidinet as reference_pidinet
 
-        ref = _randomise(reference_pidinet(), 0, scale=0.5)
-        path = _save(ref, tmp_path / "table5_pidinet.pth", lambda sd: {"state_dict": sd})
+        ref, path = pidinet_pair
         expected = PidiNetDetector(ref)(picture, detect_resolution=H, image_resolution=H, scribble=True,
                                         output_type="np")
         ours = pidinet.pidinet_edges(pidinet.load_pidinet(path), _ours(picture), detect_resolution=H, scribble=True)
@@ -145,21 +155,22 @@ def test_fake_scribble_equals_controlnet_aux_up_to_opencv_fixed_point(tmp_path, 
     assert abs(ours.mean() - ref_map.mean()) < 0.02
 
 
-def _mlsd_reference(seed: int = 0):
+@pytest.fixture(scope="module")
+def mlsd_pair(tmp_path_factory):
     """Random M-LSD weights whose end-point displacements stay within the picture."""
     from controlnet_aux.mlsd.models.mbv2_mlsd_large import MobileV2_MLSD_Large
 
-    ref = _randomise(MobileV2_MLSD_Large(), seed, scale=0.1)
+    ref = _randomise(MobileV2_MLSD_Large(), 0, scale=0.1)
     with torch.no_grad():
         ref.block23.conv3.weight.mul_(1 / 300)
         ref.block23.conv3.bias.zero_()
-    return ref
+    return ref, _save(ref, tmp_path_factory.mktemp("mlsd") / "mlsd_large_512_fp32.pth")
 
 
-def test_mlsd_network_and_decoding_equal_controlnet_aux(picture):
+def test_mlsd_network_and_decoding_equal_controlnet_aux(mlsd_pair, picture):
     from controlnet_aux.mlsd.utils import pred_lines
 
-    ref = _mlsd_reference()
+    ref = mlsd_pair[0]
     ours = mlsd.MobileV2_MLSD_Large()
     ours.load_state_dict(ref.state_dict())
     x = _ours(picture)
@@ -172,17 +183,16 @@ def test_mlsd_network_and_decoding_equal_controlnet_aux(picture):
     torch.testing.assert_close(segments[0][keep[0]], torch.from_numpy(expected).float(), rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("score", [0.1, 0.5])
-def test_mlsd_map_equals_controlnet_aux(tmp_path, picture, score):
+def test_mlsd_map_equals_controlnet_aux(mlsd_pair, picture):
     from controlnet_aux.mlsd import MLSDdetector
 
-    ref = _mlsd_reference()
-    path = _save(ref, tmp_path / "mlsd_large_512_fp32.pth")
-    expected = MLSDdetector(ref)(picture, thr_v=score, thr_d=2.0, detect_resolution=H, image_resolution=H,
-                                 output_type="np")
-    ours = mlsd.mlsd_lines(mlsd.load_mlsd(path), _ours(picture), H, score, 2.0)
-    assert _reference_map(expected).mean() > 0.02
-    assert torch.equal(ours[0, 0], _reference_map(expected))
+    ref, path = mlsd_pair
+    for score in (0.1, 0.5):
+        expected = MLSDdetector(ref)(picture, thr_v=score, thr_d=2.0, detect_resolution=H, image_resolution=H,
+                                     output_type="np")
+        ours = mlsd.mlsd_lines(mlsd.load_mlsd(path), _ours(picture), H, score, 2.0)
+        assert _reference_map(expected).mean() > 0.02
+        assert torch.equal(ours[0, 0], _reference_map(expected)), score
 
 
 def test_anime_lineart_equals_controlnet_aux(tmp_path):
