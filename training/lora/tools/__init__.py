@@ -7,9 +7,12 @@ weights are floats; ranks ints. Module names are kohya names (`lora_unet_...`, `
 
 API
 ---
-common.LoRA(name: str, modules: dict[str, dict[str, Tensor]], metadata: dict[str, str])
+common.LoRA(name: str, modules: dict[str, dict[str, Tensor]], metadata: dict[str, str], source_format="lora")
     modules: kohya module name -> {"down", "up", "alpha"} (alpha 0-d tensor).
-    LoRA.load(path) -> LoRA                      (name = file stem)
+    LoRA.load(path, base=None) -> LoRA           (name = file stem). LyCORIS LoHa/LoKr/DoRA modules
+        are read as exact kohya factors of their full difference (lycoris.py); source_format says
+        which ("loha", "lokr+dora" ...). base: kohya name -> layer weight, needed by DoRA only.
+    lora.require_kohya(tool)                     ValueError for a LyCORIS file (weighted merge, DyLoRA cut)
     lora.save(path, dtype=torch.float32) -> dict  metadata written (ss_* + sshs hashes), atomic
     lora.delta(name) -> Tensor                   full weight difference up@down*alpha/rank
     lora.family -> "sdxl" | "sd15" | None        from ss_base_model_version or key names
@@ -46,6 +49,10 @@ extract.extract(base: dict[str, Tensor], tuned: dict[str, Tensor], dim: int = 4,
     some |diff| > min_diff (sd-scripts). 3x3 conv modules only when conv_dim is set.
     Returns (lora, per-module relative Frobenius error of the rank-k factorization).
 
+lycoris.difference(parts, shape, base=None) -> Tensor    core's change at strength 1 of one module
+    (parts: "hada_w1_a", "lokr_w1", "lora_up.weight", "alpha", "dora_scale" ...); lycoris.group(tensors, source),
+    lycoris.layer_shape(name, parts), lycoris.to_kohya(name, parts, base=None), lycoris.read_modules(...).
+
 dylora.unit_of(lora) -> int | None          from ss_network_args["unit"]
 dylora.cut(lora, rank: int, unit: int | None = None, name=None) -> LoRA    first rank rows of down /
     columns of up, alpha kept (sd-scripts extract_lora_from_dylora.py).
@@ -59,7 +66,7 @@ block_weights.block_label(module_name, family) -> "BASE" | "INnn" | "MID" | "OUT
 block_weights.module_multipliers(names, weights: list[float], family) -> dict[str, float]
 block_weights.apply(lora, spec, family=None) -> LoRA    up scaled per module, 0 -> module dropped
 block_weights.scale_state_dict(tensors: dict[str, Tensor], spec, family) -> dict[str, Tensor]
-    the same on raw kohya tensors (for a loader node feeding comfy.lora.load_lora).
+    the same on raw tensors (for a loader node feeding comfy.lora.load_lora): kohya, LoHa, LoKr; DoRA refused.
 
 inspect.inspect(lora) -> dict with keys "family", "metadata" (ss_*/modelspec/sshs keys), "tags" ({tag: count}),
     "base_model_hash", "modules" (per module rank, alpha, norm), "blocks" (block label ->

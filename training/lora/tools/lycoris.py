@@ -237,7 +237,9 @@ def read_modules(tensors: dict[str, torch.Tensor], source: str, base=None) -> tu
             continue
         weight = None if base is None else base.get(name)
         if "dora_scale" in parts and weight is None:
-            raise ValueError(f"{source}: {name} is a DoRA module: its difference depends on the base model's weight"
-                             + ("; give the base model" if base is None else ", and the base model has no such layer"))
+            raise ValueError(f"{source}: {name} is a DoRA module: its difference depends on the base model's weights"
+                             + (", which this tool does not take. Apply the file with LoraLoader and use Extract LoRA "
+                                "(base model vs patched model) to get it as a kohya LoRA" if base is None
+                                else ", and the base model has no such layer"))
         modules[name] = to_kohya(name, parts, weight, f"{source}: {name}")
     return modules, "+".join(sorted(kinds))
