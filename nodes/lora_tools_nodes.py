@@ -77,7 +77,8 @@ def method_input(default: str) -> io.Combo.Input:
 
 
 def outputs() -> list:
-    return [io.String.Output(display_name="lora_name", tooltip="The written file's name in the loras folder."),
+    # "*": the one output type that links to core LoraLoader's lora_name list (as the trainer's)
+    return [io.AnyType.Output(display_name="lora_name", tooltip="The written file's name in the loras folder."),
             io.String.Output(display_name="report", tooltip="What was done, per module or block.")]
 
 
@@ -246,7 +247,8 @@ class ResizeLoRA(io.ComfyNode):
                                tooltip="The dynamic method's parameter (ratio for sv_ratio, fraction for sv_fro/sv_cumulative)."),
                 *output_inputs("resized"),
             ],
-            outputs=outputs(),
+            outputs=[*outputs(), io.Image.Output(display_name="ranks_per_block",
+                                                 tooltip="Mean rank each block's modules kept, as a bar chart.")],
         )
 
     @classmethod
@@ -259,7 +261,8 @@ class ResizeLoRA(io.ComfyNode):
                                          dynamic_param if dynamic else None, name=Path(output_name).name)
         written = save(resized, path, save_precision)
         report = resize.report_text(reports, Path(source).stat().st_size, path.stat().st_size)
-        return io.NodeOutput(written, report, ui=ui.PreviewText(f"{written}\n{report}"))
+        chart = bar_chart(resize.rank_per_block(reports, resized.family), f"{written}: mean rank kept per block")
+        return io.NodeOutput(written, report, chart, ui=ui.PreviewImage(chart, cls=cls))
 
 
 def _text_encoders(clip, family: str) -> dict:
@@ -276,6 +279,30 @@ def _weights(model, clip, family: str, conv: bool) -> dict[str, torch.Tensor]:
     weights = extract.model_weights(model.model.diffusion_model, encoders, family,
                                     model.model.model_config.unet_config, conv)
     return {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
+
+
+# Inputs of loader nodes that name the file a MODEL comes from, and of nodes that patch it.
+_FILE_INPUTS = ("ckpt_name", "unet_name", "model_name")
+_PATCH_INPUTS = ("lora_name",)
+
+
+def graph_source(prompt: dict | None, node_id: str | None, input_name: str, depth: int = 32) -> str:
+    """What a MODEL input comes from, read from the queued graph (a MODEL carries no file name):
+    the checkpoint file (or the loader's node type) and the LoRAs applied on the way, e.g.
+    "base.safetensors + my_lora.safetensors"; "" when the graph does not tell."""
+    names = []
+    link = ((prompt or {}).get(str(node_id), {}).get("inputs", {})).get(input_name)
+    while isinstance(link, list) and depth > 0:
+        depth -= 1
+        node = prompt.get(str(link[0]), {})
+        inputs = node.get("inputs", {})
+        names += [inputs[k] for k in _PATCH_INPUTS if isinstance(inputs.get(k), str)]
+        found = next((inputs[k] for k in _FILE_INPUTS if isinstance(inputs.get(k), str)), None)
+        link = inputs.get("model")
+        if found is not None or not isinstance(link, list):  # a loader: its file, else its node type
+            names.append(found or node.get("class_type", "?"))
+            break
+    return " + ".join(reversed(names))
 
 
 class ExtractLoRA(io.ComfyNode):
@@ -303,6 +330,7 @@ class ExtractLoRA(io.ComfyNode):
                 io.Clip.Input("clip_tuned", optional=True, tooltip="The fine-tuned text encoders."),
             ],
             outputs=outputs(),
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],
         )
 
     @classmethod
@@ -316,8 +344,9 @@ class ExtractLoRA(io.ComfyNode):
         conv = conv_dim > 0
         base = _weights(model_base, clip_base if with_te else None, family, conv)
         tuned = _weights(model_tuned, clip_tuned if with_te else None, family, conv)
+        sources = tuple(graph_source(cls.hidden.prompt, cls.hidden.unique_id, i) for i in ("model_base", "model_tuned"))
         lora, errors = extract.extract(base, tuned, dim, conv_dim or None, clamp_quantile if clamp_quantile < 1 else None,
-                                       min_diff, svd_method, family, name=Path(output_name).name)
+                                       min_diff, svd_method, family, name=Path(output_name).name, sources=sources)
         written = save(lora, path, save_precision)
         worst = max(errors.items(), key=lambda kv: kv[1], default=("-", 0.0))
         report = (f"{written}: {len(lora.modules)} modules, rank {dim}; relative error mean "

@@ -1,6 +1,7 @@
 """The LoRA tools nodes in real graphs (ComfyUI's validation and executor): the block-weight
 loader patches exactly what core's LoraLoader does, block by block; inspect, merge, resize,
 extract and DyLoRA cut write loadable kohya files into the loras folder without overwriting."""
+import json
 import logging
 
 import pytest
@@ -181,11 +182,12 @@ def test_merge_node_refuses_a_name_outside_the_folder(graph, loras):
 
 
 def test_resize_and_dylora_cut_nodes_write_the_asked_ranks(graph, loras, tiny, caplog):
-    (name,), (report,) = _tool(graph, "LLLiteKit_ResizeLoRA", lora_name="tools_sd15_a.safetensors", new_rank=2,
-                               new_conv_rank=1, dynamic_method="none", dynamic_param=0.9, output_name="tools_resized",
-                               if_exists="new name", save_precision="fp16")
+    (name,), (report,), (chart,) = _tool(graph, "LLLiteKit_ResizeLoRA", lora_name="tools_sd15_a.safetensors", new_rank=2,
+                                         new_conv_rank=1, dynamic_method="none", dynamic_param=0.9,
+                                         output_name="tools_resized", if_exists="new name", save_precision="fp16")
     resized = _load(loras / name)
     assert {p["down"].shape[0] for n, p in resized.modules.items() if p["down"].dim() == 2} == {2}
+    assert chart.shape == (1, 320, 640, 3) and float(chart.min()) < 0.5  # bars drawn
     assert "->" in report or "size" in report.lower()
     assert _loads_in_core(tiny, name, "sd15", caplog) > 0
 
@@ -220,4 +222,40 @@ def test_extract_node_recovers_a_lora_applied_by_core(graph, loras, tiny, caplog
     for n in b.modules:
         torch.testing.assert_close(extracted.delta(n), b.delta(n), rtol=1e-3, atol=1e-5)
     assert "relative error" in report[0]
+    meta = extracted.metadata  # the source models, read from the graph
+    assert meta["ss_sd_model_name"] == "LLLiteKitTest_TinyCheckpoint"
+    assert json.loads(meta["ss_lora_tool_args"])["tuned"] == "LLLiteKitTest_TinyCheckpoint + tools_sd15_b.safetensors"
     assert _loads_in_core(tiny, name[0], "sd15", caplog) > 0
+
+
+def test_core_lora_loader_and_checkpoint_save_merge_as_sd_scripts(graph, loras, tiny, comfy_dirs):
+    """Issue 12 item 7: no merge-into-checkpoint node is needed. Core's LoraLoader + CheckpointSave
+    writes W + ratio * up @ down * alpha / dim into every targeted layer (U-Net and text encoder),
+    which is what sd-scripts' merge_lora.py merge_to_sd_model computes; other weights are unchanged."""
+    import comfy.lora
+
+    def save(prefix, lora_steps):
+        prompt = {**_checkpoint("sd15"), **lora_steps, "9": {"class_type": "CheckpointSave", "inputs": {
+            "model": [list(lora_steps)[-1] if lora_steps else "1", 0], "clip": [list(lora_steps)[-1] if lora_steps else "1", 1],
+            "vae": ["1", 2], "filename_prefix": f"checkpoints/{prefix}"}}}
+        graph.run(prompt)
+        (path,) = (comfy_dirs / "output" / "checkpoints").glob(f"{prefix}_*.safetensors")
+        return safetensors.torch.load_file(str(path))
+
+    ratio = 0.7
+    base = save("merge_base", {})
+    merged = save("merge_lora", {"2": {"class_type": "LoraLoader", "inputs": {
+        "model": ["1", 0], "clip": ["1", 1], "lora_name": "tools_sd15_a.safetensors", "strength_model": ratio,
+        "strength_clip": ratio}}})
+    lora = _load(loras / "tools_sd15_a.safetensors")
+    model, clip = tiny.build_model("sd15"), tiny.build_clip("sd15")
+    key_map = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, comfy.lora.model_lora_keys_unet(model.model, {}))
+    # core's key for a kohya name -> the key CheckpointSave writes (SD1.x layout)
+    saved = {n: "model." + key_map[n] if key_map[n].startswith("diffusion_model.")
+             else key_map[n].replace("clip_l.", "cond_stage_model.", 1) for n in lora.modules}
+    assert any(n.startswith("lora_te_") for n in saved) and any(p["down"].dim() == 4 for p in lora.modules.values())
+    for n, key in saved.items():
+        want = base[key].float() + ratio * lora.delta(n).reshape(base[key].shape)  # sd-scripts merge_to_sd_model
+        torch.testing.assert_close(merged[key].float(), want, rtol=1e-5, atol=1e-6, msg=n)
+    untouched = set(base) - set(saved.values())
+    assert untouched and all(torch.equal(base[k], merged[k]) for k in untouched)

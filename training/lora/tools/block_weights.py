@@ -81,6 +81,14 @@ def block_label(name: str, family: str) -> str | None:
     return "MID" if unet.startswith("middle_block_") else None
 
 
+def block_order(label: str) -> int:
+    """Sort key of block labels: BASE, IN00..IN11, MID, OUT00..OUT11, OTHER (layers in no block)."""
+    fixed = {"BASE": -1, "MID": 100, "OTHER": 1000}
+    if label in fixed:
+        return fixed[label]
+    return int(label[2:]) if label.startswith("IN") else 200 + int(label[3:])
+
+
 def parse(spec, family: str, length: int | None = None) -> list[float]:
     """Block weights from a preset name (its family's default length unless `length` is given)
     or comma-separated numbers / a list of numbers (12, 17, 20 or 26 of them)."""

@@ -5,7 +5,7 @@ import json
 
 import torch
 
-from .block_weights import block_label
+from .block_weights import block_label, block_order
 from .common import LoRA, rank, scale
 
 
@@ -49,13 +49,6 @@ def inspect(lora: LoRA) -> dict:
         b["ranks"].add(rank(parts))
         b["alphas"].add(alpha)
         b["norm_sq"] += norm ** 2
-    order = {"BASE": -1, "MID": 100, "OTHER": 1000}
-
-    def key(label):
-        if label in order:
-            return order[label]
-        return int(label[2:]) if label.startswith("IN") else 200 + int(label[3:])
-
     meta = lora.metadata
     return {
         "family": family,
@@ -65,5 +58,5 @@ def inspect(lora: LoRA) -> dict:
         "base_model_hash": {k: meta[k] for k in ("ss_sd_model_name", "ss_sd_model_hash", "ss_new_sd_model_hash") if k in meta},
         "modules": modules,
         "blocks": {label: {"modules": b["modules"], "ranks": sorted(b["ranks"]), "alphas": sorted(b["alphas"]),
-                           "norm": b["norm_sq"] ** 0.5} for label, b in sorted(blocks.items(), key=lambda kv: key(kv[0]))},
+                           "norm": b["norm_sq"] ** 0.5} for label, b in sorted(blocks.items(), key=lambda kv: block_order(kv[0]))},
     }

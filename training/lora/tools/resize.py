@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .block_weights import block_label, block_order
 from .common import LoRA, is_conv3x3, module, network_metadata, network_rank_summary, rank, scale, source_facts, tool_metadata
 
 MIN_SV = 1e-6
@@ -113,3 +114,12 @@ def report_text(reports: list[ModuleReport], old_bytes: int | None = None, new_b
     if old_bytes is not None and new_bytes is not None:
         lines.append(f"File size: {old_bytes / 2**20:.2f} MiB -> {new_bytes / 2**20:.2f} MiB ({new_bytes / old_bytes:.1%})")
     return "\n".join(lines)
+
+
+def rank_per_block(reports: list[ModuleReport], family: str | None) -> dict[str, float]:
+    """Block label (BASE, INnn, MID, OUTnn, OTHER) -> mean rank its modules kept, in block order."""
+    kept: dict[str, list[int]] = {}
+    for r in reports:
+        label = (block_label(r.name, family) if family else None) or ("BASE" if r.name.startswith("lora_te") else "OTHER")
+        kept.setdefault(label, []).append(r.new_rank)
+    return {label: sum(v) / len(v) for label, v in sorted(kept.items(), key=lambda kv: block_order(kv[0]))}
