@@ -82,6 +82,7 @@ class TrainDistributed(io.ComfyNode):
                 io.String.Output(display_name="saved_files", tooltip="Every file this run wrote and kept, one per line."),
             ],
             hidden=[io.Hidden.unique_id],
+            is_output_node=True,  # it trains and saves even when nothing uses its outputs
         )
 
     @classmethod

@@ -137,4 +137,5 @@ def test_the_node_refuses_without_two_gpus(graph, comfy_dirs):
     with pytest.raises(GraphError, match="needs at least 2 NVIDIA GPUs on this machine"):
         graph.run({"1": {"class_type": "LLLiteKit_TrainDistributed", "inputs": {
             "trainer": "lora", "checkpoint": "some_model.safetensors", "dataset_config": "dataset.toml",
-            "config": "max_train_steps = 1", "output_name": "x", "if_exists": "new name", "processes": 2}}})
+            "config": "max_train_steps = 1", "output_name": "x", "if_exists": "new name", "processes": 2,
+            "machines": 1, "machine_rank": 0, "rendezvous": ""}}})

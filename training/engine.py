@@ -231,7 +231,8 @@ class TrainingEngine:
         if batch.global_size:
             channels = latents.shape[1] if latents.shape[0] else self.model.patcher.model.latent_format.latent_channels
             whole = latents.new_zeros((batch.global_size, channels, *latents.shape[2:]))
-            whole[batch.offset:batch.offset + latents.shape[0]] = latents
+            if latents.shape[0]:
+                whole[batch.offset:batch.offset + latents.shape[0]] = latents
         noise = training_noise(whole, self.generator, cfg.noise_offset, cfg.adaptive_noise_scale,
                                cfg.multires_noise_iterations, cfg.multires_noise_discount)
         t = sample_timesteps(whole.shape[0], cfg.min_timestep, cfg.max_timestep, self.generator, dev)
