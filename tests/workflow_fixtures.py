@@ -245,3 +245,21 @@ def prepare_full_model_dreambooth(models_dir, input_dir, tiny):
         "3": {"max_train_steps": 2, "save_every_n_steps": 0, "sample_every_n_steps": 2,
               "sample_prompts": "a photo of sks dog --w 64 --h 64 --s 2 --d 1"},
     }
+
+
+def prepare_lora_merge(models_dir, input_dir, tiny):
+    """Two SDXL LoRAs of different ranks (U-Net and text encoders, non-zero) for the tiny model."""
+    import torch
+
+    from lora_helpers import attached, randomize
+
+    for name, seed, dim in (("style_lora", 1, 4), ("subject_lora", 2, 2)):
+        _, _, adapter = attached(tiny, "sdxl", dim=dim)
+        randomize(adapter, seed=seed, scale=0.1)
+        adapter.save(str(models_dir / "loras" / f"{name}.safetensors"), torch.float32, {})
+        adapter.detach()
+
+
+def prepare_lora_extract(models_dir, input_dir, tiny):
+    """The "fine-tune" is the tiny SDXL checkpoint of another seed."""
+    return {"2": {"seed": 1}}
