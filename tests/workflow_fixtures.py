@@ -3,6 +3,7 @@ workflow as the frontend would queue it, swaps checkpoint loaders for the tiny t
 checkpoint and shrinks sizes and step counts; `prepare_<workflow key>(models_dir, input_dir,
 tiny)` writes the files a workflow names and may return {node_id: {input: value}} overrides
 (e.g. fewer training steps). Used by the tests and by the thumbnail builder."""
+from anima_workflow_fixtures import adapt_anima_loaders, prepare_anima_lllite_apply  # noqa: F401 (prepare_* by key)
 
 
 def _family(ckpt_name: str) -> str:
@@ -36,7 +37,7 @@ def _adapt_to_tiny(prompt: dict, input_dir) -> dict:
             if "end_at_step" in inputs:
                 inputs["end_at_step"] = min(inputs["end_at_step"], 2)
                 inputs["start_at_step"] = min(inputs["start_at_step"], 1)
-    return prompt
+    return adapt_anima_loaders(prompt)
 
 
 def tiny_prompt(key: str, workflow: dict, comfy_dir, tiny) -> dict:
