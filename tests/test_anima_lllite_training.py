@@ -107,72 +107,44 @@ def test_batches_draw_inpainting_masks_from_the_run_generator(model):
     assert not torch.equal(first, second)  # a new mask per call: the fourth channel is live
 
 
-def _pooled_latents(images):
-    """images in [-1, 1] -> 16-channel 8x-downscaled stand-in 'latents' (the tiny VAE is slow on CPU)."""
-    p = torch.nn.functional.avg_pool2d(images, 8)
-    return torch.cat([p] * 5 + [p[:, :1]], 1)
-
-
-def test_engine_trains_an_anima_lllite_that_core_applies(model, patch_dir, inpainting=True):
-    """The one engine (TrainingEngine) with Anima's flow schedule and Qwen3 text: the saved v2
-    file loads in core's ModelPatchLoader and computes what the trained adapter computes.
-    Inpainting (random masks as the fourth channel); any-type differs only by the mask."""
+def test_train_lllite_on_the_engine_saves_what_core_applies(model, patch_dir, monkeypatch):
+    """session.train_lllite (what TrainLLLite runs) on the tiny Anima with its Wan-layout VAE and
+    Qwen3 CLIP: Anima's flow schedule, latents through the VAE, text through Qwen3 + llm_adapter;
+    the saved v2 inpainting file loads in core's ModelPatchLoader and computes what the trained
+    adapter computes (random masks as the fourth channel; any-type differs only by the mask)."""
     import shutil
 
     import tiny_anima
-    from lllite_kit.training.anima.model import trainable_anima
-    from lllite_kit.training.anima.text import AnimaTextConditioner
-    from lllite_kit.training.config import TrainConfig
-    from lllite_kit.training.data import DatasetConfig, SubsetConfig, TrainingData, items_from_tensors
-    from lllite_kit.training.engine import TrainingEngine
-
-    g = torch.Generator().manual_seed(0)
-    images, guides = torch.rand(4, 3, 64, 64, generator=g), torch.rand(4, 3, 64, 64, generator=g)
-    dataset = DatasetConfig(subsets=[SubsetConfig(items=items_from_tensors(images, "a disc", guides))],
-                            resolution=(64, 64), batch_size=2)
-    data = TrainingData([dataset], encode_latents=_pooled_latents, vae_id="avg-pool-8x16", seed=0, size_multiple=32,
-                        require_guides=True)
-    cfg = TrainConfig(max_train_steps=2, learning_rate=1e-2, seed=0, save_precision="float", output_name="anima_lllite")
-    clip = tiny_anima.build_anima_clip(0)
-    out = patch_dir.parent / f"anima_train_{int(inpainting)}"
-    adapter = AnimaLLLiteAdapter(cond_emb_dim=16, network_dim=16, cond_dim=16, inpainting=inpainting)
-    with torch.inference_mode(False), trainable_anima(model) as tm:
-        text = AnimaTextConditioner(clip, tm.diffusion_model)
-        result = TrainingEngine(cfg, tm, text, adapter, data, out, lambda facts: {}).run()
-        assert len(result.losses) == 2 and all(torch.isfinite(torch.tensor(result.losses)))
-        assert any(v.abs().max() > 0 for k, v in adapter.state_dict().items() if ".up." in k)  # it learned something
-        name = f"engine_{int(inpainting)}.safetensors"
-        shutil.copy(result.final_path, patch_dir / name)
-        guide = guides[:1]
-        mask = torch.zeros(1, 1, 64, 64)
-        mask[..., 16:48, 8:40] = 1
-        x = torch.randn(1, 16, 1, 8, 8, generator=torch.Generator().manual_seed(2))
-        adapter.attach(tm.diffusion_model, {})
-        adapter.train(False)
-        try:
-            trained = _dit_with(adapter, model, x, guide, mask)
-        finally:
-            adapter.detach()
-    core = _dit(model, x, _core(model, name, guide, mask[:, 0] if inpainting else None))
-    assert ((core - trained).abs().max() / trained.abs().max()).item() < TOL
-
-
-def test_train_lllite_takes_an_anima_model_with_its_vae(model, comfy_dirs):
-    """session.train_lllite (what TrainLLLite runs) on the tiny Anima with its Wan-layout VAE and
-    Qwen3 CLIP: latents through the VAE, text through Qwen3 + llm_adapter, a v2 inpainting file."""
-    import tiny_anima
-    from lllite_kit.lllite.weights import read_lllite as read
+    from lllite_kit.training import session
     from lllite_kit.training.config import TrainConfig
     from lllite_kit.training.data import DatasetConfig, SubsetConfig, items_from_tensors
-    from lllite_kit.training.session import train_lllite
 
+    adapters = []  # the adapter the session builds, to compare with core after training
+    build = session.anima_lllite_adapter
+    monkeypatch.setattr(session, "anima_lllite_adapter", lambda cfg: adapters.append(build(cfg)) or adapters[-1])
     g = torch.Generator().manual_seed(0)
     images, guides = torch.rand(2, 3, 32, 32, generator=g), torch.rand(2, 3, 32, 32, generator=g)
     dataset = DatasetConfig(subsets=[SubsetConfig(items=items_from_tensors(images, "a disc", guides))],
                             resolution=(32, 32), batch_size=2)
     cfg = TrainConfig(max_train_steps=1, learning_rate=1e-2, seed=0, save_precision="float", output_name="anima_session",
                       cond_emb_dim=8, network_dim=8, network_args={"inpainting": "true"})
-    result = train_lllite(cfg, model, tiny_anima.build_anima_clip(0), tiny_anima.build_anima_vae(0), [dataset],
-                          output_dir=comfy_dirs / "anima_session", holdout=0)
-    net = read(str(result.final_path))
+    result = session.train_lllite(cfg, model, tiny_anima.build_anima_clip(0), tiny_anima.build_anima_vae(0), [dataset],
+                                  output_dir=patch_dir.parent / "anima_session", holdout=0)
+    net = read_lllite(str(result.final_path))
     assert net.inpainting and net.inpaint_masked_input and len(result.losses) == 1
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    (adapter,) = adapters
+    assert any(v.abs().max() > 0 for k, v in adapter.state_dict().items() if ".up." in k)  # it learned something
+    shutil.copy(result.final_path, patch_dir / "engine.safetensors")
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., 8:24, 4:20] = 1
+    x = torch.randn(1, 16, 1, 4, 4, generator=torch.Generator().manual_seed(2))
+    adapter.attach(model.model.diffusion_model, {})
+    adapter.train(False)
+    try:
+        trained = _dit_with(adapter, model, x, guides[:1], mask)
+    finally:
+        adapter.detach()
+    assert not torch.equal(trained, _dit(model, x))
+    core = _dit(model, x, _core(model, "engine.safetensors", guides[:1], mask[:, 0]))
+    assert ((core - trained).abs().max() / trained.abs().max()).item() < TOL
