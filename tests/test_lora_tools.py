@@ -132,6 +132,9 @@ def test_resize_to_full_rank_is_lossless(make_lora, models, comfy_dirs, caplog):
         s = torch.linalg.svdvals(lora.delta(r.name).reshape(lora.delta(r.name).shape[0], -1).double())
         assert r.fro_retained == pytest.approx(float(s[:r.new_rank].norm() / s.norm()), rel=1e-4)
     assert {r.new_rank for r in report} == {1, 2}
+    per_block = resize.rank_per_block(report, "sdxl")  # the node's bar chart: 3x3 convs kept 1, the rest 2
+    assert list(per_block)[0] == "BASE" and per_block["BASE"] == 2.0
+    assert all(1.0 <= v <= 2.0 for v in per_block.values()) and min(per_block.values()) < 2.0
     text = resize.report_text(report, 1000, 500)
     assert "Average Frobenius norm retention" in text and "(50.0%)" in text
     meta = _load_in_core(smaller, "sdxl", models, comfy_dirs, caplog, "tools_resized.safetensors").metadata

@@ -96,3 +96,5 @@ def test_extract_from_two_checkpoints(tiny, tmp_path, capsys):
     base_w = safetensors.torch.load_file(str(base))
     key = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight"
     torch.testing.assert_close(lora.delta(name), tuned_w[key] - base_w[key], rtol=1e-4, atol=1e-5)
+    assert lora.metadata["ss_sd_model_name"] == "base.safetensors"
+    assert '"tuned": "tuned.safetensors"' in lora.metadata["ss_lora_tool_args"]
