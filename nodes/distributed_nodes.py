@@ -14,13 +14,16 @@ from ..training.config import load_config
 from ..training.distributed_launch import TRAIN_SCRIPT, follow_job, read_png, torchrun_command
 from ..training.output_files import plan_output
 from ..training.session import datasets_from_config
+from .controlnet_nodes import FOLDERS as CONTROLNET_FOLDERS
+from .controlnet_nodes import controlnet_dir
 from .lllite_training_nodes import LLLITE_FOLDERS, lllite_output_dir
 from .training_form import (NodeProgress, check_dataset_paths, file_name_in, if_exists_input, images_batch, resolve_path,
                             saved_files_text)
 
 CATEGORY = "LLLite Kit/training"
 # trainer -> (folder names its files are listed in, where they are written by default)
-TRAINERS = {"lora": (("loras",), default_output_dir), "lllite": (LLLITE_FOLDERS, lllite_output_dir)}
+TRAINERS = {"lora": (("loras",), default_output_dir), "lllite": (LLLITE_FOLDERS, lllite_output_dir),
+            "controlnet": (CONTROLNET_FOLDERS, controlnet_dir)}
 EXAMPLE_CONFIG = """# sd-scripts training options (TOML), as in a config file for train.py
 network_dim = 16
 network_alpha = 8
@@ -55,7 +58,7 @@ class TrainDistributed(io.ComfyNode):
             node_id="LLLiteKit_TrainDistributed",
             display_name="Train on several GPUs (torchrun)",
             category=CATEGORY,
-            description="Trains a LoRA or LLLite data-parallel on this machine's GPUs (or several machines) as a separate "
+            description="Trains a LoRA, LLLite or ControlNet data-parallel on this machine's GPUs (or several machines) as a separate "
                         "torchrun job of scripts/train.py; progress, samples and the loss come back here, Cancel stops "
                         "every process at the same step. Batch size is per GPU.",
             inputs=[

@@ -1,6 +1,6 @@
-"""Train a LoRA or ControlNet-LLLite without the UI, with the same engine and options as the nodes.
+"""Train a LoRA, ControlNet-LLLite or ControlNet without the UI, with the same engine and options as the nodes.
 
-    python scripts/train.py --config_file config.toml --dataset_config dataset.toml [--trainer lllite]
+    python scripts/train.py --config_file config.toml --dataset_config dataset.toml [--trainer lllite|controlnet]
     torchrun --nproc_per_node 2 scripts/train.py ...     (data-parallel, one process per GPU)
 
 config.toml is an sd-scripts training config (sections are flattened, as sd-scripts does);
@@ -13,6 +13,7 @@ Under torchrun every process trains its slice of each global batch (per-process 
 x processes), gradients are averaged, and process 0 alone prints, writes files and samples.
 """
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -67,8 +68,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-# --trainer -> training.session function; each takes (cfg, model, clip, vae, datasets, **keywords)
-TRAINERS = {"lora": "train_lora", "lllite": "train_lllite"}
+# --trainer -> "module:function" under lllite_kit.training; each takes (cfg, model, clip, vae, datasets, **keywords)
+# and trains with the config's options alone (ControlNet with its defaults: sd_locked, from the base U-Net)
+TRAINERS = {"lora": "session:train_lora", "lllite": "session:train_lllite", "controlnet": "controlnet.train:train_controlnet"}
 
 
 def load_models(cfg):
@@ -169,7 +171,8 @@ def main(argv=None) -> int:
             datasets = session.datasets_from_config(cfg)
             model, clip, vae, model_name = load_models(cfg)
             out_dir = Path(cfg.output_dir or default_output_dir())
-            train = getattr(session, TRAINERS[args.trainer])
+            module, function = TRAINERS[args.trainer].split(":")
+            train = getattr(importlib.import_module(f"lllite_kit.training.{module}"), function)
             result = train(cfg, model, clip, vae, datasets, output_dir=out_dir, model_name=model_name,
                            hooks=_hooks(args, cfg, out_dir, group.is_main, last_samples), latent_cache_dir=latent_cache_dir())
     except KeyboardInterrupt:
