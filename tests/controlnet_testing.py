@@ -1,12 +1,18 @@
-"""Tiny SD1.5/SDXL models for the ControlNet tests, with the attention heads ComfyUI's
-ControlNet loader detects from a file (64 channels per head: core builds tiny, unrecognised
-configs with its BASE defaults), so a saved tiny ControlNet computes the same once core loads
-it. SDXL: the tiny config as is (attention only at 64/128 channels). SD1.5: 64 base channels
-(attention at every level), same module names as the real model."""
+"""Tiny SD1.5/SDXL models and ControlNet files for the ControlNet tests, with the attention
+heads ComfyUI's ControlNet loader detects from a file (64 channels per head: core builds tiny,
+unrecognised configs with its BASE defaults), so a saved tiny ControlNet computes the same once
+core loads it (comfy.controlnet.load_controlnet). SDXL: the tiny config as is (attention only at
+64/128 channels). SD1.5: 64 base channels (attention at every level), same module names as the
+real model."""
+from pathlib import Path
+
+import safetensors.torch
 import torch
 
+import comfy.cldm.cldm
 import comfy.model_management
 import comfy.model_patcher
+import comfy.ops
 import tiny_models
 
 
@@ -24,11 +30,15 @@ FAMILIES = {
 }
 
 
-def build_model(family: str = "sd15", seed: int = 0, dtype: torch.dtype = torch.float32, **_ignored):
+def build_model(family: str = "sd15", seed: int = 0, dtype: torch.dtype = torch.float32, head_channels: int = 64,
+                **_ignored):
     """A MODEL whose ControlNet core reads back with the same heads; unit GroupNorm gains (as
-    training_helpers.unit_group_norms) so a control changes the output measurably."""
+    training_helpers.unit_group_norms) so a control changes the output measurably. head_channels:
+    other heads for a model whose ControlNet is a separate file (write_controlnet builds it with
+    core's 64 either way); test_distill's numbers are tuned on tiny_models' 16."""
     config_cls, unet_config = FAMILIES[family]
     model_config = config_cls(dict(unet_config, dtype=dtype))
+    model_config.unet_config["num_head_channels"] = head_channels
     model_config.set_inference_dtype(dtype, None)
     model = model_config.get_model({})
     tiny_models.fill_seeded(model.diffusion_model, seed)
@@ -39,7 +49,7 @@ def build_model(family: str = "sd15", seed: int = 0, dtype: torch.dtype = torch.
     model.diffusion_model.to(dtype)
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
                                                offload_device=torch.device("cpu"))
-    patcher.cached_patcher_init = (build_model, (family, seed, dtype))
+    patcher.cached_patcher_init = (build_model, (family, seed, dtype, head_channels))
     return patcher
 
 
@@ -49,3 +59,36 @@ def perturb(control: torch.nn.Module, seed: int = 5, scale: float = 0.05) -> Non
     g = torch.Generator().manual_seed(seed)
     for _, p in sorted(control.named_parameters()):
         p.add_(torch.randn(p.shape, generator=g) * scale)
+
+
+def build_controlnet(model, seed: int = 1, zero_conv_scale: float = 0.3, hint_gain: float = 2.0) -> comfy.cldm.cldm.ControlNet:
+    """Core's ControlNet for `model`'s U-Net config: copied from the U-Net where the layouts
+    agree (as ControlNet training starts), a seeded guide encoder with gain `hint_gain` per
+    convolution (so the guide survives its eight SiLU layers), and zero convolutions filled
+    with small seeded values instead of zeros, so the control acts and depends on the guide."""
+    config = {k: v for k, v in model.model.model_config.unet_config.items() if k not in ("out_channels", "dtype", "device")}
+    config.update(num_heads=-1, num_head_channels=64)  # core's BASE defaults, what it reads the file with
+    net = comfy.cldm.cldm.ControlNet(**config, hint_channels=3, operations=comfy.ops.disable_weight_init,
+                                     device=torch.device("cpu"), dtype=torch.float32)
+    tiny_models.fill_seeded(net, seed)
+    unet = model.model.diffusion_model.state_dict()
+    with torch.no_grad():
+        for k, p in net.state_dict().items():
+            if k in unet and unet[k].shape == p.shape:
+                p.copy_(unet[k])
+        g = torch.Generator().manual_seed(seed + 1)
+        for k, p in sorted(net.named_parameters()):
+            if k.startswith(("zero_convs.", "middle_block_out.")):
+                p.copy_(torch.randn(p.shape, generator=g) * zero_conv_scale / max(1, p[0].numel()) ** 0.5)
+            elif k.startswith("input_hint_block.") and p.ndim == 4:
+                p.mul_(hint_gain)
+    return net
+
+
+def write_controlnet(path: Path, model, seed: int = 1, zero_conv_scale: float = 0.3, hint_gain: float = 2.0) -> Path:
+    """The ControlNet as an original-layout (ControlNet 1.x .pth) state dict, "control_model."
+    keys, in a safetensors file: the layout core's load_controlnet reads for every SD ControlNet."""
+    net = build_controlnet(model, seed, zero_conv_scale, hint_gain)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file({f"control_model.{k}": v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    return path

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import comfy.controlnet
-import controlnet_files as cf
+import controlnet_testing as cf
 from lllite_kit.lllite.weights import read_lllite
 from lllite_kit.training.comfy_bridge import TextConditioner, trainable_model
 from lllite_kit.training.config import TrainConfig
@@ -28,7 +28,7 @@ STEPS = 24
 @pytest.fixture(scope="module")
 def run(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("distill")
-    model, clip = cf.build_model(seed=0), tiny.build_clip("sd15", seed=0)
+    model, clip = cf.build_model(seed=0, head_channels=16), tiny.build_clip("sd15", seed=0)
     control = comfy.controlnet.load_controlnet(str(cf.write_controlnet(out / "cn" / "tiny_cn.safetensors", model)))
     images, guides = fill_task(6)
     dataset = DatasetConfig(subsets=[SubsetConfig(items=items_from_tensors(images, "a filled circle", guides))],

@@ -4,7 +4,7 @@ file loads in our Load ControlNet-LLLite node."""
 import pytest
 from safetensors import safe_open
 
-import controlnet_files
+import controlnet_testing
 import workflow_fixtures
 from lllite_kit.lllite.weights import read_lllite
 from test_lllite_training_graph import TRAIN
@@ -13,8 +13,8 @@ from test_lllite_training_graph import TRAIN
 @pytest.fixture(scope="module")
 def prepared(comfy_dirs, tiny):
     workflow_fixtures.prepare_lllite_train_folders(comfy_dirs / "models", comfy_dirs / "input", tiny)
-    controlnet_files.write_controlnet(comfy_dirs / "models" / "controlnet" / "tiny_sdxl_cn.safetensors",
-                                      tiny.build_model("sdxl", seed=0))
+    controlnet_testing.write_controlnet(comfy_dirs / "models" / "controlnet" / "tiny_sdxl_cn.safetensors",
+                                        tiny.build_model("sdxl", seed=0))
     return comfy_dirs
 
 

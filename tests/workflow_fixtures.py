@@ -188,21 +188,21 @@ def prepare_pose_lllite(models_dir, input_dir, tiny):
 def prepare_controllability_compare(models_dir, input_dir, tiny):
     """The canny LLLite of prepare_lllite_canny_apply and a tiny SDXL ControlNet file core's
     ControlNetLoader reads, under the names the workflow uses."""
-    import controlnet_files
+    import controlnet_testing
 
     prepare_lllite_canny_apply(models_dir, input_dir, tiny)
-    controlnet_files.write_controlnet(models_dir / "controlnet" / "controlnet-canny-sdxl-1.0.safetensors",
-                                      tiny.build_model("sdxl", seed=0))
+    controlnet_testing.write_controlnet(models_dir / "controlnet" / "controlnet-canny-sdxl-1.0.safetensors",
+                                        tiny.build_model("sdxl", seed=0))
 
 
 def prepare_distill_controlnet(models_dir, input_dir, tiny):
     """The folder dataset of prepare_lllite_train_folders and a tiny SDXL ControlNet; distillation
     shrunk to 64 px, 1 step in fp32, 2 held-out images."""
-    import controlnet_files
+    import controlnet_testing
 
     prepare_lllite_train_folders(models_dir, input_dir, tiny)
-    controlnet_files.write_controlnet(models_dir / "controlnet" / "controlnet-canny-sdxl-1.0.safetensors",
-                                      tiny.build_model("sdxl", seed=0))
+    controlnet_testing.write_controlnet(models_dir / "controlnet" / "controlnet-canny-sdxl-1.0.safetensors",
+                                        tiny.build_model("sdxl", seed=0))
     return {
         "3": {"resolution": 64, "batch_size": 2},
         "4": {"max_train_steps": 1, "heldout_images": 2, "validate_every_n_steps": 0, "save_every_n_steps": 0,
