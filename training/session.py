@@ -171,6 +171,14 @@ def run_training(cfg: TrainConfig, model, clip, vae, datasets: Sequence[DatasetC
             return engine.run()
 
 
+def check_sample_guide(cfg: TrainConfig, sample_guide: torch.Tensor | None, what: str,
+                       error: type[Exception] = ValueError) -> None:
+    """A guided adapter (LLLite, ControlNet) renders every sample with one guide image: asking
+    for samples without it fails before any work starts."""
+    if sample_guide is None and cfg.sample_prompts and (cfg.sample_every_n_steps or cfg.sample_every_n_epochs):
+        raise error(f"{what} sample images need a sample guide image")
+
+
 def lora_config(cfg: TrainConfig):
     from .lora import LoRAConfig
 
@@ -213,8 +221,7 @@ def train_lllite(cfg: TrainConfig, model, clip, vae, datasets: Sequence[DatasetC
     family = "anima" if is_anima(model) else trainable_family(model)
     if family not in LAYOUTS and family != "anima":
         raise ValueError(f"ControlNet-LLLite training supports SDXL, SD1.5 and Anima models; this one is {family}")
-    if sample_guide is None and cfg.sample_prompts and (cfg.sample_every_n_steps or cfg.sample_every_n_epochs):
-        raise ValueError("LLLite sample images need a sample guide image")
+    check_sample_guide(cfg, sample_guide, "LLLite")
 
     def adapter(tm: TrainingModel) -> LLLiteAdapter:
         if family == "anima":

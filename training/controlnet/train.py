@@ -11,7 +11,7 @@ from ..control_gap import ControlGap
 from ..data.config import DatasetConfig
 from ..engine import TrainHooks, TrainResult
 from ..lora import training_metadata
-from ..session import run_training
+from ..session import check_sample_guide, run_training
 from .adapter import ControlNetAdapter
 from .network import ControlNetError
 
@@ -30,8 +30,7 @@ def train_controlnet(cfg: TrainConfig, model, clip, vae, datasets: Sequence[Data
     family = trainable_family(model)
     if family not in FAMILIES:
         raise ControlNetError(f"ControlNet training supports SD1.5 and SDXL models; this one is {family}")
-    if sample_guide is None and cfg.sample_prompts and (cfg.sample_every_n_steps or cfg.sample_every_n_epochs):
-        raise ControlNetError("ControlNet sample images need a sample guide image")
+    check_sample_guide(cfg, sample_guide, "ControlNet", ControlNetError)
     unet_config = dict(model.model.model_config.unet_config)
 
     def adapter(tm: TrainingModel) -> ControlNetAdapter:

@@ -9,7 +9,7 @@ from ..comfy_bridge import TrainingModel, trainable_family
 from ..config import TrainConfig
 from ..data.config import DatasetConfig
 from ..engine import TrainHooks, TrainResult
-from ..session import run_training
+from ..session import check_sample_guide, run_training
 from .adapter import DistillationAdapter
 from .evaluate import TeacherAgreement
 from .teacher import ControlNetTeacher
@@ -30,8 +30,7 @@ def distill_controlnet(cfg: TrainConfig, model, clip, vae, datasets: Sequence[Da
     family = trainable_family(model)
     if family not in LAYOUTS:
         raise ValueError(f"ControlNet-LLLite distillation supports SDXL and SD1.5 models; this one is {family}")
-    if sample_guide is None and cfg.sample_prompts and (cfg.sample_every_n_steps or cfg.sample_every_n_epochs):
-        raise ValueError("LLLite sample images need a sample guide image")
+    check_sample_guide(cfg, sample_guide, "LLLite")
 
     def adapter(tm: TrainingModel) -> DistillationAdapter:
         return DistillationAdapter(tm, teacher, tm.family, cond_emb_dim=cfg.cond_emb_dim, network_dim=cfg.network_dim,
