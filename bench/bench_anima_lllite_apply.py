@@ -10,7 +10,6 @@ not depend on their values) with LLLites on all 5 targets of every block (140 mo
 Goal on a GPU: at most 1.05x per LLLite."""
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -41,16 +40,7 @@ def _random_lllite(model, dims, seed):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--full-anima", action="store_true", help="full-size Anima DiT (random weights) instead of the tiny one")
-    parser.add_argument("--resolution", type=int, default=None, help="square picture size (default 128 tiny, 1024 full)")
-    parser.add_argument("--dtype", choices=benchlib.DTYPE_NAMES, default="fp32")
-    parser.add_argument("--steps", type=int, default=None, help="sampler steps per measurement, >= 2 (default 3 tiny, 8 full)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (each times every variant twice)")
-    parser.add_argument("--cpu", action="store_true", help="stay on the CPU even if torch sees a GPU")
-    parser.add_argument("--smoke", action="store_true", help="smallest settings: 64 px, 2 steps, 1 round (a few seconds)")
-    opts = parser.parse_args()
-    if opts.smoke:
-        opts.resolution, opts.steps, opts.rounds = opts.resolution or 64, 2, 1
-        benchlib.smoke_threads()
+    opts = benchlib.apply_options(parser)
 
     benchlib.bootstrap(cpu=opts.cpu)
     import comfy.sample
@@ -77,35 +67,14 @@ def main() -> None:
     latent = torch.zeros(1, 16, 1, resolution // 8, resolution // 8)
     noise = comfy.sample.prepare_noise(latent, 1)
 
-    def step_time(m) -> float:
-        """Mean time between the sampler's step callbacks (the first call's embedding excluded)."""
-        stamps = []
+    fns = {name: lambda m=m: benchlib.sampler_step_time(m, noise, latent, steps, 4.0, "simple", positive, negative)
+           for name, m in variants.items()}
+    times = benchlib.interleaved(fns, opts.rounds, measure=lambda fn: fn())  # warm-up call: model load, kernels
 
-        def callback(step, x0, x, total):
-            benchlib.sync()
-            stamps.append(time.perf_counter())
-
-        comfy.sample.sample(m, noise, steps, 4.0, "euler", "simple", positive, negative, latent,
-                            callback=callback, disable_pbar=True, seed=1)
-        return (stamps[-1] - stamps[0]) / (len(stamps) - 1)
-
-    for m in variants.values():  # warm-up: model load, kernels
-        step_time(m)
-    times = {k: [] for k in variants}
-    order = list(variants) + list(reversed(variants))
-    for _ in range(opts.rounds):
-        for name in order:
-            times[name].append(step_time(variants[name]))
-
-    base = benchlib.median(times["bare"])
     print(f"machine: {benchlib.machine()}")
     print(f"{'full-size' if opts.full_anima else 'tiny'} Anima DiT, {resolution}x{resolution}, {opts.dtype}, CFG batch 2, "
           f"euler {steps} steps x {2 * opts.rounds} runs per variant, LLLite E{dims[0]}/R{dims[1]} ({len(a.targets)} modules)")
-    for name, ts in times.items():
-        print(f"  {name:12s} {benchlib.median(ts) * 1000:9.2f} ms/step  (min {min(ts) * 1000:.2f}, max {max(ts) * 1000:.2f})")
-    for name in ("one LLLite", "two LLLites"):
-        benchlib.ratio(f"{name} / bare step time", benchlib.median(times[name]) / base)
-    benchlib.ratio("overhead per LLLite", (benchlib.median(times["two LLLites"]) / base - 1) / 2 + 1, "goal on GPU: <= 1.05")
+    benchlib.apply_report(times, "goal on GPU: <= 1.05")
 
 
 if __name__ == "__main__":

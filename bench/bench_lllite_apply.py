@@ -11,7 +11,6 @@ Goal on a GPU: at most 1.03x per LLLite; the guide embedding is computed once, n
 (the count of embedding computations during the timed steps is printed)."""
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -40,16 +39,7 @@ def _random_lllite(model, cond_emb_dim, mlp_dim, seed):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--full-sdxl", action="store_true", help="full-size SDXL U-Net (random weights) instead of the tiny one")
-    parser.add_argument("--resolution", type=int, default=None, help="square picture size (default 128 tiny, 1024 full)")
-    parser.add_argument("--dtype", choices=benchlib.DTYPE_NAMES, default="fp32")
-    parser.add_argument("--steps", type=int, default=None, help="sampler steps per measurement, >= 2 (default 3 tiny, 8 full)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (each times every variant twice)")
-    parser.add_argument("--cpu", action="store_true", help="stay on the CPU even if torch sees a GPU")
-    parser.add_argument("--smoke", action="store_true", help="smallest settings: 64 px, 2 steps, 1 round (a few seconds)")
-    opts = parser.parse_args()
-    if opts.smoke:
-        opts.resolution, opts.steps, opts.rounds = opts.resolution or 64, 2, 1
-        benchlib.smoke_threads()
+    opts = benchlib.apply_options(parser)
 
     benchlib.bootstrap(cpu=opts.cpu)
     import comfy.sample
@@ -82,40 +72,18 @@ def main() -> None:
     embeds = [0]
     embed = LLLiteModule.embed
     LLLiteModule.embed = lambda self, g: embeds.__setitem__(0, embeds[0] + 1) or embed(self, g)
-
-    def step_time(m) -> float:
-        """Mean time between the sampler's step callbacks: the steps alone, without the
-        per-call set-up (model load, conditioning, the first call's guide embeddings)."""
-        stamps = []
-
-        def callback(step, x0, x, total):
-            benchlib.sync()
-            stamps.append(time.perf_counter())
-
-        comfy.sample.sample(m, noise, steps, 7.0, "euler", "normal", positive, negative, latent,
-                            callback=callback, disable_pbar=True, seed=1)
-        return (stamps[-1] - stamps[0]) / (len(stamps) - 1)
-
-    for m in variants.values():  # warm-up: model load, kernels, the guide embeddings
-        step_time(m)
+    fns = {name: lambda m=m: benchlib.sampler_step_time(m, noise, latent, steps, 7.0, "normal", positive, negative)
+           for name, m in variants.items()}
+    for fn in fns.values():  # warm-up: model load, kernels, the guide embeddings (not counted below)
+        fn()
     embeds[0] = 0
-    times = {k: [] for k in variants}
-    order = list(variants) + list(reversed(variants))
-    for _ in range(opts.rounds):
-        for name in order:
-            times[name].append(step_time(variants[name]))
+    times = benchlib.interleaved(fns, opts.rounds, warmup=0, measure=lambda fn: fn())
 
-    base = benchlib.median(times["bare"])
     model_name = "full-size SDXL U-Net" if opts.full_sdxl else "tiny SDXL-layout U-Net"
     print(f"machine: {benchlib.machine()}")
     print(f"{model_name}, {resolution}x{resolution}, {opts.dtype}, CFG batch 2, euler {steps} steps x "
           f"{2 * opts.rounds} runs per variant, LLLite E{dims[0]}/R{dims[1]} (136 modules)")
-    for name, ts in times.items():
-        med = benchlib.median(ts)
-        print(f"  {name:12s} {med * 1000:9.2f} ms/step  (min {min(ts) * 1000:.2f}, max {max(ts) * 1000:.2f})")
-    for name in ("one LLLite", "two LLLites"):
-        benchlib.ratio(f"{name} / bare step time", benchlib.median(times[name]) / base)
-    benchlib.ratio("overhead per LLLite", (benchlib.median(times["two LLLites"]) / base - 1) / 2 + 1, "goal on GPU: <= 1.03")
+    benchlib.apply_report(times, "goal on GPU: <= 1.03")
     print(f"guide embedding computations during the timed steps: {embeds[0]} (0 = computed once, reused)")
 
 

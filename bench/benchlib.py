@@ -1,6 +1,7 @@
 """Shared by the bench scripts: importing ComfyUI and the pack, the full-size SDXL U-Net,
-timing (warm-up, device sync, interleaved medians), peak memory, the machine report, the
-one-process-per-run driver and the ratio lines the smoke test looks for."""
+timing (warm-up, device sync, interleaved medians, sampler step times), the apply benchmarks'
+options and report, peak memory, the machine report, the one-process-per-run driver and the
+ratio lines the smoke test looks for."""
 import json
 import os
 import platform
@@ -104,17 +105,35 @@ def timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def interleaved(fns: dict, rounds: int, warmup: int = 1) -> dict[str, list[float]]:
+def interleaved(fns: dict, rounds: int, warmup: int = 1, measure=timed) -> dict[str, list[float]]:
     """Times each fn in rounds of A B .. B A after `warmup` untimed calls of each, so slow
-    drift of the machine (clocks, other load) hits every variant alike."""
+    drift of the machine (clocks, other load) hits every variant alike. measure(fn): one
+    measurement (default: fn's wall time; sampler_step_time's fns return their own)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times = {k: [] for k in fns}
     for _ in range(rounds):
         for name in list(fns) + list(reversed(fns)):
-            times[name].append(timed(fns[name]))
+            times[name].append(measure(fns[name]))
     return times
+
+
+def sampler_step_time(model, noise, latent, steps: int, cfg: float, scheduler: str, positive, negative) -> float:
+    """Mean time between core's euler sampler step callbacks: the steps alone, without the
+    per-call set-up (model load, conditioning, a first call's one-off work such as guide
+    embeddings)."""
+    import comfy.sample
+
+    stamps = []
+
+    def callback(step, x0, x, total):
+        sync()
+        stamps.append(time.perf_counter())
+
+    comfy.sample.sample(model, noise, steps, cfg, "euler", scheduler, positive, negative, latent,
+                        callback=callback, disable_pbar=True, seed=1)
+    return (stamps[-1] - stamps[0]) / (len(stamps) - 1)
 
 
 def median(values) -> float:
@@ -185,6 +204,34 @@ class Peak:
 def _rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+# -- the apply benchmarks (bare model vs one vs two adapters while sampling) -------------------
+
+def apply_options(parser):
+    """Adds the options the apply benchmarks share (each adds its own --full-* flag first) and
+    parses them; --smoke sets the smallest settings and one torch thread."""
+    parser.add_argument("--resolution", type=int, default=None, help="square picture size (default 128 tiny, 1024 full)")
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, default="fp32")
+    parser.add_argument("--steps", type=int, default=None, help="sampler steps per measurement, >= 2 (default 3 tiny, 8 full)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (each times every variant twice)")
+    parser.add_argument("--cpu", action="store_true", help="stay on the CPU even if torch sees a GPU")
+    parser.add_argument("--smoke", action="store_true", help="smallest settings: 64 px, 2 steps, 1 round (a few seconds)")
+    opts = parser.parse_args()
+    if opts.smoke:
+        opts.resolution, opts.steps, opts.rounds = opts.resolution or 64, 2, 1
+        smoke_threads()
+    return opts
+
+
+def apply_report(times: dict[str, list[float]], goal: str) -> None:
+    """Per-variant step times ("bare", "one LLLite", "two LLLites") and the overhead ratios."""
+    base = median(times["bare"])
+    for name, ts in times.items():
+        print(f"  {name:12s} {median(ts) * 1000:9.2f} ms/step  (min {min(ts) * 1000:.2f}, max {max(ts) * 1000:.2f})")
+    for name in ("one LLLite", "two LLLites"):
+        ratio(f"{name} / bare step time", median(times[name]) / base)
+    ratio("overhead per LLLite", (median(times["two LLLites"]) / base - 1) / 2 + 1, goal)
 
 
 # -- one process per run ----------------------------------------------------------------------
