@@ -61,7 +61,7 @@ def test_sd2_trains_but_has_no_lora_or_lllite_names(tiny):
     patcher = _tiny_model(TinySD20, tiny.SD15_UNET)
     assert type(patcher.model) is comfy.model_base.BaseModel
     assert trainable_family(patcher) == "sd2"
-    with pytest.raises(ValueError, match="LoRA training supports SD1.5 and SDXL base models; this model is TinySD20"):
+    with pytest.raises(ValueError, match="LoRA training supports SD1.5, SDXL and Anima base models; this model is TinySD20"):
         lora_family(patcher.model.model_config)
     assert model_label(patcher) == "'sd2 (TinySD20)'"
 
@@ -85,5 +85,5 @@ def test_trainer_refuses_variants_with_other_inputs(tiny, variant):
 
 def test_other_architectures_are_no_family():
     assert model_family(object()) is None
-    with pytest.raises(ValueError, match="LoRA training supports SD1.5 and SDXL base models; this model is object"):
+    with pytest.raises(ValueError, match="LoRA training supports SD1.5, SDXL and Anima base models; this model is object"):
         lora_family(object())

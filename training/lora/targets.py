@@ -43,7 +43,7 @@ def lora_family(model_config) -> str:
     """"sdxl", "sd15" or "anima": the model's family (model_family.py) when LoRA has key names for it."""
     family = model_family(model_config)
     if family not in TEXT_ENCODER_ROLES:
-        raise ValueError(f"LoRA training supports SD1.5 and SDXL base models; this model is {type(model_config).__name__}")
+        raise ValueError(f"LoRA training supports SD1.5, SDXL and Anima base models; this model is {type(model_config).__name__}")
     return family
 
 
