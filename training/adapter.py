@@ -3,7 +3,7 @@
 The loop never knows which adapter it trains: it attaches it to the frozen model, asks for
 optimizer parameter groups, hands it each batch (so an adapter that needs more than latents
 and text, such as LLLite's guide images, can take it), and asks it to save itself in its
-public file format.
+public file format. Below it, the checks every guided adapter shares (batch_guides, load_exact).
 """
 from typing import Protocol
 
@@ -43,3 +43,27 @@ class TrainableAdapter(Protocol):
 
     def save(self, path: str, dtype: torch.dtype, metadata: dict[str, str]) -> None:
         """Write the public-format file atomically, metadata merged with self.metadata()."""
+
+
+def batch_guides(batch: Batch, what: str, sources: str = "conditioning_data_dir or in-graph guide images",
+                 error: type[Exception] = ValueError) -> torch.Tensor:
+    """The batch's guide images for a guided adapter's set_batch: one per latent, else `error`
+    naming `what` is trained and where guides come from (`sources`)."""
+    if batch.guides is None:
+        raise error(f"{what} training needs guide images in every batch ({sources})")
+    if batch.guides.shape[0] != batch.latents.shape[0]:
+        raise error(f"the batch has {batch.latents.shape[0]} latents but {batch.guides.shape[0]} guide images")
+    return batch.guides
+
+
+def load_exact(own: dict[str, torch.Tensor], sd: dict[str, torch.Tensor], what: str,
+               error: type[Exception] = ValueError) -> None:
+    """Copy `sd` into `own` (a module's state_dict(): its live tensors) when both have the same
+    keys and shapes; else `error` "<what>: missing .., unexpected .., other shapes ..", nothing copied."""
+    missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
+    wrong = sorted(k for k in set(own) & set(sd) if tuple(own[k].shape) != tuple(sd[k].shape))
+    if missing or unexpected or wrong:
+        raise error(f"{what}: missing {missing[:3]}, unexpected {unexpected[:3]}, other shapes {wrong[:3]}")
+    with torch.no_grad():
+        for k, v in own.items():
+            v.copy_(sd[k])

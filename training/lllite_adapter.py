@@ -20,6 +20,7 @@ import torch.utils.checkpoint
 from ..lllite.guide import fit_guide
 from ..lllite.module import LAYOUTS, LLLiteNetwork, build_network
 from ..lllite.weights import read_lllite, save_lllite
+from .adapter import batch_guides, load_exact
 from .data.batch import Batch
 
 log = logging.getLogger(__name__)
@@ -131,11 +132,7 @@ class LLLiteAdapter:
         return [{"params": list(self.network.parameters()), "lr": unet_lr, "name": "lllite"}] if unet_lr else []
 
     def set_batch(self, batch: Batch) -> None:
-        if batch.guides is None:
-            raise ValueError("LLLite training needs guide images in every batch (conditioning_data_dir or in-graph guide images)")
-        if batch.guides.shape[0] != batch.latents.shape[0]:
-            raise ValueError(f"the batch has {batch.latents.shape[0]} latents but {batch.guides.shape[0]} guide images")
-        self._guides = batch.guides
+        self._guides = batch_guides(batch, "LLLite")
 
     @contextmanager
     def using_guide(self, guide: torch.Tensor):
@@ -159,15 +156,7 @@ class LLLiteAdapter:
         """Exactly this network's tensors (kohya keys, same shapes)."""
         if self.network is None:
             raise RuntimeError("LLLite weights can only be loaded after attach() built the modules")
-        own = self.network.state_dict()
-        missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
-        wrong = sorted(k for k in set(own) & set(sd) if tuple(own[k].shape) != tuple(sd[k].shape))
-        if missing or unexpected or wrong:
-            raise ValueError(f"LLLite weights do not fit this network ({self.network.describe()}): missing {missing[:3]}, "
-                             f"unexpected {unexpected[:3]}, other shapes {wrong[:3]}")
-        with torch.no_grad():
-            for k, v in own.items():
-                v.copy_(sd[k])
+        load_exact(self.network.state_dict(), sd, f"LLLite weights do not fit this network ({self.network.describe()})")
 
     def metadata(self) -> dict[str, str]:
         """The dims for tools that list them (sd-scripts' LLLite trainer writes no ss_* key);

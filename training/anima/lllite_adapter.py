@@ -17,6 +17,7 @@ import torch
 from ...lllite.anima.guide import conditioning_input
 from ...lllite.anima.module import DEFAULT_ASPP, GUIDE_STRIDE, TARGET_LINEARS, build_for_model
 from ...lllite.anima.weights import read_anima_lllite, save_anima_lllite
+from ..adapter import batch_guides, load_exact
 from ..data.batch import Batch
 from .masks import random_masks
 
@@ -94,11 +95,7 @@ class AnimaLLLiteAdapter:
         return [{"params": list(self.network.parameters()), "lr": unet_lr, "name": "lllite"}] if unet_lr else []
 
     def set_batch(self, batch: Batch) -> None:
-        if batch.guides is None:
-            raise ValueError("Anima LLLite training needs guide images in every batch (conditioning_data_dir or in-graph guide images)")
-        if batch.guides.shape[0] != batch.latents.shape[0]:
-            raise ValueError(f"the batch has {batch.latents.shape[0]} latents but {batch.guides.shape[0]} guide images")
-        self._guides, self._masks = batch.guides, None
+        self._guides, self._masks = batch_guides(batch, "Anima LLLite"), None
 
     @contextmanager
     def using_guide(self, guide: torch.Tensor, mask: torch.Tensor | None = None):
@@ -120,13 +117,7 @@ class AnimaLLLiteAdapter:
         return {k: v.detach() for k, v in self.network.state_dict().items()}
 
     def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
-        own = self.network.state_dict()
-        wrong = sorted(set(own) ^ set(sd)) + sorted(k for k in set(own) & set(sd) if own[k].shape != sd[k].shape)
-        if wrong:
-            raise ValueError(f"Anima LLLite weights do not fit this network ({self.network.describe()}): {wrong[:3]}")
-        with torch.no_grad():
-            for k, v in own.items():
-                v.copy_(sd[k])
+        load_exact(self.network.state_dict(), sd, f"Anima LLLite weights do not fit this network ({self.network.describe()})")
 
     def metadata(self) -> dict[str, str]:
         return {"ss_network_module": "networks.control_net_lllite_anima", "ss_network_dim": str(self.network.mlp_dim),

@@ -15,7 +15,7 @@ import comfy.model_base
 import comfy.model_management
 import comfy.model_sampling
 
-from ..comfy_bridge.model import UnsupportedModel, _compute_dtype, make_autograd_safe
+from ..comfy_bridge.model import PatchedModel, UnsupportedModel, _compute_dtype, make_autograd_safe
 
 
 _ROPE_OP = "comfy_kitchen::rms_rope_split_half"
@@ -74,29 +74,13 @@ class FlowSchedule:
         return noise.float() - latents.float()
 
 
-class AnimaTrainingModel:
+class AnimaTrainingModel(PatchedModel):
     family = "anima"
 
     def __init__(self, patcher, compute_dtype: torch.dtype):
         self.patcher = patcher
         self.schedule = FlowSchedule(patcher.get_model_object("model_sampling"))
         self.compute_dtype = compute_dtype
-
-    @property
-    def diffusion_model(self) -> torch.nn.Module:
-        return self.patcher.model.diffusion_model
-
-    @property
-    def device(self) -> torch.device:
-        return self.patcher.load_device
-
-    @property
-    def model_config(self):
-        return self.patcher.model.model_config
-
-    def autocast(self):
-        enabled = self.compute_dtype != torch.float32
-        return torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=enabled)
 
     def predict(self, x_in, timesteps, context, y=None, transformer_options=None) -> torch.Tensor:
         """The DiT's velocity (float32, same shape as x_in) for integer timesteps."""

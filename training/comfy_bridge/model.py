@@ -171,14 +171,12 @@ def set_gradient_checkpointing(diffusion_model: torch.nn.Module, enabled: bool) 
     return count
 
 
-@dataclass
-class TrainingModel:
-    """The frozen diffusion model ready for training, and how to call it."""
+class PatchedModel:
+    """What every training model (U-Net here, Anima's DiT in anima/model.py) reads from its
+    ModelPatcher `patcher` and autocast dtype `compute_dtype` (float32 means no autocast)."""
 
     patcher: ModelPatcher
-    schedule: NoiseSchedule
-    family: str
-    compute_dtype: torch.dtype  # autocast dtype; float32 means no autocast
+    compute_dtype: torch.dtype
 
     @property
     def diffusion_model(self) -> torch.nn.Module:
@@ -195,6 +193,16 @@ class TrainingModel:
     def autocast(self):
         enabled = self.compute_dtype != torch.float32
         return torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=enabled)
+
+
+@dataclass
+class TrainingModel(PatchedModel):
+    """The frozen diffusion model ready for training, and how to call it."""
+
+    patcher: ModelPatcher
+    schedule: NoiseSchedule
+    family: str
+    compute_dtype: torch.dtype  # autocast dtype; float32 means no autocast
 
     def predict(self, x_in: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, y: torch.Tensor | None,
                 transformer_options: dict | None = None, control: dict | None = None) -> torch.Tensor:

@@ -15,6 +15,7 @@ import torch
 
 from ...lllite.guide import fit_guide
 from ..comfy_bridge.model import set_gradient_checkpointing
+from ..adapter import batch_guides, load_exact
 from ..data.batch import Batch
 from .network import ControlNetError, controlnet_from_unet, control_outputs, new_controlnet
 from .weights import DECODER_PREFIXES, read_controlnet, save_controlnet, save_unet
@@ -141,12 +142,8 @@ class ControlNetAdapter:
         return groups
 
     def set_batch(self, batch: Batch) -> None:
-        if batch.guides is None:
-            raise ControlNetError("ControlNet training needs guide images in every batch (conditioning_data_dir, Fill50K source/, "
-                             "or in-graph guide images)")
-        if batch.guides.shape[0] != batch.latents.shape[0]:
-            raise ControlNetError(f"the batch has {batch.latents.shape[0]} latents but {batch.guides.shape[0]} guide images")
-        self._guides = batch.guides
+        self._guides = batch_guides(batch, "ControlNet", "conditioning_data_dir, Fill50K source/, or in-graph guide images",
+                                    ControlNetError)
 
     @contextmanager
     def using_guide(self, guide: torch.Tensor):
@@ -181,15 +178,7 @@ class ControlNetAdapter:
                 p.copy_(decoder[k])
 
     def _load(self, sd: dict[str, torch.Tensor], source: str) -> None:
-        own = self.control.state_dict()
-        missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
-        wrong = sorted(k for k in set(own) & set(sd) if tuple(own[k].shape) != tuple(sd[k].shape))
-        if missing or unexpected or wrong:
-            raise ControlNetError(f"{source} does not fit a ControlNet of this {self.family} model: missing {missing[:3]}, "
-                             f"unexpected {unexpected[:3]}, other shapes {wrong[:3]}")
-        with torch.no_grad():
-            for k, v in own.items():
-                v.copy_(sd[k])
+        load_exact(self.control.state_dict(), sd, f"{source} does not fit a ControlNet of this {self.family} model", ControlNetError)
 
     def metadata(self) -> dict[str, str]:
         architecture = "stable-diffusion-xl-v1-base" if self.family == "sdxl" else "stable-diffusion-v1"
