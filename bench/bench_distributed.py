@@ -81,7 +81,7 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true")
     opts = p.parse_args()
     if opts.smoke:
-        opts.steps, opts.resolution = 3, 64
+        opts.steps, opts.resolution = 2, 64
     benchlib.bootstrap(cpu=not opts.checkpoint)
     n = opts.processes
     with tempfile.TemporaryDirectory() as tmp:
