@@ -171,6 +171,23 @@ def run_training(cfg: TrainConfig, model, clip, vae, datasets: Sequence[DatasetC
             return engine.run()
 
 
+def run_guided_training(cfg: TrainConfig, model, clip, vae, datasets: Sequence[DatasetConfig],
+                        adapter_factory: AdapterFactory, evaluator, *, holdout: int, size_multiple: int,
+                        sample_guide: torch.Tensor | None, **run_options) -> TrainResult:
+    """run_training for an adapter steered by guide images (LLLite, ControlNet, distillation):
+    every batch carries guides; `holdout` images (0: none) are kept out for `evaluator`, built
+    as evaluator(tm, text, adapter, held-out batches, (min, max timestep), seed=cfg.seed)
+    (ControlGap, TeacherAgreement). run_options: output_dir, model_name, hooks, latent_cache_dir."""
+    from .lora import training_metadata
+
+    def evaluation(tm, text, adapter, data):
+        return evaluator(tm, text, adapter, data.holdout_batches(), (cfg.min_timestep, cfg.max_timestep), seed=cfg.seed)
+
+    return run_training(cfg, model, clip, vae, datasets, adapter_factory, training_metadata,
+                        data_options={"size_multiple": size_multiple, "require_guides": True, "holdout": holdout},
+                        evaluation=evaluation if holdout else None, sample_guide=sample_guide, **run_options)
+
+
 def check_sample_guide(cfg: TrainConfig, sample_guide: torch.Tensor | None, what: str,
                        error: type[Exception] = ValueError) -> None:
     """A guided adapter (LLLite, ControlNet) renders every sample with one guide image: asking
@@ -216,7 +233,6 @@ def train_lllite(cfg: TrainConfig, model, clip, vae, datasets: Sequence[DatasetC
     from ..lllite.module import LAYOUTS
     from .control_gap import ControlGap
     from .lllite_adapter import LLLiteAdapter
-    from .lora import training_metadata
 
     family = "anima" if is_anima(model) else trainable_family(model)
     if family not in LAYOUTS and family != "anima":
@@ -229,11 +245,6 @@ def train_lllite(cfg: TrainConfig, model, clip, vae, datasets: Sequence[DatasetC
         return LLLiteAdapter(tm.family, cfg.cond_emb_dim, cfg.network_dim, cfg.network_dropout, cfg.network_weights,
                              checkpoint_embeddings=cfg.gradient_checkpointing, name=cfg.output_name)
 
-    def control_gap(tm, text, lllite, data) -> ControlGap:
-        return ControlGap(tm, text, lllite, data.holdout_batches(), (cfg.min_timestep, cfg.max_timestep), seed=cfg.seed)
-
-    return run_training(
-        cfg, model, clip, vae, datasets, adapter, training_metadata, output_dir=output_dir, model_name=model_name,
-        hooks=hooks, latent_cache_dir=latent_cache_dir,
-        data_options={"size_multiple": 32, "require_guides": True, "holdout": holdout},
-        evaluation=control_gap if holdout else None, sample_guide=sample_guide)
+    return run_guided_training(cfg, model, clip, vae, datasets, adapter, ControlGap, holdout=holdout, size_multiple=32,
+                               sample_guide=sample_guide, output_dir=output_dir, model_name=model_name, hooks=hooks,
+                               latent_cache_dir=latent_cache_dir)

@@ -10,8 +10,7 @@ from ..config import TrainConfig
 from ..control_gap import ControlGap
 from ..data.config import DatasetConfig
 from ..engine import TrainHooks, TrainResult
-from ..lora import training_metadata
-from ..session import check_sample_guide, run_training
+from ..session import check_sample_guide, run_guided_training
 from .adapter import ControlNetAdapter
 from .network import ControlNetError
 
@@ -37,11 +36,6 @@ def train_controlnet(cfg: TrainConfig, model, clip, vae, datasets: Sequence[Data
         return ControlNetAdapter(unet_config, tm.family, control_weights, sd_locked, only_mid_control, control_strength,
                                  guide_dropout, gradient_checkpointing=cfg.gradient_checkpointing)
 
-    def control_gap(tm, text, control, data) -> ControlGap:
-        return ControlGap(tm, text, control, data.holdout_batches(), (cfg.min_timestep, cfg.max_timestep), seed=cfg.seed)
-
-    return run_training(
-        cfg, model, clip, vae, datasets, adapter, training_metadata, output_dir=output_dir, model_name=model_name,
-        hooks=hooks, latent_cache_dir=latent_cache_dir,
-        data_options={"size_multiple": 64, "require_guides": True, "holdout": holdout},
-        evaluation=control_gap if holdout else None, sample_guide=sample_guide)
+    return run_guided_training(cfg, model, clip, vae, datasets, adapter, ControlGap, holdout=holdout, size_multiple=64,
+                               sample_guide=sample_guide, output_dir=output_dir, model_name=model_name, hooks=hooks,
+                               latent_cache_dir=latent_cache_dir)

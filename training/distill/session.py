@@ -9,7 +9,7 @@ from ..comfy_bridge import TrainingModel, trainable_family
 from ..config import TrainConfig
 from ..data.config import DatasetConfig
 from ..engine import TrainHooks, TrainResult
-from ..session import check_sample_guide, run_training
+from ..session import check_sample_guide, run_guided_training
 from .adapter import DistillationAdapter
 from .evaluate import TeacherAgreement
 from .teacher import ControlNetTeacher
@@ -25,7 +25,6 @@ def distill_controlnet(cfg: TrainConfig, model, clip, vae, datasets: Sequence[Da
     text for teacher and student, no CFG). holdout: images kept out for the teacher
     agreement, measured at the start, every cfg.validate_every_n_steps and at the end."""
     from ...lllite.module import LAYOUTS
-    from ..lora import training_metadata
 
     family = trainable_family(model)
     if family not in LAYOUTS:
@@ -37,11 +36,6 @@ def distill_controlnet(cfg: TrainConfig, model, clip, vae, datasets: Sequence[Da
                                    dropout=cfg.network_dropout, network_weights=cfg.network_weights,
                                    checkpoint_embeddings=cfg.gradient_checkpointing, name=cfg.output_name)
 
-    def agreement(tm, text, student, data) -> TeacherAgreement:
-        return TeacherAgreement(tm, text, student, data.holdout_batches(), (cfg.min_timestep, cfg.max_timestep), seed=cfg.seed)
-
-    return run_training(
-        cfg, model, clip, vae, datasets, adapter, training_metadata, output_dir=output_dir, model_name=model_name,
-        hooks=hooks, latent_cache_dir=latent_cache_dir,
-        data_options={"size_multiple": 32, "require_guides": True, "holdout": holdout},
-        evaluation=agreement if holdout else None, sample_guide=sample_guide)
+    return run_guided_training(cfg, model, clip, vae, datasets, adapter, TeacherAgreement, holdout=holdout, size_multiple=32,
+                               sample_guide=sample_guide, output_dir=output_dir, model_name=model_name, hooks=hooks,
+                               latent_cache_dir=latent_cache_dir)
