@@ -1,9 +1,9 @@
-"""The checks guided adapters share (training/adapter.py): a batch's guide images, and weights
-loaded only when they fit exactly."""
+"""What guided adapters share (training/adapter.py): a sample guide in place of the batch's,
+a batch's guide images, and weights loaded only when they fit exactly."""
 import pytest
 import torch
 
-from lllite_kit.training.adapter import batch_guides, load_exact
+from lllite_kit.training.adapter import GuidedAdapter, batch_guides, load_exact
 from lllite_kit.training.data.batch import Batch
 
 
@@ -33,3 +33,13 @@ def test_load_exact_copies_only_a_perfect_fit():
         with pytest.raises(ValueError, match=r"^net does not fit: .*" + named):
             load_exact(net.state_dict(), bad, "net does not fit")
         assert torch.equal(net.weight, weights["weight"])  # nothing copied
+
+
+def test_using_guide_gives_the_batch_guides_back_even_after_an_error():
+    adapter, batch, sample = GuidedAdapter(), torch.zeros(2, 3, 8, 8), torch.ones(1, 3, 8, 8)
+    adapter._guides = batch
+    with pytest.raises(RuntimeError):
+        with adapter.using_guide(sample):
+            assert adapter._guides is sample
+            raise RuntimeError("sampling failed")
+    assert adapter._guides is batch

@@ -3,8 +3,9 @@
 The loop never knows which adapter it trains: it attaches it to the frozen model, asks for
 optimizer parameter groups, hands it each batch (so an adapter that needs more than latents
 and text, such as LLLite's guide images, can take it), and asks it to save itself in its
-public file format. Below it, the checks every guided adapter shares (batch_guides, load_exact).
+public file format. Below it, what guided adapters share (GuidedAdapter, batch_guides, load_exact).
 """
+from contextlib import contextmanager
 from typing import Protocol
 
 import torch
@@ -43,6 +44,24 @@ class TrainableAdapter(Protocol):
 
     def save(self, path: str, dtype: torch.dtype, metadata: dict[str, str]) -> None:
         """Write the public-format file atomically, metadata merged with self.metadata()."""
+
+
+class GuidedAdapter:
+    """An adapter steered by guide images (`_guides`, (G, 3, H, W) in [-1, 1]): the batch's, set
+    by set_batch, or a sample image's (using_guide)."""
+
+    _guides: torch.Tensor | None = None
+
+    @contextmanager
+    def using_guide(self, guide: torch.Tensor):
+        """Within the block, model calls use `guide`; the batch's guides come back afterwards.
+        For sample images."""
+        before = self._guides
+        self._guides = guide
+        try:
+            yield
+        finally:
+            self._guides = before
 
 
 def batch_guides(batch: Batch, what: str, sources: str = "conditioning_data_dir or in-graph guide images",

@@ -12,7 +12,6 @@ The embedding goes through LLLiteModule.project_guide, the function the inferenc
 uses, so training and inference compute the same thing.
 """
 import logging
-from contextlib import contextmanager
 
 import torch
 import torch.utils.checkpoint
@@ -20,7 +19,7 @@ import torch.utils.checkpoint
 from ..lllite.guide import fit_guide
 from ..lllite.module import LAYOUTS, LLLiteNetwork, build_network
 from ..lllite.weights import read_lllite, save_lllite
-from .adapter import batch_guides, load_exact
+from .adapter import GuidedAdapter, batch_guides, load_exact
 from .data.batch import Batch
 
 log = logging.getLogger(__name__)
@@ -28,7 +27,7 @@ log = logging.getLogger(__name__)
 LATENT_SCALE = 8  # pixels per latent pixel (SD1.x / SDXL VAE)
 
 
-class LLLiteAdapter:
+class LLLiteAdapter(GuidedAdapter):
     kind = "lllite"
     trains_text_encoders = False
 
@@ -133,17 +132,6 @@ class LLLiteAdapter:
 
     def set_batch(self, batch: Batch) -> None:
         self._guides = batch_guides(batch, "LLLite")
-
-    @contextmanager
-    def using_guide(self, guide: torch.Tensor):
-        """Within the block, U-Net calls use `guide` ((G, 3, H, W) in [-1, 1], fitted to each
-        call's size); the batch's guides come back afterwards. For sample images."""
-        before = self._guides
-        self._guides = guide
-        try:
-            yield
-        finally:
-            self._guides = before
 
     def train(self, mode: bool = True) -> None:
         if self.network is not None:

@@ -8,14 +8,13 @@ which autograd refuses for skips that later blocks saved); the sum is the same a
 sd_locked=False also trains the U-Net's decoder (output_blocks, out); its values are put back
 when training ends (the MODEL is shared with the graph) and saved as a whole U-Net file.
 """
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from ...lllite.guide import fit_guide
 from ..comfy_bridge.model import set_gradient_checkpointing
-from ..adapter import batch_guides, load_exact
+from ..adapter import GuidedAdapter, batch_guides, load_exact
 from ..data.batch import Batch
 from .network import ControlNetError, controlnet_from_unet, control_outputs, new_controlnet
 from .weights import DECODER_PREFIXES, read_controlnet, save_controlnet, save_unet
@@ -29,7 +28,7 @@ def unet_file_for(controlnet_path: str | Path) -> Path:
     return p.with_name(p.stem + "_unet" + p.suffix)
 
 
-class ControlNetAdapter:
+class ControlNetAdapter(GuidedAdapter):
     kind = "controlnet"
     trains_text_encoders = False
 
@@ -144,16 +143,6 @@ class ControlNetAdapter:
     def set_batch(self, batch: Batch) -> None:
         self._guides = batch_guides(batch, "ControlNet", "conditioning_data_dir, Fill50K source/, or in-graph guide images",
                                     ControlNetError)
-
-    @contextmanager
-    def using_guide(self, guide: torch.Tensor):
-        """U-Net calls in the block use `guide` ((G, 3, H, W) in [-1, 1]); for sample images."""
-        before = self._guides
-        self._guides = guide
-        try:
-            yield
-        finally:
-            self._guides = before
 
     def train(self, mode: bool = True) -> None:
         self.training = mode
