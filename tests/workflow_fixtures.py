@@ -248,6 +248,11 @@ def prepare_full_model_dreambooth(models_dir, input_dir, tiny):
     }
 
 
+def prepare_lora_bake_into_checkpoint(models_dir, input_dir, tiny):
+    """my_lora.safetensors for the tiny SDXL model, as for the block-weight workflow."""
+    prepare_lora_block_weights(models_dir, input_dir, tiny)
+
+
 def prepare_lora_merge(models_dir, input_dir, tiny):
     """Two SDXL LoRAs of different ranks (U-Net and text encoders, non-zero) for the tiny model."""
     import torch
