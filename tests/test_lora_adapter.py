@@ -113,5 +113,5 @@ def test_sd_scripts_options(tiny):
         LoRAConfig.from_kohya("networks.lora", 4, 1, ["conv_dim=x"])
     with pytest.raises(ValueError, match="unit must divide dim"):
         LoRAConfig(dim=6, unit=4)
-    with pytest.raises(ValueError, match="supports SD1.5 and SDXL"):
+    with pytest.raises(ValueError, match="supports SD1.5, SDXL and Anima"):
         LoRAAdapter(LoRAConfig(), object())
