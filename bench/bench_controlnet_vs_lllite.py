@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
-from bench_lllite_apply import _conditioning, _random_lllite  # noqa: E402
+from bench_lllite_apply import _random_lllite, sdxl_setup  # noqa: E402
 
 
 def _controlnet(model, dtype, folder: Path):
@@ -45,20 +45,10 @@ def main() -> None:
 
     from lllite_kit.lllite.patch import apply_lllite
 
-    dtype = benchlib.torch_dtype(opts.dtype)
-    if opts.full_sdxl:
-        resolution, steps = opts.resolution or 1024, opts.steps or 8
-        model = benchlib.build_full_sdxl(opts.dtype)
-        positive, negative = _conditioning(benchlib.SDXL_FULL_CONTEXT_DIM, benchlib.SDXL_FULL_POOLED_DIM, 77)
-        dims = (32, 64)
-    else:
-        import controlnet_testing  # tiny SDXL-layout model with the attention heads core reads ControlNets with
-        import tiny_models
+    import controlnet_testing  # tiny SDXL-layout model with the attention heads core reads ControlNets with
 
-        resolution, steps = opts.resolution or 128, opts.steps or 3
-        model = controlnet_testing.build_model("sdxl", seed=0, dtype=dtype)
-        positive, negative = _conditioning(tiny_models.SDXL_CONTEXT_DIM, tiny_models.CLIP_G["projection_dim"], 77)
-        dims = (8, 16)
+    dtype = benchlib.torch_dtype(opts.dtype)
+    resolution, steps, model, positive, negative, dims = sdxl_setup(opts, controlnet_testing.build_model)
     guide = torch.rand(1, 3, resolution, resolution, generator=torch.Generator().manual_seed(1))
     lllite = _random_lllite(model, *dims, 1)
     with tempfile.TemporaryDirectory() as tmp:

@@ -36,6 +36,20 @@ def _random_lllite(model, cond_emb_dim, mlp_dim, seed):
     return network.to(torch.device("cpu"))
 
 
+def sdxl_setup(opts, build_tiny):
+    """(resolution, steps, MODEL, positive, negative, LLLite (cond_emb_dim, mlp_dim)) for the
+    apply benches: the full-size SDXL U-Net with kohya's released LLLite size, or build_tiny's
+    tiny SDXL-layout model."""
+    import tiny_models
+
+    if opts.full_sdxl:
+        positive, negative = _conditioning(benchlib.SDXL_FULL_CONTEXT_DIM, benchlib.SDXL_FULL_POOLED_DIM, 77)
+        return opts.resolution or 1024, opts.steps or 8, benchlib.build_full_sdxl(opts.dtype), positive, negative, (32, 64)
+    model = build_tiny("sdxl", seed=0, dtype=benchlib.torch_dtype(opts.dtype))
+    positive, negative = _conditioning(tiny_models.SDXL_CONTEXT_DIM, tiny_models.CLIP_G["projection_dim"], 77)
+    return opts.resolution or 128, opts.steps or 3, model, positive, negative, (8, 16)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--full-sdxl", action="store_true", help="full-size SDXL U-Net (random weights) instead of the tiny one")
@@ -47,19 +61,9 @@ def main() -> None:
     from lllite_kit.lllite.module import LLLiteModule
     from lllite_kit.lllite.patch import apply_lllite
 
-    dtype = benchlib.torch_dtype(opts.dtype)
-    if opts.full_sdxl:
-        resolution, steps = opts.resolution or 1024, opts.steps or 8
-        model = benchlib.build_full_sdxl(opts.dtype)
-        positive, negative = _conditioning(benchlib.SDXL_FULL_CONTEXT_DIM, benchlib.SDXL_FULL_POOLED_DIM, 77)
-        dims = (32, 64)
-    else:
-        import tiny_models
+    import tiny_models
 
-        resolution, steps = opts.resolution or 128, opts.steps or 3
-        model = tiny_models.build_model("sdxl", seed=0, dtype=dtype)
-        positive, negative = _conditioning(tiny_models.SDXL_CONTEXT_DIM, tiny_models.CLIP_G["projection_dim"], 77)
-        dims = (8, 16)
+    resolution, steps, model, positive, negative, dims = sdxl_setup(opts, tiny_models.build_model)
     guides = [torch.rand(1, 3, resolution, resolution, generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
     canny, depth = (_random_lllite(model, *dims, seed) for seed in (1, 2))
     variants = {
