@@ -11,6 +11,7 @@ from ..training.comfy_bridge import latent_cache_dir, model_source_name
 from ..training.config import config_from_dict
 from ..training.control_gap import draw_training_curves, gap_text
 from ..training.controlnet.control_modes import MODES, parse_block_weights, with_control_mode
+from ..training.controlnet.network import ControlNetError
 from ..training.data.config import DatasetConfig, SubsetConfig
 from ..training.data.fill50k import subset_from_fill50k
 from ..training.output_files import plan_output
@@ -170,34 +171,42 @@ class ApplyControlNet(io.ComfyNode):
             category=CATEGORY,
             description="Core's Apply ControlNet with A1111's options: control mode (Balanced = core's apply; My prompt is "
                         "more important = A1111's soft weights 0.825^(12-i); ControlNet is more important = soft weights "
-                        "and the control on the conditional half only), per-block weights, invert input. Takes any "
-                        "ControlNet core loads; stacks with core's nodes and LLLite.",
+                        "and the control on the conditional half only), per-block weights, invert input, a mask, start/end "
+                        "by noise level. Takes any ControlNet core loads; stacks with core's nodes and LLLite.",
             inputs=[
                 io.Conditioning.Input("positive"),
                 io.Conditioning.Input("negative"),
                 io.ControlNet.Input("control_net"),
                 io.Image.Input("image"),
                 io.Float.Input("weight", default=1.0, min=0.0, max=10.0, step=0.01),
-                io.Float.Input("guidance_start", default=0.0, min=0.0, max=1.0, step=0.001),
-                io.Float.Input("guidance_end", default=1.0, min=0.0, max=1.0, step=0.001),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001,
+                               tooltip="Fraction of the schedule (by noise level) where the control starts (A1111's "
+                                       "guidance start)."),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001,
+                               tooltip="Fraction of the schedule (by noise level) where the control stops (A1111's "
+                                       "guidance end)."),
                 io.Combo.Input("control_mode", options=list(MODES), default=MODES[0]),
                 io.Boolean.Input("invert_input", default=False, tooltip="White lines on black <-> black on white."),
                 io.String.Input("block_weights", default="", tooltip="A1111's advanced weighting: one weight per output, "
                                 "13 for SD1.5 (12 input blocks, middle last), 10 for SDXL; replaces the mode's scales."),
                 io.Vae.Input("vae", optional=True),
+                io.Mask.Input("mask", optional=True, tooltip="Where the control acts (1) and where not (0); resized to "
+                              "each control output's resolution. One mask for all latents, or one per latent."),
             ],
             outputs=[io.Conditioning.Output(display_name="positive"), io.Conditioning.Output(display_name="negative")],
         )
 
     @classmethod
-    def execute(cls, positive, negative, control_net, image, weight, guidance_start, guidance_end, control_mode,
-                invert_input, block_weights, vae=None) -> io.NodeOutput:
+    def execute(cls, positive, negative, control_net, image, weight, start_percent, end_percent, control_mode,
+                invert_input, block_weights, vae=None, mask=None) -> io.NodeOutput:
         import nodes
 
-        moded = with_control_mode(control_net, control_mode, parse_block_weights(block_weights))
+        if not 0.0 <= start_percent <= end_percent <= 1.0:
+            raise ControlNetError(f"need 0 <= start_percent <= end_percent <= 1, got {start_percent} and {end_percent}")
+        moded = with_control_mode(control_net, control_mode, parse_block_weights(block_weights), mask)
         image = 1.0 - image if invert_input else image
         return io.NodeOutput(*nodes.ControlNetApplyAdvanced().apply_controlnet(
-            positive, negative, moded, image, weight, guidance_start, guidance_end, vae=vae))
+            positive, negative, moded, image, weight, start_percent, end_percent, vae=vae))
 
 
 class TransferControlNet(io.ComfyNode):

@@ -7,7 +7,8 @@ scripts/controlnet.py and scripts/hook.py):
   list (9 + middle) takes the first 10 of those scales, as A1111 does;
 - "ControlNet is more important": soft_injection and cfg_injection: the same scales, and the
   control added to the conditional half of the batch only (the unconditional rows get none).
-block_weights (A1111's advanced_weighting) replaces the mode's scales, one per output.
+block_weights (A1111's advanced_weighting) replaces the mode's scales, one per output. An
+optional mask limits the control to a region (control_mask).
 
 with_control_mode returns a copy of a core ControlNet (comfy.controlnet.ControlNet or a
 subclass such as ControlLora) whose get_control applies these on top of core's own output
@@ -16,6 +17,7 @@ subclass such as ControlLora) whose get_control applies these on top of core's o
 import comfy.controlnet
 import torch
 
+from .control_mask import mask_batch, mask_control
 from .network import ControlNetError
 
 BALANCED, PROMPT, CONTROL = "Balanced", "My prompt is more important", "ControlNet is more important"
@@ -43,17 +45,19 @@ def parse_block_weights(text: str) -> list[float] | None:
         raise ControlNetError(f"block weights must be numbers separated by commas, got {text!r}") from None
 
 
-def with_control_mode(control, mode: str = BALANCED, block_weights: list[float] | None = None):
-    """A copy of `control` applying the mode (or block_weights); Balanced without block weights
-    is `control` itself, so the result equals core's apply exactly."""
+def with_control_mode(control, mode: str = BALANCED, block_weights: list[float] | None = None,
+                      mask: torch.Tensor | None = None):
+    """A copy of `control` applying the mode (or block_weights) and the optional MASK; Balanced
+    without block weights or mask is `control` itself, so the result equals core's apply exactly."""
     if not isinstance(control, comfy.controlnet.ControlNet):
         raise TypeError(f"control modes apply to ControlNets; got {type(control).__name__} (T2I-Adapter or other)")
     mode_scales(mode, 13)  # validate the name early
-    if mode == BALANCED and block_weights is None:
+    if mode == BALANCED and block_weights is None and mask is None:
         return control
     moded = control.copy()
     moded.__class__ = _moded_class(type(control))
     moded.control_mode, moded.block_weights = mode, block_weights
+    moded.control_mask = None if mask is None else mask_batch(mask)
     return moded
 
 
@@ -72,7 +76,7 @@ def _moded_class(base: type) -> type:
         def copy(self):
             c = super().copy()
             c.__class__ = type(self)
-            c.control_mode, c.block_weights = self.control_mode, self.block_weights
+            c.control_mode, c.block_weights, c.control_mask = self.control_mode, self.block_weights, self.control_mask
             return c
 
         def get_control(self, x_noisy, t, cond, batched_number, transformer_options):
@@ -83,7 +87,10 @@ def _moded_class(base: type) -> type:
                 own = super().get_control(x_noisy, t, cond, batched_number, transformer_options)
             if own is None:
                 return prev
-            own = shape_control(own, self.control_mode, self.block_weights, transformer_options.get("cond_or_uncond"))
+            if self.control_mode != BALANCED or self.block_weights is not None:
+                own = shape_control(own, self.control_mode, self.block_weights, transformer_options.get("cond_or_uncond"))
+            if self.control_mask is not None:
+                own = mask_control(own, self.control_mask, batched_number)
             return own if prev is None else _add(own, prev)
 
     Moded.__name__ = f"Moded{base.__name__}"
