@@ -11,6 +11,7 @@ from ..preprocessors.image_ops import invert
 from ..preprocessors.lineart_anime import lineart_anime, load_lineart_anime
 from ..preprocessors.lineart_realistic import lineart_realistic, load_lineart
 from ..preprocessors.lineart_standard import lineart_standard
+from ..preprocessors.midas import DEFAULT_RESOLUTION as DEFAULT_MIDAS_RESOLUTION
 from ..preprocessors.midas import load_midas, midas_depth
 from ..preprocessors.mlsd import load_mlsd, mlsd_lines
 from ..preprocessors.normal_map import normals_from_depth
@@ -274,13 +275,16 @@ class MiDaSDepth(_LearnedNode):
     @classmethod
     def define_schema(cls):
         return _schema("MiDaS", "MiDaS Depth (DPT-Hybrid)",
-                       "Relative depth, near = white, from MiDaS DPT-Hybrid (a transformers folder such as "
-                       "Intel/dpt-hybrid-midas in models/preprocessors). Detection runs at the model's 384x384.",
-                       [_weights_input(w.MIDAS_DPT_HYBRID)], output="depth")
+                       "Relative depth, near = white, from MiDaS: the original dpt_hybrid-midas-501f0c75.pt "
+                       "(ControlNet's depth annotator) or dpt_large-midas-2f21e586.pt, run at the detect resolution, "
+                       "or a transformers folder such as Intel/dpt-hybrid-midas, which runs at its 384x384.",
+                       [_weights_input(w.MIDAS_DPT_HYBRID_ORIGINAL, w.MIDAS_DPT_LARGE_ORIGINAL, w.MIDAS_DPT_HYBRID),
+                        _detect_input(DEFAULT_MIDAS_RESOLUTION)], output="depth")
 
     @classmethod
-    def execute(cls, image, weights) -> io.NodeOutput:
-        return io.NodeOutput(bchw_to_image(midas_depth(load_midas(_weight_path(weights)), image_to_bchw(image))))
+    def execute(cls, image, weights, detect_resolution=DEFAULT_MIDAS_RESOLUTION) -> io.NodeOutput:
+        return io.NodeOutput(bchw_to_image(midas_depth(load_midas(_weight_path(weights)), image_to_bchw(image),
+                                                       detect_resolution)))
 
 
 class LineartAnime(_LearnedNode):

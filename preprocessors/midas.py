@@ -1,24 +1,55 @@
-"""MiDaS DPT-Hybrid depth through transformers' DPTForDepthEstimation, read from a local
-folder (Intel/dpt-hybrid-midas: config.json + weights) with local_files_only. The hybrid
-model only accepts its training size (384x384), so pictures are resized to that square
-for detection and the depth map is resized back to the picture's own size."""
+"""MiDaS depth, from either form users have:
+- the original .pt (dpt_hybrid-midas-501f0c75.pt, ControlNet's depth annotator, or
+  dpt_large-midas-2f21e586.pt), run by our DPT (midas_dpt.py) at the detect resolution,
+  as ControlNet's annotator runs it;
+- a transformers folder (Intel/dpt-hybrid-midas: config.json + weights) read with
+  local_files_only, through DPTForDepthEstimation, which only accepts its training size
+  (384x384): pictures are resized to that square for detection.
+The depth map comes back at the picture's own size."""
 import os
 
 import torch
+import torch.nn as nn
 
 from .depth import TransformersDepth, load_transformers_folder, normalise_per_image
 from .image_ops import resize, to_rgb
+from .midas_dpt import MULTIPLE, UNUSED_PREFIXES, MidasDPT
 from .models import load_cached, run_in_chunks
-from .weights import MIDAS_DPT_HYBRID, WrongWeightLayout
+from .resolution import detect_size
+from .weights import MIDAS_DPT_HYBRID, MIDAS_DPT_HYBRID_ORIGINAL, load_exact, read_state_dict, require_keys
 
 ARCH = MIDAS_DPT_HYBRID.architecture
+ORIGINAL_ARCH = MIDAS_DPT_HYBRID_ORIGINAL.architecture
+DEFAULT_RESOLUTION = 512  # ControlNet's annotator default
 
 
-def build_midas(path: str) -> TransformersDepth:
+class OriginalMidas(nn.Module):
+    """RGB 0..1 in, inverse depth out, any size that is a multiple of 32."""
+
+    input_size = None
+
+    def __init__(self, net: MidasDPT):
+        super().__init__()
+        self.net = net
+
+    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+        return self.net(rgb * 2.0 - 1.0)  # MiDaS v3 normalises with mean = std = 0.5
+
+
+def build_original_midas(path: str) -> OriginalMidas:
+    sd = {k: v for k, v in read_state_dict(path, ORIGINAL_ARCH).items() if not k.startswith(UNUSED_PREFIXES)}
+    require_keys(sd, ["pretrained.model.cls_token", "pretrained.model.patch_embed.proj.weight",
+                      "scratch.output_conv.4.weight"], ORIGINAL_ARCH, path)
+    hybrid = "pretrained.model.patch_embed.backbone.stem.conv.weight" in sd
+    depth = sum(1 for k in sd if k.startswith("pretrained.model.blocks.") and k.endswith(".norm1.weight"))
+    with torch.device("meta"):  # the file's tensors replace the parameters: nothing to initialise
+        net = MidasDPT(hybrid, sd["pretrained.model.cls_token"].shape[-1], depth, sd["scratch.layer1_rn.weight"].shape[0])
+    return OriginalMidas(load_exact(net, sd, ORIGINAL_ARCH, path, assign=True))
+
+
+def build_transformers_midas(path: str) -> TransformersDepth:
     from transformers import DPTForDepthEstimation
 
-    if not os.path.isdir(path):
-        raise WrongWeightLayout(f"{os.path.basename(path)} is a file; {ARCH} is read from a transformers model folder")
     net, processor = load_transformers_folder(path, "dpt", DPTForDepthEstimation, ARCH)
     size = net.config.image_size
     size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
@@ -26,15 +57,22 @@ def build_midas(path: str) -> TransformersDepth:
                              input_size=size)
 
 
+def build_midas(path: str) -> nn.Module:
+    return build_transformers_midas(path) if os.path.isdir(path) else build_original_midas(path)
+
+
 def load_midas(path: str):
     return load_cached(path, build_midas)
 
 
-def midas_depth(patcher, images: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) 0..1 -> (B, 1, H, W) relative depth guide (near = 1) at the images' size."""
+def midas_depth(patcher, images: torch.Tensor, detect_resolution: int = DEFAULT_RESOLUTION) -> torch.Tensor:
+    """(B, C, H, W) 0..1 -> (B, 1, H, W) relative depth guide (near = 1) at the images' size.
+    detect_resolution is the short side the original networks run at (a transformers
+    folder always runs at its fixed size)."""
     def detect(net, chunk):
         height, width = chunk.shape[-2:]
-        disparity = net(resize(to_rgb(chunk), *net.input_size))
+        size = net.input_size or detect_size(height, width, detect_resolution, MULTIPLE)
+        disparity = net(resize(to_rgb(chunk), *size))
         return resize(normalise_per_image(disparity), height, width)
 
     return run_in_chunks(patcher, images, detect)

@@ -53,6 +53,12 @@ MIDAS_DPT_HYBRID = WeightSpec(
     "dpt-hybrid-midas", "https://huggingface.co/Intel/dpt-hybrid-midas",
     "MiDaS DPT-Hybrid (transformers DPTForDepthEstimation folder: config.json + model.safetensors)",
     "Apache-2.0 (model card; MiDaS code MIT)")
+MIDAS_DPT_HYBRID_ORIGINAL = WeightSpec(
+    "dpt_hybrid-midas-501f0c75.pt", _ANNOTATORS + "dpt_hybrid-midas-501f0c75.pt",
+    "MiDaS DPT-Hybrid or DPT-Large (the original MiDaS v3 .pt, as ControlNet's depth annotator reads it)", "MIT")
+MIDAS_DPT_LARGE_ORIGINAL = WeightSpec(
+    "dpt_large-midas-2f21e586.pt", "https://github.com/isl-org/DPT/releases/download/1_0/dpt_large-midas-2f21e586.pt",
+    MIDAS_DPT_HYBRID_ORIGINAL.architecture, "MIT")
 
 _OPENPOSE_LICENCE = "CMU OpenPose licence: non-commercial research use"
 OPENPOSE_BODY = WeightSpec("body_pose_model.pth", _ANNOTATORS + "body_pose_model.pth",
@@ -81,7 +87,8 @@ LINEART_ANIME = WeightSpec("netG.pth", _ANNOTATORS + "netG.pth",
 SECOND_WAVE_WEIGHTS = (UPERNET_CONVNEXT_SMALL, UPERNET_CONVNEXT_LARGE, LINEART_ANIME)
 
 CATALOGUE = (HED, PIDINET, MLSD, LINEART, LINEART_COARSE, DEPTH_ANYTHING_V2_SMALL, DEPTH_ANYTHING_V2_BASE,
-             DEPTH_ANYTHING_V2_LARGE, DEPTH_ANYTHING_V2_SMALL_HF, MIDAS_DPT_HYBRID, *POSE_WEIGHTS, *SECOND_WAVE_WEIGHTS)
+             DEPTH_ANYTHING_V2_LARGE, DEPTH_ANYTHING_V2_SMALL_HF, MIDAS_DPT_HYBRID, MIDAS_DPT_HYBRID_ORIGINAL,
+             MIDAS_DPT_LARGE_ORIGINAL, *POSE_WEIGHTS, *SECOND_WAVE_WEIGHTS)
 
 
 @user_error
@@ -187,10 +194,11 @@ def require_keys(sd: dict, keys: list[str], architecture: str, path: str) -> Non
                                 f"(it has e.g. {', '.join(list(sd)[:3])})")
 
 
-def load_exact(module: torch.nn.Module, sd: dict, architecture: str, path: str) -> torch.nn.Module:
-    """load_state_dict(strict) with the mismatch reported as the wrong architecture."""
+def load_exact(module: torch.nn.Module, sd: dict, architecture: str, path: str, assign: bool = False) -> torch.nn.Module:
+    """load_state_dict(strict) with the mismatch reported as the wrong architecture; assign=True
+    takes the file's tensors as they are (for a module built on the meta device)."""
     try:
-        module.load_state_dict(sd, strict=True)
+        module.load_state_dict(sd, strict=True, assign=assign)
     except RuntimeError as e:
         detail = str(e).split("\n\t", 1)[-1][:400]
         raise WrongWeightLayout(f"{os.path.basename(path)} does not match {architecture}: {detail}") from e

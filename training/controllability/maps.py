@@ -48,7 +48,7 @@ def _depth_anything(x, s):
 
 
 def _midas(x, s):
-    return midas_depth(load_midas(s.weights_path), x)
+    return midas_depth(load_midas(s.weights_path), x, _res(s, 512))
 
 
 def _normals(depth_fn):

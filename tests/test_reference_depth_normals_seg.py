@@ -1,0 +1,84 @@
+"""MiDaS, BAE normals and OneFormer segmentation against the reference implementations
+(controlnet_aux 0.0.10, and transformers for OneFormer) on shared random weights in the
+published layouts. The tolerances and the picture are those of test_preprocessors_reference:
+where the maths is the same the uint8 maps agree within one level (the reference truncates)."""
+import numpy as np
+import pytest
+import torch
+
+cna = pytest.importorskip("controlnet_aux")  # test-only dependency: pip install controlnet-aux
+
+from test_preprocessors_reference import H, W, _assert_within_one_level, _ours, _reference_map, picture  # noqa: E402,F401
+
+from lllite_kit.preprocessors import midas, midas_dpt  # noqa: E402
+
+
+def _random_like(shapes: dict[str, torch.Size], seed: int) -> dict[str, torch.Tensor]:
+    """Weights scaled by fan-in, norm gains near 1, small biases: activations stay in range
+    through the ViT blocks and the ResNet, so the depth map has structure. Values are cut
+    from one seeded pool of prime length (drawing 300M fresh ones would take most of the
+    test), so no two filters repeat each other."""
+    g = torch.Generator().manual_seed(seed)
+    pool = torch.randn(1_000_003, generator=g)
+    out = {}
+    for k, shape in shapes.items():
+        start = int(torch.randint(0, pool.numel(), (1,), generator=g))
+        values = pool.roll(-start).repeat(shape.numel() // pool.numel() + 1)[: shape.numel()].view(shape)
+        if len(shape) >= 2 and not k.endswith(("pos_embed", "cls_token")):
+            out[k] = values / shape[1:].numel() ** 0.5
+        elif k.endswith("weight") and len(shape) == 1:
+            out[k] = 1 + 0.1 * values
+        else:
+            out[k] = 0.1 * values
+    return out
+
+
+def _published_midas_layout(hybrid: bool) -> dict[str, torch.Size]:
+    """Keys and shapes of dpt_hybrid-midas-501f0c75.pt / dpt_large-midas-2f21e586.pt: ours,
+    plus the ViT's final norm and classifier head the files carry."""
+    with torch.device("meta"):
+        dim, depth = (768, 12) if hybrid else (1024, 24)
+        shapes = {k: v.shape for k, v in midas_dpt.MidasDPT(hybrid, dim, depth).state_dict().items()}
+    shapes.update({"pretrained.model.norm.weight": torch.Size([dim]), "pretrained.model.norm.bias": torch.Size([dim]),
+                   "pretrained.model.head.weight": torch.Size([1000, dim]),
+                   "pretrained.model.head.bias": torch.Size([1000])})
+    return shapes
+
+
+def _reference_dpt(hybrid: bool, sd: dict):
+    """controlnet_aux's DPTDepthModel built without initialising (meta) and given `sd`
+    strictly: the published layout and ours are the same keys and shapes."""
+    from controlnet_aux.midas.midas.dpt_depth import DPTDepthModel
+
+    with torch.device("meta"):
+        ref = DPTDepthModel(path=None, backbone="vitb_rn50_384" if hybrid else "vitl16_384", non_negative=True)
+    ref.load_state_dict(sd, strict=True, assign=True)
+    return ref.eval()
+
+
+def test_midas_dpt_hybrid_pt_equals_controlnet_aux(tmp_path, picture):  # noqa: F811
+    from controlnet_aux.midas import MidasDetector
+
+    # stored in fp16 (half the bytes to write; the loader works in fp32 whatever the file holds)
+    sd = {k: v.half().float() for k, v in _random_like(_published_midas_layout(hybrid=True), 0).items()}
+    ref = _reference_dpt(True, sd)
+    path = tmp_path / "dpt_hybrid-midas-501f0c75.pt"
+    torch.save({k: v.half() for k, v in sd.items()}, path)
+    expected = MidasDetector(ref)(picture, detect_resolution=H, image_resolution=H, output_type="np")
+    ours = midas.midas_depth(midas.load_midas(str(path)), _ours(picture), detect_resolution=H)
+    _assert_within_one_level(ours[0, 0], _reference_map(expected))
+
+
+def test_midas_dpt_large_layout_and_network_equal_controlnet_aux():
+    """DPT-Large (1.3 GB in fp32) is compared in memory, network against network, at the
+    smallest size it takes in both directions (32 x 64)."""
+    sd = _random_like(_published_midas_layout(hybrid=False), 1)
+    ref = _reference_dpt(False, sd)
+    with torch.device("meta"):
+        ours = midas_dpt.MidasDPT(False, 1024, 24)
+    ours.load_state_dict({k: v for k, v in sd.items() if not k.startswith(midas_dpt.UNUSED_PREFIXES)}, assign=True)
+    x = torch.rand(1, 3, 32, 64) * 2 - 1
+    with torch.no_grad():
+        expected, got = ref(x), ours.eval()(x)[:, 0]
+    assert expected.std() > 1e-3
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
