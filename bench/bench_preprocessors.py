@@ -1,7 +1,9 @@
 """Preprocessor speed against a baseline in the same process, interleaved A B B A, medians:
 Canny (ours: the IMAGE batch in, map batch out; OpenCV per image on CPU, batched torch on
-GPU) and standard lineart (batched torch) vs the per-image OpenCV loop users run today
-(cv2.Canny on the uint8 RGB picture, as A1111 and controlnet_aux call it); Depth Anything V2 (ours) vs transformers' own pipeline for it - its image processor
+GPU) and standard lineart, XDoG scribble, blur and Otsu threshold (OpenCV per image on CPU,
+batched torch on GPU) vs the per-image OpenCV loop users run today (cv2.Canny on the uint8
+RGB picture, as A1111 and controlnet_aux call it; the other recipes as the aux packs write
+them); Depth Anything V2 (ours) vs transformers' own pipeline for it - its image processor
 (Depth-Anything-V2-Small-hf's settings, on the same device), DepthAnythingForDepthEstimation
 and post_process_depth_estimation - on the same weights, images and batch chunks, with a
 check that both give the same depth map.
@@ -67,6 +69,18 @@ def opencv_lineart(img: np.ndarray) -> np.ndarray:
     strong = intensity[intensity > 8]
     intensity /= max(16, float(np.median(strong)) if strong.size else 0.0)
     return (intensity * 127).clip(0, 255).astype(np.uint8)
+
+
+def opencv_xdog(img: np.ndarray) -> np.ndarray:
+    """The XDoG scribble recipe (A1111's scribble_xdog), one image at a time."""
+    x = img.astype(np.float32)
+    dog = (255 - np.min(cv2.GaussianBlur(x, (0, 0), 5.0) - cv2.GaussianBlur(x, (0, 0), 0.5), axis=2)).clip(0, 255)
+    return ((2 * (255 - dog.astype(np.uint8).astype(np.float32))) > 32).astype(np.uint8) * 255
+
+
+def opencv_threshold(img: np.ndarray) -> np.ndarray:
+    """Otsu binarisation of the grey picture, one image at a time."""
+    return cv2.threshold(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[1]
 
 
 def depth_model_folder(root: Path, real_size: bool) -> Path:
@@ -242,7 +256,10 @@ def main() -> None:
     import comfy.model_management as mm
 
     from lllite_kit.preprocessors.canny import canny
+    from lllite_kit.preprocessors.blur_tile import blur_guide
     from lllite_kit.preprocessors.lineart_standard import lineart_standard
+    from lllite_kit.preprocessors.scribble import scribble_xdog
+    from lllite_kit.preprocessors.threshold import binary_threshold
 
     device = mm.get_torch_device()
     print(f"machine: {benchlib.machine()}, OpenCV {cv2.__version__}, device {device}")
@@ -255,6 +272,12 @@ def main() -> None:
             lambda: [cv2.Canny(im, 100, 200) for im in pictures], "OpenCV loop", opts.rounds)
     compare("Standard lineart", lambda: lineart_standard(batch, 6.0, 8),
             lambda: [opencv_lineart(im) for im in pictures], "OpenCV loop", opts.rounds)
+    compare("XDoG scribble", lambda: scribble_xdog(batch, 32),
+            lambda: [opencv_xdog(im) for im in pictures], "OpenCV loop", opts.rounds)
+    compare("Blur sigma 5", lambda: blur_guide(batch, 5.0),
+            lambda: [cv2.GaussianBlur(im, (0, 0), 5.0) for im in pictures], "OpenCV loop", opts.rounds)
+    compare("Otsu threshold", lambda: binary_threshold(batch, 0),
+            lambda: [opencv_threshold(im) for im in pictures], "OpenCV loop", opts.rounds)
 
     n = opts.depth_images or opts.images
     compare_depth(pictures[np.arange(n) % len(pictures)], device, opts.real_size_depth, opts.depth_rounds)

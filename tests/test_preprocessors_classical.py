@@ -162,3 +162,58 @@ def test_safe_step_and_fake_scribble():
     assert ridge[23, 21] == 0 and ridge[20, :10].sum() == 0
     strokes = fake_scribble(spot)[0, 0]
     assert strokes[20, 14:27].eq(1).all() and strokes[:4].sum() == 0 and set(strokes.unique().tolist()) <= {0.0, 1.0}
+
+
+def _photo(n=2, h=72, w=88):
+    """Smooth colour fields with a few hard-edged shapes: both edges and gradients."""
+    rng = np.random.default_rng(3)
+    out = []
+    for _ in range(n):
+        img = cv2.resize(rng.uniform(0, 255, (h // 8, w // 8, 3)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+        for _ in range(5):
+            x, y = (int(v) for v in rng.integers(8, min(h, w) - 8, 2))
+            cv2.circle(img, (x, y), int(rng.integers(4, 16)), rng.uniform(0, 255, 3).tolist(), -1)
+        out.append(np.clip(img, 0, 255).round().astype(np.uint8))
+    return torch.from_numpy(np.stack(out)).movedim(-1, 1).float() / 255
+
+
+@pytest.fixture
+def torch_path(monkeypatch):
+    """Run the classical maps the way they run on a GPU (torch), here on the CPU."""
+    from lllite_kit.preprocessors import image_ops
+    monkeypatch.setattr(image_ops, "use_opencv", lambda x: False)
+
+
+def _both_paths(fn, request):
+    on_cpu = fn()
+    request.getfixturevalue("torch_path")
+    return on_cpu, fn()
+
+
+# OpenCV's float filter and torch's convolution add the same 2r+1 products in another
+# order: float32 rounding, ~1e-5 of a grey level. Thresholded maps may flip a pixel whose
+# value sits exactly on the threshold (or whose luma rounds the other way to 8 bits), so
+# those are compared by the fraction that agree.
+@pytest.mark.parametrize("name", ["lineart", "blur", "xdog", "threshold-otsu", "threshold-100"])
+def test_opencv_cpu_path_equals_the_torch_gpu_path(name, request):
+    img = _photo()
+    fn = {"lineart": lambda: lineart_standard(img), "blur": lambda: blur_guide(img, 5.0),
+          "xdog": lambda: scribble_xdog(img, 32), "threshold-otsu": lambda: binary_threshold(img, 0),
+          "threshold-100": lambda: binary_threshold(img, 100)}[name]
+    opencv, torch_map = _both_paths(fn, request)
+    assert opencv.shape == torch_map.shape
+    if name in ("lineart", "blur"):
+        assert (opencv - torch_map).abs().max() < 1e-5
+    else:
+        assert (opencv == torch_map).float().mean() > 0.999
+
+
+def test_lineart_standard_equals_controlnet_aux_recipe_on_a_photo():
+    """Same recipe as controlnet_aux's LineartStandardDetector (float blur to 4 sigma,
+    numpy's median), compared before its uint8 cast: float error only."""
+    img = _photo(1)
+    x = (img[0].movedim(0, -1).numpy() * 255).astype(np.float32)
+    intensity = np.min(cv2.GaussianBlur(x, (0, 0), 6.0) - x, axis=2).clip(0, 255)
+    intensity /= max(16, np.median(intensity[intensity > 8]))
+    ref = (intensity * 127).clip(0, 255) / 255
+    assert np.abs(lineart_standard(img)[0, 0].numpy() - ref).max() < 1e-5
