@@ -148,3 +148,43 @@ def test_train_lllite_on_the_engine_saves_what_core_applies(model, patch_dir, mo
     assert not torch.equal(trained, _dit(model, x))
     core = _dit(model, x, _core(model, "engine.safetensors", guides[:1], mask[:, 0]))
     assert ((core - trained).abs().max() / trained.abs().max()).item() < TOL
+
+
+def test_samples_during_training_use_the_guide_as_apply_does(model, patch_dir):
+    """A sample image during Anima LLLite training (Anima's 16-channel one-frame latent, Wan VAE)
+    is what KSampler-style sampling of the bare model + ApplyLLLite(saved file, sample guide)
+    draws with the same seed; it differs from the bare model's picture (the guide is live)."""
+    import comfy.sample
+    import tiny_anima
+    from lllite_kit.training import session
+    from lllite_kit.training.anima.text import AnimaTextConditioner
+    from lllite_kit.training.config import TrainConfig
+    from lllite_kit.training.data import DatasetConfig, SubsetConfig, items_from_tensors
+
+    g = torch.Generator().manual_seed(6)
+    images, guides = torch.rand(2, 3, 32, 32, generator=g), torch.rand(2, 3, 32, 32, generator=g)
+    sample_guide = torch.rand(1, 3, 32, 32, generator=g)
+    clip, vae = tiny_anima.build_anima_clip(0), tiny_anima.build_anima_vae(0)
+    dataset = DatasetConfig(subsets=[SubsetConfig(items=items_from_tensors(images, "a disc", guides))],
+                            resolution=(32, 32), batch_size=2)
+    cfg = TrainConfig(max_train_steps=1, learning_rate=5e-2, seed=0, save_precision="float", output_name="anima_samples",
+                      cond_emb_dim=8, network_dim=8, sample_every_n_steps=1, sample_sampler="euler",
+                      sample_prompts="a red disc --n blurry --w 32 --h 32 --s 2 --l 4 --d 5")
+    result = session.train_lllite(cfg, model, clip, vae, [dataset], output_dir=patch_dir.parent / "anima_samples",
+                                  holdout=0, sample_guide=sample_guide * 2 - 1)
+    ((step, (picture,)),) = result.samples
+    assert step == 1 and picture.shape == (1, 32, 32, 3) and torch.isfinite(picture).all()
+
+    text = AnimaTextConditioner(clip, model.model.diffusion_model)
+    cond = [[text.encode(["a red disc"], "cpu", prompts=True)[0], {}]]
+    uncond = [[text.encode(["blurry"], "cpu", prompts=True)[0], {}]]
+
+    def draw(m):
+        latent = comfy.sample.fix_empty_latent_channels(m, torch.zeros(1, 4, 4, 4))
+        out = comfy.sample.sample(m, comfy.sample.prepare_noise(latent, 5), 2, 4.0, "euler", "normal", cond, uncond,
+                                  latent, disable_pbar=True, seed=5)
+        return vae.decode(out).reshape(1, 32, 32, 3).clamp(0, 1)
+
+    applied = draw(apply_lllite(model, read_lllite(str(result.final_path)), sample_guide, 1.0))
+    assert (applied - picture).abs().max().item() < 1e-4
+    assert (draw(model) - picture).abs().max().item() > 1e-3

@@ -69,12 +69,14 @@ class SampleRenderer:
         try:
             for i, (p, (sampler_name, scheduler)) in enumerate(zip(self.prompts, self.choices)):
                 seed = p.seed if p.seed is not None else self.seed + i
-                latent = torch.zeros(1, 4, p.height // 8, p.width // 8)
+                # the model's own channels and dimensions (Anima: (1, 16, 1, h, w)), as KSampler does
+                latent = comfy.sample.fix_empty_latent_channels(self.model.patcher, torch.zeros(1, 4, p.height // 8, p.width // 8))
                 noise = comfy.sample.prepare_noise(latent, seed)
                 out = comfy.sample.sample(
                     self.model.patcher, noise, p.steps, p.cfg, sampler_name, scheduler,
                     self._cond(text, p.prompt), self._cond(text, p.negative), latent, disable_pbar=True, seed=seed)
-                images.append(self.vae.decode(out).clamp(0, 1).float().cpu())
+                decoded = self.vae.decode(out)
+                images.append(decoded.reshape(-1, *decoded.shape[-3:]).clamp(0, 1).float().cpu())  # video VAEs: (1, T, H, W, 3)
         finally:
             reload_training_model(self.model)
         return images
