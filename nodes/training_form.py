@@ -76,7 +76,9 @@ def saving_inputs() -> list:
 def extra_options_input(example: str) -> io.String.Input:
     return io.String.Input("extra_options", multiline=True, default="",
                            tooltip=f"Any other sd-scripts training or dataset option as TOML lines, e.g. {example}. "
-                                   "An option this pack does not implement is refused with its name.")
+                                   "Loss masks: alpha_mask = true (the images' alpha channel) or masked_loss = true "
+                                   "(mask images: a dataset TOML's mask_dir, or conditioning_data_dir when training "
+                                   "without guides). An option this pack does not implement is refused with its name.")
 
 
 def parse_extra_options(text: str, dataset: list, node: str) -> tuple[dict, list]:

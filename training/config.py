@@ -36,6 +36,7 @@ class TrainConfig:
     flip_aug: bool = False
     color_aug: bool = False
     random_crop: bool = False
+    alpha_mask: bool = False  # loss masks from the images' alpha channel (a dataset default, as in sd-scripts)
     caption_dropout_rate: float = 0.0
     cache_latents: bool = True
     cache_latents_to_disk: bool = False
@@ -85,6 +86,9 @@ class TrainConfig:
     loss_type: str = "l2"  # "l2" | "l1" | "huber" | "smooth_l1"
     huber_schedule: str = "snr"  # "snr" | "exponential" | "constant"
     huber_c: float = 0.1
+    # sd-scripts' --masked_loss: every training subset needs masks (alpha_mask or mask_dir; without
+    # guide images, conditioning_data_dir's images); the loss is multiplied by them per pixel
+    masked_loss: bool = False
 
     # text encoder
     clip_skip: int = 1  # 2: the layer before the last, as in sd-scripts
@@ -259,8 +263,6 @@ REFUSED_KEYS: dict[str, tuple[tuple, str]] = {
     "ip_noise_gamma_random_strength": ((False,), "input perturbation noise is not implemented"),
     "huber_scale": ((1.0, 1), "not implemented: the huber loss uses scale 1 (sd-scripts' default)"),
     "sample_at_first": ((False,), "not implemented: samples are made every n steps/epochs and at the end"),
-    "masked_loss": ((False,), "masked loss is not implemented"),
-    "alpha_mask": ((False,), "alpha-channel loss masks are not implemented"),
     "debug_dataset": ((False,), "the dataset viewer is not implemented; this option would not train at all"),
     "dataset_class": ((None, ""), "custom dataset classes are not loaded: use a dataset TOML or folder tree"),
     "in_json": ((None, ""), "fine-tune metadata: set metadata_file on a subset in the dataset TOML"),
@@ -421,7 +423,7 @@ def load_config(path: str | Path, **overrides) -> TrainConfig:
 _GRAPH_DATASET_KEYS = {"resolution": (int, list, str), "train_batch_size": int, "enable_bucket": bool, "min_bucket_reso": int,
                        "max_bucket_reso": int, "bucket_reso_steps": int, "bucket_no_upscale": bool}
 _GRAPH_SUBSET_KEYS = {"caption_extension": str, "shuffle_caption": bool, "keep_tokens": int, "flip_aug": bool,
-                      "color_aug": bool, "random_crop": bool, "caption_dropout_rate": (float, int), "caption_separator": str,
+                      "color_aug": bool, "random_crop": bool, "alpha_mask": bool, "caption_dropout_rate": (float, int), "caption_separator": str,
                       "keep_tokens_separator": str, "caption_prefix": str, "caption_suffix": str,
                       "caption_dropout_every_n_epochs": int, "caption_tag_dropout_rate": (float, int)}
 _GRAPH_SOURCE_KEYS = ("train_data_dir", "reg_data_dir", "dataset_config", "conditioning_data_dir", "in_json")

@@ -3,7 +3,7 @@
 It knows nothing of the adapter beyond training/adapter.py's TrainableAdapter, nothing of the
 data beyond TrainingData below, and reaches ComfyUI's model only through comfy_bridge.
 Per optimizer step: noise and timesteps from the engine's own generator, the model's own
-noise schedule, loss (l2/l1/huber/smooth_l1, min-SNR, prior loss weight) under autocast,
+noise schedule, loss (l2/l1/huber/smooth_l1, loss masks, min-SNR, prior loss weight) under autocast,
 gradient accumulation, fp16 loss scaling, clipping, optimizer and scheduler. Saves every
 N steps/epochs through adapter.save() with a resumable state beside each file; a resumed
 run continues exactly as the uninterrupted run would have. Under torchrun the same loop runs
@@ -209,7 +209,7 @@ class TrainingEngine:
         target = teacher(x_in, t, context, y) if teacher is not None else schedule.target(latents, noise, t)
         pred = model.predict(x_in, t, context, y)
         c = huber_c(t, schedule.alphas_cumprod, cfg.huber_c, cfg.huber_schedule) if cfg.loss_type in ("huber", "smooth_l1") else None
-        loss = per_sample_loss(pred, target, cfg.loss_type, c)
+        loss = per_sample_loss(pred, target, cfg.loss_type, c, batch.masks)
         if cfg.prior_loss_weight != 1.0 and any(batch.is_reg):
             w = torch.tensor([cfg.prior_loss_weight if r else 1.0 for r in batch.is_reg], device=loss.device)
             loss = loss * w

@@ -1,5 +1,5 @@
 """Per-sample diffusion losses and their weights (sd-scripts' conditional_loss, huber_c
-schedules and min-SNR weighting). Inputs are plain tensors; `alphas_cumprod` comes from the
+schedules, masked loss and min-SNR weighting). Inputs are plain tensors; `alphas_cumprod` comes from the
 model's own noise schedule (comfy_bridge.NoiseSchedule)."""
 import math
 
@@ -24,8 +24,11 @@ def huber_c(timesteps: torch.Tensor, alphas_cumprod: torch.Tensor, c: float, sch
 
 
 def per_sample_loss(pred: torch.Tensor, target: torch.Tensor, loss_type: str = "l2",
-                    c: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean loss of each sample, float32, shape (B,)."""
+                    c: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean loss of each sample, float32, shape (B,). mask: (B, 1, h, w) in [0, 1]; the
+    per-pixel loss is multiplied by it, area-resized to the loss's size, before the mean over
+    every element (sd-scripts' apply_masked_loss: masked-out pixels count as zeros, the
+    mean is not renormalised by the mask's area)."""
     pred, target = pred.float(), target.float()
     if loss_type == "l2":
         elem = F.mse_loss(pred, target, reduction="none")
@@ -38,6 +41,8 @@ def per_sample_loss(pred: torch.Tensor, target: torch.Tensor, loss_type: str = "
             elem = elem * c
     else:
         raise ValueError(f"unknown loss_type {loss_type!r} (l2, l1, huber, smooth_l1)")
+    if mask is not None:
+        elem = elem * F.interpolate(mask.to(elem.device, elem.dtype), size=elem.shape[2:], mode="area")
     return elem.mean(dim=tuple(range(1, elem.ndim)))
 
 

@@ -45,7 +45,7 @@ def dataset_fallback(cfg: TrainConfig) -> dict:
         "enable_bucket": cfg.enable_bucket, "min_bucket_reso": cfg.min_bucket_reso, "max_bucket_reso": cfg.max_bucket_reso,
         "bucket_reso_steps": cfg.bucket_reso_steps, "bucket_no_upscale": cfg.bucket_no_upscale,
         "caption_extension": cfg.caption_extension, "shuffle_caption": cfg.shuffle_caption, "keep_tokens": cfg.keep_tokens,
-        "flip_aug": cfg.flip_aug, "color_aug": cfg.color_aug, "random_crop": cfg.random_crop,
+        "flip_aug": cfg.flip_aug, "color_aug": cfg.color_aug, "random_crop": cfg.random_crop, "alpha_mask": cfg.alpha_mask,
         "caption_dropout_rate": float(cfg.caption_dropout_rate),
     }
 
@@ -122,7 +122,7 @@ def run_training(cfg: TrainConfig, model, clip, vae, datasets: Sequence[DatasetC
         vae_id = vae_identity(vae, latent_format) + (":fp32" if cfg.no_half_vae and vae.vae_dtype != torch.float32 else "")
         encode = latent_encoder(vae, latent_format, cfg.no_half_vae)
         data = TrainingData(datasets, encode_latents=frame_latents(encode) if anima else encode, vae_id=vae_id,
-                            seed=cfg.seed, cache_latents=cfg.cache_latents,
+                            seed=cfg.seed, cache_latents=cfg.cache_latents, masked_loss=cfg.masked_loss,
                             cache_dir=latent_cache_dir if cfg.cache_latents_to_disk else None,
                             shard=(group.rank, group.world), **(data_options or {}))
         check_batches(data)

@@ -14,6 +14,8 @@ class Batch:
         SDXL's size conditioning.
     guides: (B, 3, H, W) guide images in [-1, 1] at the image's pixel size (LLLite /
         ControlNet); resized, cropped and flipped exactly like their image. None otherwise.
+    masks: (B, 1, h, w) loss masks in [0, 1] at the latent size (sd-scripts' masked loss: the
+        per-pixel loss is multiplied by them), or None when no sample has one.
     is_reg: which samples are regularization images.
     offset, global_size: in a data-parallel run, these samples are [offset, offset + B) of a
         global batch of global_size (the step's noise is drawn for the whole global batch);
@@ -26,6 +28,7 @@ class Batch:
     crop_top_left: list[tuple[int, int]]
     target_sizes: list[tuple[int, int]]
     guides: torch.Tensor | None = None
+    masks: torch.Tensor | None = None
     is_reg: list[bool] = field(default_factory=list)
     offset: int = 0
     global_size: int = 0

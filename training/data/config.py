@@ -2,7 +2,7 @@
 
 A TOML has the layers `[general]` -> `[[datasets]]` -> `[[datasets.subsets]]`; a key set on
 a lower layer overrides the same key on a higher one, and every option except the
-per-subset ones (`image_dir`, `is_reg`, `conditioning_data_dir`, `metadata_file`) may sit on
+per-subset ones (`image_dir`, `is_reg`, `conditioning_data_dir`, `mask_dir`, `metadata_file`) may sit on
 any layer, as in sd-scripts. Relative paths are resolved against the TOML file's folder.
 
     datasets = load_dataset_toml("my_set.toml", fallback={"resolution": 1024})
@@ -31,12 +31,19 @@ class SubsetConfig:
     Exactly one source: `image_dir` (DreamBooth style, optionally with caption files),
     `metadata_file` (fine-tune style JSON; `image_dir` is then where relative keys live), or
     `items` (in-graph lists, see lists.py).
+
+    Loss masks (sd-scripts' masked loss): `alpha_mask` takes each image's alpha channel,
+    `mask_dir` a folder of mask images paired by basename (red channel; white trains, black
+    is ignored). A subset with either trains on the masked loss whatever masked_loss says, as
+    in sd-scripts.
     """
 
     image_dir: Path | None = None
     metadata_file: Path | None = None
     items: list[ImageItem] | None = None
     conditioning_data_dir: Path | None = None
+    mask_dir: Path | None = None
+    alpha_mask: bool = False
     is_reg: bool = False
     num_repeats: int = 1
     class_tokens: str | None = None
@@ -126,13 +133,14 @@ _SUBSET_ASCENDABLE_KEYS = {
     "flip_aug": bool,
     "color_aug": bool,
     "random_crop": bool,
+    "alpha_mask": bool,
 }
-_SUBSET_ONLY_KEYS = {"image_dir": str, "is_reg": bool, "conditioning_data_dir": str, "metadata_file": str}
-_PATH_KEYS = ("image_dir", "conditioning_data_dir", "metadata_file")
+_SUBSET_ONLY_KEYS = {"image_dir": str, "is_reg": bool, "conditioning_data_dir": str, "mask_dir": str, "metadata_file": str}
+_PATH_KEYS = ("image_dir", "conditioning_data_dir", "mask_dir", "metadata_file")
 # sd-scripts keys this trainer does not implement: named in the error instead of "unknown".
 _UNSUPPORTED_KEYS = {
     "face_crop_aug_range", "token_warmup_min", "token_warmup_step", "secondary_separator",
-    "enable_wildcard", "alpha_mask", "network_multiplier", "cache_info", "custom_attributes",
+    "enable_wildcard", "network_multiplier", "cache_info", "custom_attributes",
 }
 
 
@@ -247,8 +255,11 @@ def check_subset(subset: SubsetConfig, where: str) -> None:
     sources = [s for s in (subset.image_dir, subset.items) if s is not None]
     if len(sources) > 1:
         raise DatasetError(f"{where}: give either `image_dir` or in-graph images, not both.")
-    if subset.items is not None and (subset.metadata_file is not None or subset.conditioning_data_dir is not None):
-        raise DatasetError(f"{where}: in-graph images carry their own captions and guides; metadata_file/conditioning_data_dir do not apply.")
+    if subset.items is not None and any(p is not None for p in (subset.metadata_file, subset.conditioning_data_dir, subset.mask_dir)):
+        raise DatasetError(f"{where}: in-graph images carry their own captions, guides and masks; "
+                           "metadata_file/conditioning_data_dir/mask_dir do not apply.")
+    if subset.alpha_mask and subset.mask_dir is not None:
+        raise DatasetError(f"{where}: give one loss-mask source: `alpha_mask` (the image's alpha channel) or `mask_dir`, not both.")
     if subset.num_repeats < 1:
         raise DatasetError(f"{where}: `num_repeats` must be at least 1, got {subset.num_repeats}.")
     if subset.keep_tokens < 0:

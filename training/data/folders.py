@@ -14,7 +14,7 @@ from pathlib import Path
 from .config import SubsetConfig
 from .errors import MISSING_PATH, DatasetProblems, Problem, collecting
 from .images import IMAGE_EXTENSIONS, ImageItem, read_sizes
-from .pairing import check_guide_sizes, pair_guides
+from .pairing import paired_items
 
 _FOLDER_NAME = re.compile(r"^(\d+)_(.*)$")
 _LAYOUT = "`<repeats>_<identifier> <class>` (e.g. `10_sks dog`; regularization: `<repeats>_<class>`, e.g. `1_dog`)"
@@ -114,14 +114,7 @@ def scan_image_dir(subset: SubsetConfig, problems: DatasetProblems | None = None
         _check_uncaptioned(subset, files, images, [p for p in images if p.stem not in caption_files], ext, problems)
 
         sizes = read_sizes(images, problems)
-        guides = pair_guides(images, subset.conditioning_data_dir, str(d), problems) if subset.conditioning_data_dir else {}
-        items = [
-            ImageItem(name=str(p), source=p, size=sizes[p], caption=captions.get(p.stem), guide=guides.get(p))
-            for p in images
-            if p in sizes and (p in guides or not subset.conditioning_data_dir)
-        ]
-        check_guide_sizes(items, problems)
-        return items
+        return paired_items(subset, images, sizes, {p: captions.get(p.stem) for p in images}, str(d), problems)
 
 
 def _check_uncaptioned(subset: SubsetConfig, files: list[Path], images: list[Path], uncaptioned: list[Path], ext: str,

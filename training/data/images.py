@@ -23,6 +23,8 @@ class ImageItem:
     caption: the caption text from a caption file / list / metadata; None means "use the
         subset's class tokens".
     guide: the guide (conditioning) image paired with it, same pixel size, or None.
+    mask: its loss mask (a mask_dir file, or an in-graph (1, H, W) tensor in [0, 1]), same
+        pixel size, or None.
     size: (width, height) in pixels.
     """
 
@@ -31,6 +33,7 @@ class ImageItem:
     size: tuple[int, int]
     caption: str | None = None
     guide: ImageSource | None = None
+    mask: ImageSource | None = None
 
 
 def item_path(item: ImageItem) -> Path | str:
@@ -85,6 +88,23 @@ def load_image(source: ImageSource) -> torch.Tensor:
     except (OSError, UnidentifiedImageError, ValueError) as e:
         raise DatasetError(f"Cannot read image {source}: {e}") from e
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def load_mask(source: ImageSource, alpha: bool = False) -> torch.Tensor:
+    """(1, H, W) float32 in [0, 1], read as sd-scripts reads masks: a mask file's red channel
+    (its conditioning image path: RGB, channel 0), or with `alpha` the image's alpha channel
+    (an image without one is converted to RGBA: fully opaque, all ones). In-graph tensors:
+    (1, H, W) or (H, W) masks as they are; an in-graph image has no alpha, so ones."""
+    if isinstance(source, torch.Tensor):
+        if alpha:
+            return torch.ones((1, *source.shape[-2:]))
+        return source.float().reshape(1, *source.shape[-2:])
+    try:
+        with Image.open(source) as img:
+            arr = np.asarray(img.convert("RGBA"))[:, :, 3] if alpha else np.asarray(img.convert("RGB"))[:, :, 0]
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise DatasetError(f"Cannot read mask {source}: {e}") from e
+    return torch.from_numpy(arr.copy()).unsqueeze(0).float().div_(255.0)
 
 
 def content_hash(source: ImageSource) -> str:

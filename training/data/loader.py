@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from .augment import color_augment, hflip
 from ..distributed import shard
@@ -39,7 +40,7 @@ from .captions import base_caption, process_caption, tags_of
 from .config import DatasetConfig, SubsetConfig, check_dataset
 from .errors import DatasetError, DatasetProblems, Problem
 from .folders import scan_image_dir
-from .images import ImageItem, content_hash, item_path, load_image
+from .images import ImageItem, content_hash, item_path, load_image, load_mask
 from .latent_cache import LatentCache, latent_key
 from .metadata import scan_metadata
 
@@ -64,6 +65,12 @@ UNCACHEABLE = Problem(
     "the option named changes the pixels every step: turn off latent caching, or that option",
 )
 NO_SOURCE = Problem("Subsets with no images", "give image_dir, metadata_file or in-graph images")
+NO_MASKS = Problem(
+    "Subsets without loss masks",
+    "masked_loss is on: give every training subset masks with alpha_mask = true (the images' alpha channel) or "
+    "mask_dir (mask images by basename); for trainings without guide images conditioning_data_dir holds the masks, "
+    "as in sd-scripts",
+)
 
 
 @dataclass(eq=False)
@@ -88,6 +95,10 @@ class TrainingData:
     cache_dir: also keep the latents on disk there, reused by later runs and processes.
     size_multiple: every bucket side must be a multiple of this (LLLite needs 32).
     require_guides: the adapter needs guide images (LLLite, ControlNet).
+    masked_loss: sd-scripts' --masked_loss: every training subset must have loss masks, and
+        for an adapter without guides (require_guides False) the conditioning_data_dir images
+        are the masks, as in sd-scripts. Subsets with alpha_mask or mask_dir give their batches
+        masks whatever this says; Batch.masks is None when no sample has one.
     holdout: number of training images kept out of training for held-out evaluation
         (holdout_batches()), chosen by the seed.
     shard: (rank, world) of a data-parallel run: batches are planned at batch_size * world
@@ -106,6 +117,7 @@ class TrainingData:
         cache_dir: str | Path | None = None,
         size_multiple: int = 8,
         require_guides: bool = False,
+        masked_loss: bool = False,
         holdout: int = 0,
         shard: tuple[int, int] = (0, 1),
     ):
@@ -131,7 +143,10 @@ class TrainingData:
         problems = DatasetProblems()
         self._entries = self._place_all(problems)
         self._check_sizes(size_multiple, problems)
-        self.has_guides = self._check_guides(require_guides, problems)
+        # sd-scripts' masked loss without guided training: the conditioning images are the masks
+        self.guides_are_masks = masked_loss and not require_guides and any(e.item.guide is not None for e in self._entries)
+        self.has_guides = False if self.guides_are_masks else self._check_guides(require_guides, problems)
+        self.has_masks = self._check_masks(masked_loss, problems)
         self._check_caching(problems)
         problems.raise_if_any()
         self._holdout = self._pick_holdout(holdout)
@@ -140,6 +155,7 @@ class TrainingData:
             -(-len(samples) // self._global_batch(d)) for d, groups in enumerate(self._groups) for _, samples in groups
         )
         self._latents: dict[tuple[int, bool], torch.Tensor] = {}
+        self._masks: dict[tuple[int, bool], torch.Tensor] = {}  # (1, h/8, w/8) at the placement's crop
         self._prepared = False
         self._plan_epoch, self._plan = -1, []
 
@@ -177,6 +193,24 @@ class TrainingData:
             for location in lacking:
                 problems.add(GUIDES_MIXED, location)
         return all(with_guides)
+
+    def _mask_source(self, e: _Entry) -> tuple | None:
+        """load_mask's arguments for an entry's loss mask, or None when it has none."""
+        if e.item.mask is not None:
+            return e.item.mask, False
+        if e.subset.alpha_mask:
+            return e.item.source, True
+        if self.guides_are_masks and e.item.guide is not None:
+            return e.item.guide, False
+        return None
+
+    def _check_masks(self, masked_loss: bool, problems: DatasetProblems) -> bool:
+        with_masks = [self._mask_source(e) is not None for e in self._entries]
+        if masked_loss:
+            for location in {id(e.subset): _where(e.subset) for e, m in zip(self._entries, with_masks)
+                             if not m and not e.subset.is_reg}.values():
+                problems.add(NO_MASKS, location)
+        return any(with_masks)
 
     def _check_caching(self, problems: DatasetProblems) -> None:
         if not self.cache_latents:
@@ -270,6 +304,26 @@ class TrainingData:
             image = color_augment(image, color_rng)
         return image * 2 - 1
 
+    def _mask(self, i: int, crop: tuple[int, int], flip: bool) -> torch.Tensor:
+        """The loss mask as trained, (1, h/8, w/8) in [0, 1]: cropped and flipped like its image,
+        then area-downsampled to the latent size as sd-scripts' apply_masked_loss does (the
+        engine's own interpolation to the loss size is then exact). Ones for a sample without
+        a mask in a batch with masks (sd-scripts' rule)."""
+        e = self._entries[i]
+        fixed = crop == e.placement.crop
+        if fixed and (i, flip) in self._masks:
+            return self._masks[(i, flip)]
+        bw, bh = e.placement.bucket
+        source = self._mask_source(e)
+        if source is None:
+            mask = torch.ones((1, bh // 8, bw // 8))
+        else:
+            mask = resize_and_crop(load_mask(*source), e.placement, crop)
+            mask = F.interpolate((hflip(mask) if flip else mask).unsqueeze(0), size=(bh // 8, bw // 8), mode="area")[0]
+        if fixed:
+            self._masks[(i, flip)] = mask
+        return mask
+
     def _guide(self, i: int, crop: tuple[int, int], flip: bool) -> torch.Tensor:
         e = self._entries[i]
         guide = resize_and_crop(load_image(e.item.guide), e.placement, crop)
@@ -339,7 +393,7 @@ class TrainingData:
         still drawn, so each sample gets what it gets in the single-process run."""
         mine = mine or slice(0, len(idxs))
         with torch.inference_mode(False), torch.no_grad():
-            captions, originals, crops, targets, guides, pixels, latents = [], [], [], [], [], [], []
+            captions, originals, crops, targets, guides, pixels, latents, masks = [], [], [], [], [], [], [], []
             for n, i in enumerate(idxs):
                 e, s = self._entries[i], self._entries[i].subset
                 (bw, bh), (rw, rh) = e.placement.bucket, e.placement.resized
@@ -358,6 +412,8 @@ class TrainingData:
                     pixels.append(self._pixels(i, crop, flip, color_rng))
                 if self.has_guides:
                     guides.append(self._guide(i, crop, flip))
+                if self.has_masks:
+                    masks.append(self._mask(i, crop, flip))
                 originals.append((e.item.size[1], e.item.size[0]))
                 # SDXL's crop conditioning: (top, left) of the window in the resized image, mirrored with the image.
                 crops.append((crop[1], rw - bw - crop[0] if flip else crop[0]))
@@ -374,6 +430,7 @@ class TrainingData:
                 crop_top_left=crops,
                 target_sizes=targets,
                 guides=torch.stack(guides) if guides else None,
+                masks=torch.stack(masks) if masks else None,
                 is_reg=[self._entries[i].subset.is_reg for i in idxs[mine]],
                 offset=mine.start if self.world > 1 else 0,
                 global_size=len(idxs) if self.world > 1 else 0,

@@ -10,7 +10,7 @@ from pathlib import Path
 from .config import SubsetConfig
 from .errors import MISSING_PATH, DatasetProblems, Problem, collecting
 from .images import IMAGE_EXTENSIONS, ImageItem, read_sizes
-from .pairing import check_guide_sizes, pair_guides
+from .pairing import paired_items
 
 INVALID_METADATA = Problem(
     "Metadata files that cannot be read",
@@ -48,14 +48,7 @@ def scan_metadata(subset: SubsetConfig, problems: DatasetProblems | None = None)
                 problems.add(NO_CAPTION, key, f"in {path}", (path,))
         images = list(captions)
         sizes = read_sizes(images, problems)
-        guides = pair_guides(images, subset.conditioning_data_dir, str(base), problems) if subset.conditioning_data_dir else {}
-        items = [
-            ImageItem(name=str(p), source=p, size=sizes[p], caption=captions[p], guide=guides.get(p))
-            for p in images
-            if p in sizes and (p in guides or not subset.conditioning_data_dir)
-        ]
-        check_guide_sizes(items, problems)
-        return items
+        return paired_items(subset, images, sizes, captions, str(base), problems)
 
 
 def _find_image(base: Path, key: str) -> Path | None:
