@@ -16,8 +16,8 @@ from ..training.data.config import DatasetConfig, SubsetConfig
 from ..training.data.fill50k import subset_from_fill50k
 from ..training.output_files import plan_output
 from .common import image_to_bchw
-from .training_form import (Dataset, NodeProgress, extra_options_input, file_name_in, head_inputs, last_samples,
-                            optimisation_inputs, parse_extra_options, plan_run, resolve_path, saved_files_text,
+from .training_form import (Dataset, NodeProgress, controllability_inputs, extra_options_input, file_name_in, head_inputs,
+                            last_samples, optimisation_inputs, parse_extra_options, plan_run, resolve_path, saved_files_text,
                             saving_inputs)
 
 FOLDERS = ("controlnet",)
@@ -107,6 +107,7 @@ class TrainControlNet(io.ComfyNode):
                 io.Int.Input("validate_every_n_steps", default=500, min=0, max=1000000),
                 *saving_inputs(),
                 extra_options_input("min_snr_gamma = 5 or full_bf16 = true"),
+                *controllability_inputs(),
                 io.Image.Input("sample_guide", optional=True, tooltip="Guide image of the sample images."),
             ],
             outputs=[

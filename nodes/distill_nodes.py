@@ -12,8 +12,8 @@ from ..training.distill.teacher import ControlNetTeacher
 from .common import image_to_bchw
 from .lllite_nodes import LLLite
 from .lllite_training_nodes import LLLITE_FOLDERS, lllite_output_dir
-from .training_form import (NodeProgress, extra_options_input, file_name_in, head_inputs, last_samples,
-                            optimisation_inputs, parse_extra_options, plan_run, saved_files_text, saving_inputs)
+from .training_form import (NodeProgress, controllability_inputs, extra_options_input, file_name_in, head_inputs,
+                            last_samples, optimisation_inputs, parse_extra_options, plan_run, saved_files_text, saving_inputs)
 
 CATEGORY = "LLLite Kit/training"
 
@@ -52,6 +52,7 @@ class DistillControlNetToLLLite(io.ComfyNode):
                              tooltip="Distance to the teacher every n steps (and at the start and end)."),
                 *saving_inputs(),
                 extra_options_input('min_timestep = 100 or network_weights = "/path/start.safetensors"'),
+                *controllability_inputs(),
                 io.Image.Input("sample_guide", optional=True,
                                tooltip="Guide image of the sample images (needed when sample_prompts are given)."),
             ],

@@ -11,8 +11,8 @@ from ..training.control_gap import draw_training_curves, gap_text
 from ..training.session import train_lllite
 from .common import image_to_bchw
 from .lllite_nodes import LLLite
-from .training_form import (NodeProgress, extra_options_input, file_name_in, head_inputs, last_samples,
-                            optimisation_inputs, parse_extra_options, plan_run, saved_files_text, saving_inputs)
+from .training_form import (NodeProgress, controllability_inputs, extra_options_input, file_name_in, head_inputs,
+                            last_samples, optimisation_inputs, parse_extra_options, plan_run, saved_files_text, saving_inputs)
 
 LLLITE_FOLDERS = ("lllite", "controlnet")
 CATEGORY = "LLLite Kit/training"
@@ -54,6 +54,7 @@ class TrainLLLite(io.ComfyNode):
                              tooltip="Control gap every n steps (and at the start and end)."),
                 *saving_inputs(),
                 extra_options_input('min_timestep = 100 or network_weights = "/path/start.safetensors"'),
+                *controllability_inputs(),
                 io.Image.Input("sample_guide", optional=True,
                                tooltip="Guide image of the sample images (needed when sample_prompts are given)."),
             ],

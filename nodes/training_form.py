@@ -73,6 +73,25 @@ def saving_inputs() -> list:
     ]
 
 
+def controllability_inputs() -> list:
+    """The controllability check of guided trainers (LLLite, ControlNet): optional, so saved
+    workflows without them load and run as before (off)."""
+    from ..training.controllability.check import OFF
+    from ..training.controllability.maps import KINDS
+
+    return [
+        io.Combo.Input("controllability_map", options=[OFF, *KINDS], default=OFF, optional=True,
+                       tooltip="At each held-out evaluation (validate_every_n_steps, start and end), sample held-out "
+                               "guides, run this preprocessor on the pictures and score them against the guides "
+                               "(Canny/lineart/HED: edge F1; depth: RMSE; ...). Detectors need controllability_weights "
+                               "= \"/path/file\" in extra_options. Costs one short sampling per image."),
+        io.Int.Input("controllability_images", default=2, min=1, max=64, optional=True,
+                     tooltip="Held-out guides sampled per evaluation (the first ones, fixed seeds)."),
+        io.Int.Input("controllability_sample_steps", default=8, min=1, max=200, optional=True,
+                     tooltip="Sampling steps of each check picture (euler, CFG off)."),
+    ]
+
+
 def extra_options_input(example: str) -> io.String.Input:
     return io.String.Input("extra_options", multiline=True, default="",
                            tooltip=f"Any other sd-scripts training or dataset option as TOML lines, e.g. {example}. "

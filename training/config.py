@@ -113,6 +113,13 @@ class TrainConfig:
     # held-out evaluation (an adapter's evaluation hook, e.g. LLLite's control gap): at the start,
     # every n steps and at the end
     validate_every_n_steps: int = 0
+    # controllability at each held-out evaluation of a guided adapter (LLLite, ControlNet):
+    # held-out guides sampled and scored (training/controllability/check.py); "off" or a map name
+    controllability_map: str = "off"
+    controllability_images: int = 2
+    controllability_sample_steps: int = 8
+    controllability_weights: str | None = None  # the detector's weight file, for learned maps (hed, depth ...)
+    controllability_tolerance: float = 2.0  # edges: pixel tolerance of the F1
 
     # precision of the frozen base and the VAE (sd-scripts' names)
     full_bf16: bool = False  # the trained weights and their gradients in bf16 too (needs mixed_precision bf16)

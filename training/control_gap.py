@@ -18,6 +18,7 @@ import torch
 
 from ..lllite.guide import fit_guide
 from .comfy_bridge import TextConditioner, TrainingModel
+from .controllability.check import headline
 from .data.batch import Batch
 from .loss_curve import draw_loss_curve
 
@@ -107,12 +108,19 @@ def gap_text(result: dict[str, float] | None) -> str:
     if not result:
         return "control gap: not measured yet"
     return (f"control gap {result['control_gap']:+.4g} (held-out loss {result['heldout_correct']:.4g} with the right "
-            f"guide, {result['heldout_shuffled']:.4g} shuffled)")
+            f"guide, {result['heldout_shuffled']:.4g} shuffled)") + controllability_text(result)
+
+
+def controllability_text(result: dict[str, float]) -> str:
+    """', controllability f1 0.412 (held-out samples)' when the run measures it, else ''."""
+    measured = headline(result)
+    return "" if measured is None else f", controllability {measured[0]} {measured[1]:.4g} (held-out samples)"
 
 
 def draw_training_curves(losses: list[float], evaluations: list[tuple[int, dict[str, float]]],
                          width: int = 640) -> torch.Tensor:
-    """The loss curve with the control-gap panel below it (same step axis): IMAGE (1, H, W, 3)."""
+    """The loss curve with the control-gap panel below it, and the controllability panel when the
+    run measured it (same step axis): IMAGE (1, H, W, 3)."""
     steps = max(len(losses), max((s for s, _ in evaluations), default=0), 1)
     top = draw_loss_curve({"training loss": list(enumerate(losses, 1))}, width, 300, x_range=(0, steps))
     if not evaluations:
@@ -120,4 +128,14 @@ def draw_training_curves(losses: list[float], evaluations: list[tuple[int, dict[
     gap = [(s, r["control_gap"]) for s, r in evaluations if math.isfinite(r["control_gap"])]
     bottom = draw_loss_curve({"control gap (held-out loss shuffled - right guide)": gap}, width, 200,
                              x_range=(0, steps), zero_line=True)
-    return torch.cat([top, bottom], dim=1)
+    return torch.cat([top, bottom, *controllability_panel(evaluations, width, steps)], dim=1)
+
+
+def controllability_panel(evaluations: list[tuple[int, dict[str, float]]], width: int, steps: int) -> list[torch.Tensor]:
+    """[the controllability of held-out samples per evaluation step], or [] when not measured."""
+    measured = [(s, headline(r)) for s, r in evaluations if headline(r) is not None]
+    if not measured:
+        return []
+    name = measured[-1][1][0]
+    return [draw_loss_curve({f"controllability of held-out samples ({name})": [(s, v) for s, (_, v) in measured]},
+                            width, 200, x_range=(0, steps))]

@@ -177,11 +177,21 @@ def run_guided_training(cfg: TrainConfig, model, clip, vae, datasets: Sequence[D
     """run_training for an adapter steered by guide images (LLLite, ControlNet, distillation):
     every batch carries guides; `holdout` images (0: none) are kept out for `evaluator`, built
     as evaluator(tm, text, adapter, held-out batches, (min, max timestep), seed=cfg.seed)
-    (ControlGap, TeacherAgreement). run_options: output_dir, model_name, hooks, latent_cache_dir."""
+    (ControlGap, TeacherAgreement), and with cfg.controllability_map the controllability of
+    held-out samples beside it (controllability/check.py). run_options: output_dir, model_name,
+    hooks, latent_cache_dir."""
+    from .controllability.check import check_options, controllability_check, combined
     from .lora import training_metadata
 
+    checking = check_options(cfg)
+    checking.check(holdout)  # before any work: a run must not end with nothing to measure
+
     def evaluation(tm, text, adapter, data):
-        return evaluator(tm, text, adapter, data.holdout_batches(), (cfg.min_timestep, cfg.max_timestep), seed=cfg.seed)
+        holdout_batches = data.holdout_batches()
+        hook = evaluator(tm, text, adapter, holdout_batches, (cfg.min_timestep, cfg.max_timestep), seed=cfg.seed)
+        if not checking.on:
+            return hook
+        return combined(hook, controllability_check(tm, text, adapter, holdout_batches, checking, vae, seed=cfg.seed))
 
     return run_training(cfg, model, clip, vae, datasets, adapter_factory, training_metadata,
                         data_options={"size_multiple": size_multiple, "require_guides": True, "holdout": holdout},

@@ -59,14 +59,17 @@ class TeacherAgreement:
 def agreement_text(result: dict[str, float] | None) -> str:
     if not result:
         return "distance to the teacher: not measured yet"
+    from ..control_gap import controllability_text
+
     return (f"distance to the teacher (held-out MSE): LLLite {result['student_mse']:.4g}, "
-            f"bare model {result['bare_mse']:.4g}")
+            f"bare model {result['bare_mse']:.4g}") + controllability_text(result)
 
 
 def draw_distill_curves(losses: list[float], evaluations: list[tuple[int, dict[str, float]]],
                         width: int = 640) -> torch.Tensor:
     """The distillation loss with the held-out distances to the teacher below it (same step
     axis): IMAGE (1, H, W, 3)."""
+    from ..control_gap import controllability_panel
     from ..loss_curve import draw_loss_curve
 
     steps = max(len(losses), max((s for s, _ in evaluations), default=0), 1)
@@ -76,4 +79,4 @@ def draw_distill_curves(losses: list[float], evaluations: list[tuple[int, dict[s
     bottom = draw_loss_curve({"held-out MSE to the teacher: LLLite": [(s, r["student_mse"]) for s, r in evaluations],
                               "bare model": [(s, r["bare_mse"]) for s, r in evaluations]},
                              width, 200, x_range=(0, steps), zero_line=True)
-    return torch.cat([top, bottom], dim=1)
+    return torch.cat([top, bottom, *controllability_panel(evaluations, width, steps)], dim=1)
