@@ -10,10 +10,13 @@ import safetensors.torch
 import torch
 
 import comfy.cldm.cldm
+import comfy.controlnet
 import comfy.model_management
 import comfy.model_patcher
 import comfy.ops
+import nodes
 import tiny_models
+from lllite_testing import conditioning, sample
 
 
 class HeadsSDXL(tiny_models.TinySDXL):
@@ -92,3 +95,36 @@ def write_controlnet(path: Path, model, seed: int = 1, zero_conv_scale: float = 
     path.parent.mkdir(parents=True, exist_ok=True)
     safetensors.torch.save_file({f"control_model.{k}": v.contiguous() for k, v in net.state_dict().items()}, str(path))
     return path
+
+
+def core_and_training_predictions(model, adapter, control_name: str, family: str, seed: int = 4):
+    """The file `control_name` (models/controlnet) loaded by core's ControlNetLoader and applied by
+    its ControlNetApplyAdvanced in one sampler step, and the same U-Net call with `adapter`'s
+    training-time hook and the same guide: (core's ControlNet object, bare output, core's, ours)."""
+    control = nodes.ControlNetLoader().load_controlnet(control_name)[0]
+    assert isinstance(control, comfy.controlnet.ControlNet)
+    image = torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(seed))
+    positive, negative = conditioning(family)
+    pos, neg = nodes.ControlNetApplyAdvanced().apply_controlnet(positive, negative, control, image, 1.0, 0.0, 1.0)
+    dm = model.model.diffusion_model
+    calls = []
+
+    def first_call(module, args, kwargs, output):
+        if not calls:
+            calls.append((args, {k: v for k, v in kwargs.items() if k != "control"}, output.detach().clone()))
+    handle = dm.register_forward_hook(first_call, with_kwargs=True)
+    try:
+        sample(model, torch.zeros(1, 4, 4, 4), steps=1, positive=pos, negative=neg, family=family)
+    finally:
+        handle.remove()
+    args, kwargs, core_out = calls[0]
+    with torch.no_grad():
+        bare = dm(*args, **kwargs)
+        adapter.attach(dm, {})
+        adapter.train(False)
+        try:
+            with adapter.using_guide(image.movedim(-1, 1) * 2 - 1):
+                ours = dm(*args, **kwargs)
+        finally:
+            adapter.detach()
+    return control, bare, core_out, ours

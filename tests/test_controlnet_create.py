@@ -5,12 +5,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-import comfy.controlnet
-import nodes
-from controlnet_testing import build_model, perturb
+from controlnet_testing import build_model, core_and_training_predictions, perturb
 from lllite_kit.training.controlnet.adapter import ControlNetAdapter
 from lllite_kit.training.controlnet.network import controlnet_from_unet
-from lllite_testing import conditioning, sample
 
 
 def _adapter(model, **kw):
@@ -18,16 +15,6 @@ def _adapter(model, **kw):
     adapter.attach(model.model.diffusion_model, {})
     adapter.train(False)
     return adapter
-
-
-def _capture(diffusion_model):
-    """Forward hook keeping the U-Net's first call (inputs and output)."""
-    calls = []
-
-    def hook(module, args, kwargs, output):
-        if not calls:
-            calls.append(({k: v for k, v in kwargs.items() if k != "control"}, args, output.detach().clone()))
-    return calls, diffusion_model.register_forward_hook(hook, with_kwargs=True)
 
 
 def test_fresh_controlnet_copies_the_encoder_zeroes_its_convs_and_changes_nothing():
@@ -77,28 +64,10 @@ def test_saved_file_loads_in_core_and_core_apply_predicts_like_training(family, 
     if family == "sdxl":
         assert "control_model.label_emb.0.0.weight" in keys  # A1111 tells SDXL by label_emb
 
-    control = nodes.ControlNetLoader().load_controlnet(name)[0]
-    assert isinstance(control, comfy.controlnet.ControlNet)
+    control, bare, core_out, ours = core_and_training_predictions(model, adapter, name, family)
     loaded = control.control_model.state_dict()
     assert set(loaded) == set(adapter.control.state_dict())
     assert all(torch.equal(loaded[k].float(), v.cpu()) for k, v in adapter.control.state_dict().items())
-
-    image = torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(4))
-    positive, negative = conditioning(family)
-    pos, neg = nodes.ControlNetApplyAdvanced().apply_controlnet(positive, negative, control, image, 1.0, 0.0, 1.0)
-    calls, handle = _capture(dm)
-    try:
-        sample(model, torch.zeros(1, 4, 4, 4), steps=1, positive=pos, negative=neg, family=family)
-    finally:
-        handle.remove()
-    kwargs, args, core_out = calls[0]
-    with torch.no_grad():
-        bare = dm(*args, **kwargs)
-        adapter.attach(dm, {})
-        adapter.train(False)
-        with adapter.using_guide(image.movedim(-1, 1) * 2 - 1):
-            ours = dm(*args, **kwargs)
-        adapter.detach()
     scale = core_out.abs().max().item()
     assert (core_out - bare).abs().max() > 1e-2 * scale  # the control acts
     assert torch.allclose(ours, core_out, rtol=1e-5, atol=1e-5 * scale), (ours - core_out).abs().max()

@@ -16,6 +16,7 @@ from ...lllite.guide import fit_guide
 from ..comfy_bridge.model import set_gradient_checkpointing
 from ..adapter import GuidedAdapter, batch_guides, load_exact
 from ..data.batch import Batch
+from .layouts import AUTO, file_names, resolve_layout
 from .network import ControlNetError, controlnet_from_unet, control_outputs, new_controlnet
 from .weights import DECODER_PREFIXES, read_controlnet, save_controlnet, save_unet
 
@@ -34,10 +35,11 @@ class ControlNetAdapter(GuidedAdapter):
 
     def __init__(self, unet_config: dict, family: str, control_weights: str | None = None, sd_locked: bool = True,
                  only_mid_control: bool = False, strength: float = 1.0, guide_dropout: float = 0.0,
-                 gradient_checkpointing: bool = False):
+                 gradient_checkpointing: bool = False, file_layout: str = AUTO):
         """control_weights: a ControlNet file to start from (else tool_add_control on the base).
         strength: multiplies every control output while training (lllyasviel's control_scales).
-        guide_dropout: probability of a black guide per sample (trains the no-guide case)."""
+        guide_dropout: probability of a black guide per sample (trains the no-guide case).
+        file_layout: layouts.LAYOUTS, decided (and refused if core could not read it) at attach."""
         if not 0.0 <= guide_dropout <= 1.0:
             raise ControlNetError(f"guide_dropout must be in [0, 1], got {guide_dropout}")
         self.unet_config, self.family = unet_config, family
@@ -45,6 +47,7 @@ class ControlNetAdapter(GuidedAdapter):
         self.sd_locked, self.only_mid_control = sd_locked, only_mid_control
         self.strength, self.guide_dropout = strength, guide_dropout
         self.gradient_checkpointing = gradient_checkpointing
+        self.file_layout = self.layout = file_layout
         self.control: torch.nn.Module | None = None
         self.diffusion_model: torch.nn.Module | None = None
         self._decoder: dict[str, torch.nn.Parameter] = {}
@@ -65,6 +68,7 @@ class ControlNetAdapter(GuidedAdapter):
                 self._load(read_controlnet(self.control_weights), self.control_weights)
             else:
                 self.control = controlnet_from_unet(diffusion_model, self.unet_config)
+            self.layout = resolve_layout(self.file_layout, self.family, self.control, self.unet_config)
         self.control.to(device=device, dtype=torch.float32)  # fp32 master weights; autocast sets compute
         self.control.requires_grad_(True)
         set_gradient_checkpointing(self.control, self.gradient_checkpointing)
@@ -173,10 +177,11 @@ class ControlNetAdapter(GuidedAdapter):
         architecture = "stable-diffusion-xl-v1-base" if self.family == "sdxl" else "stable-diffusion-v1"
         return {"ss_network_module": "controlnet", "modelspec.architecture": f"{architecture}/controlnet", "ss_sd_locked": str(self.sd_locked),
                 "ss_only_mid_control": str(self.only_mid_control), "ss_control_strength": str(self.strength),
-                "ss_guide_dropout": str(self.guide_dropout), "ss_base_model_family": self.family}
+                "ss_guide_dropout": str(self.guide_dropout), "ss_base_model_family": self.family,
+                "ss_controlnet_layout": self.layout}
 
     def save(self, path: str, dtype: torch.dtype, metadata: dict[str, str]) -> None:
         meta = {**metadata, **self.metadata()}
-        save_controlnet(path, self.control, dtype, meta)
+        save_controlnet(path, self.control, dtype, meta, file_names(self.layout, self.control.state_dict(), self.unet_config))
         if self._decoder:
             save_unet(str(unet_file_for(path)), self.diffusion_model, dtype, meta)

@@ -1,7 +1,8 @@
 """ControlNet files: lllyasviel's layout (`control_model.` + core's cldm key names), as his
-control_sd15_*.pth converted to safetensors. ComfyUI's load_controlnet reads it (its pth
-branch), A1111's sd-webui-controlnet strips the prefix and reads SD1.5 and SDXL (label_emb)
-alike, Advanced-ControlNet loads through core. Bare keys (no prefix) and diffusers-layout files
+control_sd15_*.pth converted to safetensors, or sd-scripts' SDXL layout (layouts.py). ComfyUI's
+load_controlnet reads the first for any SD-family config (its pth branch), A1111's
+sd-webui-controlnet strips the prefix and reads SD1.5 and SDXL (label_emb) alike,
+Advanced-ControlNet loads through core. Bare keys (no prefix) and diffusers-layout files
 are read too, to start training from a file users have."""
 import safetensors.torch
 import torch
@@ -12,13 +13,16 @@ from .network import FILE_PREFIX, ControlNetError
 DECODER_PREFIXES = ("output_blocks.", "out.")  # what sd_locked=False trains
 
 
-def save_controlnet(path: str, control: torch.nn.Module, dtype: torch.dtype, metadata: dict[str, str]) -> None:
-    save_tensors(path, control.state_dict(), dtype, metadata)
+def save_controlnet(path: str, control: torch.nn.Module, dtype: torch.dtype, metadata: dict[str, str],
+                    names: dict[str, str] | None = None) -> None:
+    save_tensors(path, control.state_dict(), dtype, metadata, names)
 
 
-def save_tensors(path: str, sd: dict[str, torch.Tensor], dtype: torch.dtype, metadata: dict[str, str]) -> None:
-    """cldm-named tensors -> a ControlNet file (prefixed), written atomically."""
-    tensors = {FILE_PREFIX + k: v.detach().to("cpu", dtype).contiguous() for k, v in sd.items()}
+def save_tensors(path: str, sd: dict[str, torch.Tensor], dtype: torch.dtype, metadata: dict[str, str],
+                 names: dict[str, str] | None = None) -> None:
+    """cldm-named tensors -> a ControlNet file, written atomically. names: cldm key -> file key
+    (layouts.file_names); default lllyasviel's (prefixed)."""
+    tensors = {(names[k] if names else FILE_PREFIX + k): v.detach().to("cpu", dtype).contiguous() for k, v in sd.items()}
     write_atomic(path, lambda tmp: safetensors.torch.save_file(tensors, str(tmp), metadata=metadata), "ControlNet")
 
 
