@@ -11,6 +11,7 @@ from ..training.comfy_bridge import latent_cache_dir, model_source_name
 from ..training.config import config_from_dict
 from ..training.control_gap import draw_training_curves, gap_text
 from ..training.controlnet.control_modes import MODES, parse_block_weights, with_control_mode
+from ..training.controlnet.layouts import AUTO, LAYOUTS
 from ..training.controlnet.network import ControlNetError
 from ..training.data.config import DatasetConfig, SubsetConfig
 from ..training.data.fill50k import subset_from_fill50k
@@ -99,6 +100,9 @@ class TrainControlNet(io.ComfyNode):
                                tooltip="Multiplies the control while training (lllyasviel's control_scales)."),
                 io.Float.Input("guide_dropout", default=0.0, min=0.0, max=1.0, step=0.05,
                                tooltip="Probability of a black guide per image: trains the no-guide case (guess mode)."),
+                io.Combo.Input("file_layout", options=list(LAYOUTS), default=AUTO, optional=True,
+                               tooltip="auto: for SDXL sd-scripts' layout (what sdxl_train_control_net.py writes) where core "
+                                       "loads it back, else lllyasviel's control_model.* (SD1.5 always). Both load in core."),
                 *optimisation_inputs("lllyasviel: AdamW at 1e-5; AdamW8bit (bitsandbytes) saves memory."),
                 io.Boolean.Input("cache_latents", default=True),
                 io.Boolean.Input("cache_latents_to_disk", default=False),
@@ -124,7 +128,8 @@ class TrainControlNet(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, vae, dataset, output_name, if_exists, extra_options, heldout_images, start_from,
-                sd_locked, only_mid_control, control_strength, guide_dropout, sample_guide=None, **form) -> io.NodeOutput:
+                sd_locked, only_mid_control, control_strength, guide_dropout, file_layout=AUTO, sample_guide=None,
+                **form) -> io.NodeOutput:
         from ..training.controlnet.train import train_controlnet
 
         values = {**form, "output_name": output_name}
@@ -144,7 +149,7 @@ class TrainControlNet(io.ComfyNode):
             hooks=progress.hooks(evaluated=evaluated), latent_cache_dir=latent_cache_dir(), holdout=heldout_images,
             sample_guide=guide, control_weights=None if start_from == NO_FILE else controlnet_path(start_from),
             sd_locked=sd_locked, only_mid_control=only_mid_control, control_strength=control_strength,
-            guide_dropout=guide_dropout)
+            guide_dropout=guide_dropout, file_layout=file_layout)
         rose = gap_rose_at(result.evaluations)
         if rose >= 0:
             progress.text(f"the control gap rose clearly at step {rose}")
