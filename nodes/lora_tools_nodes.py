@@ -11,6 +11,7 @@ from ..files.names import check_output_name
 from ..model_family import model_family
 from ..training.lora.file import SAVE_PRECISIONS
 from ..training.lora.tools import block_weights, dylora, extract, merge, resize
+from ..training.lora.tools.base_weights import ModelWeights
 from ..training.lora.tools import inspect as inspect_lora
 from ..training.lora.tools.chart import bar_chart
 from ..training.lora.tools.common import SVD_METHODS, LoRA
@@ -29,8 +30,17 @@ def lora_files() -> list[str]:
     return [n for n in folder_paths.get_filename_list("loras") if n.endswith(".safetensors")]
 
 
-def load(name: str) -> LoRA:
-    return LoRA.load(folder_paths.get_full_path_or_raise("loras", name))
+def load(name: str, model=None, clip=None) -> LoRA:
+    """model/clip: what a DoRA file's difference is computed on (its base weights)."""
+    base = ModelWeights(model, clip) if model is not None or clip is not None else None
+    return LoRA.load(folder_paths.get_full_path_or_raise("loras", name), base)
+
+
+def base_inputs() -> list:
+    return [io.Model.Input("model", optional=True,
+                           tooltip="Only for DoRA files: the model they apply to (its weights enter a DoRA's difference)."),
+            io.Clip.Input("clip", optional=True,
+                          tooltip="Only for DoRA files with text-encoder modules: the text encoders they apply to.")]
 
 
 def unet_family(model) -> str:
@@ -153,14 +163,14 @@ class InspectLoRA(io.ComfyNode):
             description="A LoRA file's metadata (training options, dataset tags with counts, base model hash), "
             "ranks and alphas per block, and each block's weight-difference norm as a bar chart.",
             is_output_node=True,
-            inputs=[lora_input("lora_name", "The LoRA to inspect")],
+            inputs=[lora_input("lora_name", "The LoRA to inspect"), *base_inputs()],
             outputs=[io.String.Output(display_name="text", tooltip="Metadata and the per-block table."),
                      io.Image.Output(display_name="block_norms", tooltip="Frobenius norm of each block's weight difference.")],
         )
 
     @classmethod
-    def execute(cls, lora_name) -> io.NodeOutput:
-        info = inspect_lora.inspect(load(lora_name))
+    def execute(cls, lora_name, model=None, clip=None) -> io.NodeOutput:
+        info = inspect_lora.inspect(load(lora_name, model, clip))
         chart = bar_chart({label: b["norm"] for label, b in info["blocks"].items()},
                           f"{lora_name}: norm of the weight difference per block")
         return io.NodeOutput(inspect_text(info), chart, ui=ui.PreviewImage(chart, cls=cls))
@@ -198,6 +208,7 @@ class MergeLoRAs(io.ComfyNode):
                                tooltip="svd: clamp the factors at this quantile of their values (sd-scripts); 1: no clamping."),
                 method_input("exact"),
                 *output_inputs("merged"),
+                *base_inputs(),
             ],
             outputs=outputs(),
         )
@@ -205,11 +216,11 @@ class MergeLoRAs(io.ComfyNode):
     @classmethod
     def execute(cls, lora_1, ratio_1, block_ratios_1, lora_2, ratio_2, block_ratios_2, lora_3, ratio_3,
                 block_ratios_3, mode, new_rank, new_conv_rank, clamp_quantile, svd_method, output_name, if_exists,
-                save_precision) -> io.NodeOutput:
+                save_precision, model=None, clip=None) -> io.NodeOutput:
         path = output_path(output_name, if_exists)  # a bad name fails before any work
         picked = [(n, r, b.strip() or None) for n, r, b in ((lora_1, ratio_1, block_ratios_1),
                   (lora_2, ratio_2, block_ratios_2), (lora_3, ratio_3, block_ratios_3)) if n != NONE]
-        loras = [load(n) for n, _, _ in picked]
+        loras = [load(n, model, clip) for n, _, _ in picked]
         ratios = [r for _, r, _ in picked]
         blocks = [b for _, _, b in picked]
         name = Path(output_name).name
@@ -246,6 +257,7 @@ class ResizeLoRA(io.ComfyNode):
                 io.Float.Input("dynamic_param", default=0.9, min=0.0, max=1000.0, step=0.01,
                                tooltip="The dynamic method's parameter (ratio for sv_ratio, fraction for sv_fro/sv_cumulative)."),
                 *output_inputs("resized"),
+                *base_inputs(),
             ],
             outputs=[*outputs(), io.Image.Output(display_name="ranks_per_block",
                                                  tooltip="Mean rank each block's modules kept, as a bar chart.")],
@@ -253,11 +265,11 @@ class ResizeLoRA(io.ComfyNode):
 
     @classmethod
     def execute(cls, lora_name, new_rank, new_conv_rank, dynamic_method, dynamic_param, output_name, if_exists,
-                save_precision) -> io.NodeOutput:
+                save_precision, model=None, clip=None) -> io.NodeOutput:
         path = output_path(output_name, if_exists)
         source = folder_paths.get_full_path_or_raise("loras", lora_name)
         dynamic = None if dynamic_method == NONE else dynamic_method
-        resized, reports = resize.resize(LoRA.load(source), new_rank, new_conv_rank or None, dynamic,
+        resized, reports = resize.resize(load(lora_name, model, clip), new_rank, new_conv_rank or None, dynamic,
                                          dynamic_param if dynamic else None, name=Path(output_name).name)
         written = save(resized, path, save_precision)
         report = resize.report_text(reports, Path(source).stat().st_size, path.stat().st_size)

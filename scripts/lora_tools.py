@@ -5,10 +5,12 @@
     python scripts/lora_tools.py extract --model_org base.safetensors --model_tuned tuned.safetensors --dim 32
     python scripts/lora_tools.py dylora-cut dylora.safetensors --rank 8
     python scripts/lora_tools.py inspect my.safetensors [--chart my_blocks.png]
+    python scripts/lora_tools.py resize my_dora.safetensors --new_rank 8 --base sd_xl_base_1.0.safetensors
 
 A LoRA argument is a path, or a name in ComfyUI's loras folder. Files are written to
 --output_dir (default: ComfyUI's loras folder) as --output_name.safetensors; a taken name
-gets _2, _3 ... unless --overwrite. ComfyUI is imported from COMFYUI_DIR, or from the pack's
+gets _2, _3 ... unless --overwrite. A DoRA file's difference depends on the model it applies
+to: merge, resize and inspect take it with --base (that checkpoint, a .safetensors file). ComfyUI is imported from COMFYUI_DIR, or from the pack's
 own .comfyui/ComfyUI. Exit status: 0 done, 1 bad input (the message names it).
 """
 import argparse
@@ -27,6 +29,10 @@ def _output_args(p: argparse.ArgumentParser, default_name: str) -> None:
     p.add_argument("--save_precision", choices=PRECISIONS, default="fp16")
 
 
+def _base_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base", help="only for DoRA files: the checkpoint (.safetensors) they apply to")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="tool", required=True)
@@ -41,6 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--new_conv_rank", type=int, help="svd: rank of 3x3 convs (default new_rank)")
     p.add_argument("--clamp_quantile", type=float, default=0.99, help="svd: clamp the factors at this quantile; 1: no clamping")
     p.add_argument("--svd_method", choices=("exact", "lowrank"), default="exact")
+    _base_arg(p)
     _output_args(p, "merged")
 
     p = sub.add_parser("resize", help="change a LoRA's rank (sd-scripts resize_lora)")
@@ -50,6 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dynamic_method", choices=("sv_ratio", "sv_fro", "sv_cumulative"))
     p.add_argument("--dynamic_param", type=float)
     p.add_argument("--verbose", action="store_true", help="one line per module")
+    _base_arg(p)
     _output_args(p, "resized")
 
     p = sub.add_parser("extract", help="a LoRA from two checkpoints (sd-scripts extract_lora_from_models)")
@@ -72,6 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = sub.add_parser("inspect", help="metadata, ranks/alphas and norm per block")
     p.add_argument("lora")
     p.add_argument("--chart", help="also write the per-block norm bar chart to this PNG")
+    _base_arg(p)
     return parser.parse_args(argv)
 
 
@@ -107,6 +116,23 @@ def save(lora, args) -> Path:
     return path
 
 
+def base_weights(path: str | None):
+    """kohya module name -> layer weight of the --base checkpoint (DoRA files need it), or None."""
+    if path is None:
+        return None
+    import comfy.sd
+
+    from lllite_kit.training.lora.tools.base_weights import ModelWeights
+
+    if Path(path).suffix != ".safetensors" or not Path(path).is_file():
+        raise FileNotFoundError(f"--base must be a .safetensors checkpoint file: {path!r}")
+    try:
+        model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(path, output_vae=False, output_clip=True)
+    except RuntimeError as e:  # core's "Could not detect model type"
+        raise ValueError(f"--base {path}: {e}") from None
+    return ModelWeights(model, clip)
+
+
 def checkpoint_weights(path: str, conv: bool, text_encoders: bool):
     """(family, kohya module name -> weight) of a checkpoint file, loaded by ComfyUI."""
     import comfy.sd
@@ -136,8 +162,9 @@ def run(args) -> str:
     if args.tool != "inspect":
         output_path(args)  # a bad name or folder fails before any work
     name = Path(args.output_name).name if args.tool != "inspect" else None
+    base = base_weights(getattr(args, "base", None))
     if args.tool == "merge":
-        loras = [LoRA.load(lora_path(n)) for n in args.loras]
+        loras = [LoRA.load(lora_path(n), base) for n in args.loras]
         blocks = [None if b == "-" else b for b in args.block_ratios] if args.block_ratios else None
         if args.mode == "concat":
             merged = merge.merge_concat(loras, args.ratios, blocks, name=name)
@@ -149,10 +176,10 @@ def run(args) -> str:
         return f"saved {save(merged, args)}"
     if args.tool == "resize":
         source = lora_path(args.lora)
-        resized, reports = resize.resize(LoRA.load(source), args.new_rank, args.new_conv_rank, args.dynamic_method,
+        resized, reports = resize.resize(LoRA.load(source, base), args.new_rank, args.new_conv_rank, args.dynamic_method,
                                          args.dynamic_param, name=name)
         path = save(resized, args)
-        text = resize.report_text(reports if args.verbose else [], Path(source).stat().st_size, path.stat().st_size)
+        text = resize.report_text(reports, Path(source).stat().st_size, path.stat().st_size, per_module=args.verbose)
         return f"{text}\nsaved {path}"
     if args.tool == "extract":
         conv = args.conv_dim is not None
@@ -168,7 +195,7 @@ def run(args) -> str:
         return f"{len(lora.modules)} modules, worst relative error {worst:.4g}\nsaved {save(lora, args)}"
     if args.tool == "dylora-cut":
         return f"saved {save(dylora.cut(LoRA.load(lora_path(args.lora)), args.rank, args.unit, name=name), args)}"
-    info = inspect_lora.inspect(LoRA.load(lora_path(args.lora)))
+    info = inspect_lora.inspect(LoRA.load(lora_path(args.lora), base))
     lines = [f"{k}: {v}" for k, v in sorted(info["metadata"].items())]
     lines += [f"base model {k}: {v}" for k, v in info["base_model_hash"].items()]
     lines += [f"tag {t}: {c}" for t, c in info["tags"].items()]

@@ -150,7 +150,7 @@ def test_full_difference_equals_core_loaders_change(sd15, comfy_dirs, caplog):
         assert lora.delta(n).shape == want.shape, label
         assert float((lora.delta(n) - want).norm() / want.norm()) < 2e-5, label
 
-    with pytest.raises(ValueError, match="DoRA module: its difference depends on the base model's weights, which this tool does not take"):
+    with pytest.raises(ValueError, match="DoRA module: its difference depends on the base model's weights; give the model it applies to"):
         LoRA.load(str(path))
 
 

@@ -173,8 +173,12 @@ def tool_metadata(tool: str, comment: str, **facts) -> dict[str, str]:
 
 
 def source_facts(lora: LoRA) -> dict:
-    """How a source file is named in a tool's metadata: its name and sshs hash when known."""
-    return {"name": lora.name, "sshs_model_hash": lora.metadata.get("sshs_model_hash")}
+    """How a source file is named in a tool's metadata: its name and sshs hash when known, and
+    its format when it is a LyCORIS file (read as its full difference; a DoRA's on a base model)."""
+    facts = {"name": lora.name, "sshs_model_hash": lora.metadata.get("sshs_model_hash")}
+    if lora.source_format != "lora":
+        facts["format"] = lora.source_format
+    return facts
 
 
 def network_rank_summary(modules: dict[str, dict[str, torch.Tensor]]) -> tuple[str, str, dict]:

@@ -226,7 +226,8 @@ def to_kohya(name: str, parts: dict[str, torch.Tensor], base: torch.Tensor | Non
 def read_modules(tensors: dict[str, torch.Tensor], source: str, base=None) -> tuple[dict, str]:
     """(kohya module name -> {"down", "up", "alpha"?} in float32, the file's format: "lora",
     "loha", "lokr", "dora" or several joined by "+"). Plain kohya modules are kept as they are,
-    the others turned into exact kohya factors. base: kohya name -> layer weight, needed for DoRA."""
+    the others turned into exact kohya factors. base: kohya name -> layer weight (a Mapping, e.g.
+    base_weights.ModelWeights), needed for DoRA only."""
     modules, kinds = {}, set()
     for name, parts in group(tensors, source).items():
         k = kind(parts)
@@ -238,8 +239,8 @@ def read_modules(tensors: dict[str, torch.Tensor], source: str, base=None) -> tu
         weight = None if base is None else base.get(name)
         if "dora_scale" in parts and weight is None:
             raise ValueError(f"{source}: {name} is a DoRA module: its difference depends on the base model's weights"
-                             + (", which this tool does not take. Apply the file with LoraLoader and use Extract LoRA "
-                                "(base model vs patched model) to get it as a kohya LoRA" if base is None
-                                else ", and the base model has no such layer"))
+                             + ("; give the model it applies to (the node's model and clip inputs, --base on the "
+                                "command line)" if base is None else ", and the base model given has no such layer"
+                                + (" (text-encoder modules need its CLIP too)" if name.startswith("lora_te") else "")))
         modules[name] = to_kohya(name, parts, weight, f"{source}: {name}")
     return modules, "+".join(sorted(kinds))

@@ -104,10 +104,11 @@ def resize(lora: LoRA, new_rank: int, new_conv_rank: int | None = None, dynamic_
     return LoRA(name or f"{lora.name}_resized", modules, meta), reports
 
 
-def report_text(reports: list[ModuleReport], old_bytes: int | None = None, new_bytes: int | None = None) -> str:
-    """sd-scripts' --verbose report: one line per module, the mean Frobenius retention, and
-    the file-size change when the sizes are given."""
-    lines = [f"{r.name:75} | sum(S) retained: {r.sum_retained:.1%}, fro retained: {r.fro_retained:.1%}, "
+def report_text(reports: list[ModuleReport], old_bytes: int | None = None, new_bytes: int | None = None,
+                per_module: bool = True) -> str:
+    """sd-scripts' --verbose report: one line per module (unless per_module is False), the mean
+    Frobenius retention, and the file-size change when the sizes are given."""
+    lines = [] if not per_module else [f"{r.name:75} | sum(S) retained: {r.sum_retained:.1%}, fro retained: {r.fro_retained:.1%}, "
              f"max(S) ratio: {r.max_ratio:0.1f} | rank {r.old_rank} -> {r.new_rank}, alpha {r.new_alpha:g}" for r in reports]
     fro = torch.tensor([r.fro_retained for r in reports])
     lines.append(f"Average Frobenius norm retention: {float(fro.mean()):.2%} | std: {float(fro.std(unbiased=False)):0.3f}")
