@@ -89,9 +89,21 @@ class TinyAnimaTE(comfy.text_encoders.anima.AnimaTEModel):
                                              model_options=model_options)
 
 
+_tokenizer = None
+
+
+def _shared_tokenizer(embedding_directory=None, tokenizer_data={}):
+    """core's Anima tokenizer (Qwen2 + T5 vocabularies, ~4 s to build on CPU), built once: it
+    holds no state, and CLIP.clone() shares it the same way."""
+    global _tokenizer
+    if _tokenizer is None:
+        _tokenizer = comfy.text_encoders.anima.AnimaTokenizer(embedding_directory=embedding_directory, tokenizer_data=tokenizer_data)
+    return _tokenizer
+
+
 def build_anima_clip(seed: int = 0) -> comfy.sd.CLIP:
     """A CLIP as CLIPLoader(type "stable_diffusion"... "anima") gives it: Qwen3 tokens + T5 ids for the DiT's adapter."""
-    target = comfy.supported_models_base.ClipTarget(comfy.text_encoders.anima.AnimaTokenizer, TinyAnimaTE)
+    target = comfy.supported_models_base.ClipTarget(_shared_tokenizer, TinyAnimaTE)
     clip = comfy.sd.CLIP(target, model_options={"dtype": torch.float32})
     fill_seeded(clip.cond_stage_model, seed + 1)
     return clip
