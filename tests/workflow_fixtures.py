@@ -3,7 +3,8 @@ workflow as the frontend would queue it, swaps checkpoint loaders for the tiny t
 checkpoint and shrinks sizes and step counts; `prepare_<workflow key>(models_dir, input_dir,
 tiny)` writes the files a workflow names and may return {node_id: {input: value}} overrides
 (e.g. fewer training steps). Used by the tests and by the thumbnail builder."""
-from anima_workflow_fixtures import adapt_anima_loaders, prepare_anima_lllite_apply  # noqa: F401 (prepare_* by key)
+from anima_workflow_fixtures import (adapt_anima_loaders, prepare_anima_lllite_apply,  # noqa: F401 (prepare_* by key)
+                                      prepare_anima_lllite_synthetic_loop, prepare_anima_lora_train)
 
 
 def _family(ckpt_name: str) -> str:
