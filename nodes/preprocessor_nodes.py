@@ -6,6 +6,7 @@ from ..preprocessors import weights as w
 from ..preprocessors.blur_tile import blur_guide, tile_guide
 from ..preprocessors.canny import canny
 from ..preprocessors.depth_anything import NATIVE_RESOLUTION, depth_anything, load_depth_anything
+from ..preprocessors.depth_anything import VERSIONS as DEPTH_ANYTHING_VERSIONS
 from ..preprocessors.hed import hed_edges, load_hed
 from ..preprocessors.image_ops import invert
 from ..preprocessors.lineart_anime import lineart_anime, load_lineart_anime
@@ -257,17 +258,26 @@ class LineartRealistic(_LearnedNode):
 class DepthAnythingV2(_LearnedNode):
     @classmethod
     def define_schema(cls):
-        return _schema("DepthAnythingV2", "Depth Anything V2",
-                       "Relative depth, near = white (Depth Anything V2: the original .pth files or a "
-                       "transformers folder such as Depth-Anything-V2-Small-hf). Small is Apache-2.0; "
-                       "Base and Large are CC-BY-NC-4.0.",
+        return _schema("DepthAnythingV2", "Depth Anything (V1 / V2)",
+                       "Relative depth, near = white (Depth Anything V2 or V1: the original .pth files or a "
+                       "transformers folder such as Depth-Anything-V2-Small-hf). V2 Small and all V1 files are "
+                       "Apache-2.0; V2 Base and Large are CC-BY-NC-4.0.",
                        [_weights_input(w.DEPTH_ANYTHING_V2_SMALL, w.DEPTH_ANYTHING_V2_BASE, w.DEPTH_ANYTHING_V2_LARGE,
-                                       w.DEPTH_ANYTHING_V2_SMALL_HF),
-                        _detect_input(NATIVE_RESOLUTION)], output="depth")
+                                       w.DEPTH_ANYTHING_V2_SMALL_HF, w.DEPTH_ANYTHING_V1_SMALL,
+                                       w.DEPTH_ANYTHING_V1_BASE, w.DEPTH_ANYTHING_V1_LARGE),
+                        _detect_input(NATIVE_RESOLUTION),
+                        io.Combo.Input("version", options=list(DEPTH_ANYTHING_VERSIONS), default="auto", optional=True,
+                                       advanced=True,
+                                       tooltip="V1 and V2 files share one layout and differ in which encoder layers "
+                                               "feed the depth head. auto: from the published file name "
+                                               "(depth_anything_v2_* = V2, depth_anything_vit?14 = V1) or a folder's "
+                                               "config; a renamed file needs V1 or V2 here.")],
+                       output="depth")
 
     @classmethod
-    def execute(cls, image, weights, detect_resolution=NATIVE_RESOLUTION) -> io.NodeOutput:
-        depth = depth_anything(load_depth_anything(_weight_path(weights)), image_to_bchw(image), detect_resolution)
+    def execute(cls, image, weights, detect_resolution=NATIVE_RESOLUTION, version="auto") -> io.NodeOutput:
+        depth = depth_anything(load_depth_anything(_weight_path(weights), version), image_to_bchw(image),
+                               detect_resolution)
         return io.NodeOutput(bchw_to_image(depth))
 
 

@@ -1,10 +1,17 @@
-"""Depth Anything V2 through transformers' DepthAnythingForDepthEstimation. Two forms load:
-the original release files (depth_anything_v2_vits/vitb/vitl.pth, the ones other packs
-download), whose keys are renamed to transformers' layout as transformers' own conversion
-script does, and a transformers folder (config.json + weights, e.g.
-Depth-Anything-V2-Small-hf), read with local_files_only."""
+"""Depth Anything V1 and V2 through transformers' DepthAnythingForDepthEstimation. Two forms
+load: the original release files (depth_anything_v2_vits/vitb/vitl.pth; V1's
+depth_anything_vits14/vitb14/vitl14.pth), whose keys are renamed to transformers' layout as
+transformers' own conversion script does, and a transformers folder (config.json + weights,
+e.g. Depth-Anything-V2-Small-hf), read with local_files_only.
+
+V1 and V2 files have the same keys and shapes; they differ in which encoder layers feed
+the depth head (V1: the last four, as its get_intermediate_layers(x, 4) call takes; V2: its
+intermediate_layer_idx table). So the version comes from the user's choice, else from the
+file name the publishers gave it, else from a folder's config; a file that names neither
+is refused with the choice to make, never guessed."""
 import math
 import os
+import re
 
 import torch
 
@@ -21,20 +28,46 @@ _HEAD_DIM = 64       # DINOv2 attention heads are 64 wide at every size
 # Encoder layers (1-based) whose outputs feed the DPT head in V2, by depth of the encoder;
 # other depths (e.g. tiny test models) take the last layer of each quarter.
 _V2_TAPS = {12: [3, 6, 9, 12], 24: [5, 12, 18, 24], 40: [10, 20, 30, 40]}
+VERSIONS = ("auto", "V1", "V2")
+_V1_NAME = re.compile(r"depth[_-]anything[_-](vit[sbl]14|(small|base|large)-hf)")
 # transformers has named the attention projections two ways; the installed one decides
 _ATTENTION_NAMES = (("attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.o_proj"),
                     ("attention.attention.query", "attention.attention.key", "attention.attention.value",
                      "attention.output.dense"))
 
 
-def _config_from_original(sd: dict):
+def encoder_taps(version: str, layers: int) -> list[int]:
+    """1-based encoder layers whose outputs feed the DPT head."""
+    if version == "V1":
+        return list(range(layers - 3, layers + 1))
+    return _V2_TAPS.get(layers, [max(1, layers * q // 4) for q in (1, 2, 3, 4)])
+
+
+def version_of(path: str, choice: str = "auto") -> str:
+    """V1 or V2 for an original file: the user's choice, else what its published name says."""
+    if choice not in VERSIONS:
+        raise ValueError(f"Depth Anything version must be one of {', '.join(VERSIONS)}, not {choice!r}")
+    if choice != "auto":
+        return choice
+    name = os.path.basename(os.path.normpath(path)).lower()
+    if "v2" in name:
+        return "V2"
+    if _V1_NAME.search(name):
+        return "V1"
+    raise WrongWeightLayout(
+        f"{os.path.basename(path)}: V1 and V2 Depth Anything files have the same layout and its name says neither "
+        "(published names: depth_anything_vitl14.pth for V1, depth_anything_v2_vitl.pth for V2). "
+        "Set the node's version to V1 or V2.")
+
+
+def _config_from_original(sd: dict, version: str):
     from transformers import DepthAnythingConfig, Dinov2Config
 
     hidden = sd["pretrained.cls_token"].shape[-1]
     patch = sd["pretrained.patch_embed.proj.weight"].shape[-1]
     layers = sum(1 for k in sd if k.startswith("pretrained.blocks.") and k.endswith(".norm1.weight"))
     grid = math.isqrt(sd["pretrained.pos_embed"].shape[1] - 1)
-    taps = _V2_TAPS.get(layers, [max(1, layers * q // 4) for q in (1, 2, 3, 4)])
+    taps = encoder_taps(version, layers)
     backbone = Dinov2Config(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=max(1, hidden // _HEAD_DIM),
                             mlp_ratio=sd["pretrained.blocks.0.mlp.fc1.weight"].shape[0] // hidden,
                             image_size=grid * patch, patch_size=patch, out_indices=taps,
@@ -93,16 +126,30 @@ def original_to_transformers(sd: dict, layers: int, target_keys: set[str]) -> di
     return out
 
 
-def build_depth_anything(path: str) -> TransformersDepth:
+def _check_folder_version(net, path: str, choice: str) -> None:
+    """A folder's config names its taps; an explicit version must agree with them."""
+    if choice == "auto":
+        return
+    layers = net.config.backbone_config.num_hidden_layers
+    if list(net.config.backbone_config.out_indices) != encoder_taps(choice, layers):
+        raise WrongWeightLayout(
+            f"{os.path.basename(path)}'s config.json feeds encoder layers {list(net.config.backbone_config.out_indices)} "
+            f"to the depth head, which is not Depth Anything {choice} (layers {encoder_taps(choice, layers)}). "
+            "Set the version to auto: a folder's config says which it is.")
+
+
+def build_depth_anything(path: str, version: str = "auto") -> TransformersDepth:
     from transformers import DepthAnythingForDepthEstimation
 
     if os.path.isdir(path):
         net, processor = load_transformers_folder(path, "depth_anything", DepthAnythingForDepthEstimation, ARCH)
+        _check_folder_version(net, path, version)
         return TransformersDepth(net, processor.get("image_mean", IMAGENET_MEAN), processor.get("image_std", IMAGENET_STD))
     sd = read_state_dict(path, ARCH)
     require_keys(sd, ["pretrained.cls_token", "pretrained.pos_embed", "pretrained.blocks.0.attn.qkv.weight",
                       "depth_head.projects.0.weight", "depth_head.scratch.layer1_rn.weight"], ARCH, path)
-    net = DepthAnythingForDepthEstimation(_config_from_original(sd))
+    version = version_of(path, version)
+    net = DepthAnythingForDepthEstimation(_config_from_original(sd, version))
     layers = net.config.backbone_config.num_hidden_layers
     try:
         converted = original_to_transformers(sd, layers, set(net.state_dict()))
@@ -111,8 +158,9 @@ def build_depth_anything(path: str) -> TransformersDepth:
     return TransformersDepth(load_exact(net, converted, ARCH, path))
 
 
-def load_depth_anything(path: str):
-    return load_cached(path, build_depth_anything)
+def load_depth_anything(path: str, version: str = "auto"):
+    # "auto" always resolves the same way for one path, so the choice itself keys the cache
+    return load_cached(path, lambda p: build_depth_anything(p, version), variant=version)
 
 
 def depth_anything(patcher, images: torch.Tensor, detect_resolution: int = NATIVE_RESOLUTION) -> torch.Tensor:

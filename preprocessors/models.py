@@ -16,25 +16,26 @@ from .weights import file_version
 # batch of 1024x1024 frames does not need all of its activations at once.
 CHUNK = 4
 
-_loaded: dict[str, tuple[tuple, object]] = {}
+_loaded: dict[tuple[str, str], tuple[tuple, object]] = {}
 # Release the patchers while ComfyUI's modules still exist: ModelPatcher.__del__ fails
 # noisily when it runs during interpreter teardown.
 atexit.register(_loaded.clear)
 
 
-def load_cached(path: str, build: Callable[[str], torch.nn.Module]):
-    """ModelPatcher around build(path), reused while the file is unchanged."""
+def load_cached(path: str, build: Callable[[str], torch.nn.Module], variant: str = ""):
+    """ModelPatcher around build(path), reused while the file is unchanged; `variant` keeps
+    apart networks built differently from the same file."""
     import comfy.model_management as mm
     import comfy.model_patcher
 
     version = file_version(path)
-    hit = _loaded.get(path)
+    hit = _loaded.get((path, variant))
     if hit is not None and hit[0] == version:
         return hit[1]
     module = build(path).float().eval().requires_grad_(False)
     patcher = comfy.model_patcher.ModelPatcher(module, load_device=mm.get_torch_device(),
                                                offload_device=mm.unet_offload_device())
-    _loaded[path] = (version, patcher)
+    _loaded[(path, variant)] = (version, patcher)
     return patcher
 
 

@@ -49,6 +49,14 @@ DEPTH_ANYTHING_V2_LARGE = WeightSpec(
 DEPTH_ANYTHING_V2_SMALL_HF = WeightSpec(
     "Depth-Anything-V2-Small-hf", "https://huggingface.co/depth-anything/Depth-Anything-V2-Small-hf",
     DEPTH_ANYTHING_V2_SMALL.architecture, "Apache-2.0")
+# V1 (LiheYoung/Depth-Anything): the same file layout as V2; the loader tells them apart by name
+_DEPTH_ANYTHING_V1 = "https://huggingface.co/spaces/LiheYoung/Depth-Anything/resolve/main/checkpoints/"
+DEPTH_ANYTHING_V1_SMALL = WeightSpec("depth_anything_vits14.pth", _DEPTH_ANYTHING_V1 + "depth_anything_vits14.pth",
+                                     DEPTH_ANYTHING_V2_SMALL.architecture, "Apache-2.0")
+DEPTH_ANYTHING_V1_BASE = WeightSpec("depth_anything_vitb14.pth", _DEPTH_ANYTHING_V1 + "depth_anything_vitb14.pth",
+                                    DEPTH_ANYTHING_V2_SMALL.architecture, "Apache-2.0")
+DEPTH_ANYTHING_V1_LARGE = WeightSpec("depth_anything_vitl14.pth", _DEPTH_ANYTHING_V1 + "depth_anything_vitl14.pth",
+                                     DEPTH_ANYTHING_V2_SMALL.architecture, "Apache-2.0")
 MIDAS_DPT_HYBRID = WeightSpec(
     "dpt-hybrid-midas", "https://huggingface.co/Intel/dpt-hybrid-midas",
     "MiDaS DPT-Hybrid (transformers DPTForDepthEstimation folder: config.json + model.safetensors)",
@@ -87,7 +95,8 @@ LINEART_ANIME = WeightSpec("netG.pth", _ANNOTATORS + "netG.pth",
 SECOND_WAVE_WEIGHTS = (UPERNET_CONVNEXT_SMALL, UPERNET_CONVNEXT_LARGE, LINEART_ANIME)
 
 CATALOGUE = (HED, PIDINET, MLSD, LINEART, LINEART_COARSE, DEPTH_ANYTHING_V2_SMALL, DEPTH_ANYTHING_V2_BASE,
-             DEPTH_ANYTHING_V2_LARGE, DEPTH_ANYTHING_V2_SMALL_HF, MIDAS_DPT_HYBRID, MIDAS_DPT_HYBRID_ORIGINAL,
+             DEPTH_ANYTHING_V2_LARGE, DEPTH_ANYTHING_V2_SMALL_HF, DEPTH_ANYTHING_V1_SMALL, DEPTH_ANYTHING_V1_BASE,
+             DEPTH_ANYTHING_V1_LARGE, MIDAS_DPT_HYBRID, MIDAS_DPT_HYBRID_ORIGINAL,
              MIDAS_DPT_LARGE_ORIGINAL, *POSE_WEIGHTS, *SECOND_WAVE_WEIGHTS)
 
 

@@ -86,10 +86,10 @@ def test_models_stay_loaded_between_runs(graph, preprocessors_dir):
     path = str(preprocessors_dir / "ControlNetHED.pth")
     prompt = _graph({"LLLiteKit_HED": dict(LEARNED["LLLiteKit_HED"], scribble=False)})
     graph.run(prompt)
-    loaded = models._loaded[path][1]
+    loaded = models._loaded[(path, "")][1]
     prompt["10"]["inputs"]["safe"] = True  # a different graph, same weights
     graph.run(prompt)
-    assert models._loaded[path][1] is loaded
+    assert models._loaded[(path, "")][1] is loaded
 
 
 def test_choices_offer_the_public_names_and_found_folders(graph, preprocessors_dir):

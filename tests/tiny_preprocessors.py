@@ -47,12 +47,12 @@ def write_lineart(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def tiny_depth_anything(seed: int = 0):
+def tiny_depth_anything(seed: int = 0, layers: int = 4, taps: tuple = (1, 2, 3, 4)):
     from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
 
     _seeded(seed)
-    backbone = Dinov2Config(hidden_size=64, num_hidden_layers=4, num_attention_heads=1, mlp_ratio=2, image_size=56,
-                            patch_size=14, out_indices=[1, 2, 3, 4], apply_layernorm=True, reshape_hidden_states=False)
+    backbone = Dinov2Config(hidden_size=64, num_hidden_layers=layers, num_attention_heads=1, mlp_ratio=2, image_size=56,
+                            patch_size=14, out_indices=list(taps), apply_layernorm=True, reshape_hidden_states=False)
     config = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=64, patch_size=14,
                                  neck_hidden_sizes=[8, 16, 32, 64], fusion_hidden_size=16, head_hidden_size=8)
     net = DepthAnythingForDepthEstimation(config).eval()
