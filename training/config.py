@@ -72,6 +72,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0  # 0 disables clipping
     mixed_precision: str = "no"  # "no" | "fp16" | "bf16"
     gradient_checkpointing: bool = False
+    fused_backward_pass: bool = False  # each weight stepped in its gradient hook (training/fused_backward.py)
 
     # noise and loss
     v_parameterization: bool = False  # force v-prediction on a model that does not declare it
@@ -181,6 +182,12 @@ class TrainConfig:
               "which torch's GradScaler refuses. Use full_bf16 = true with mixed_precision = \"bf16\", or "
               "mixed_precision = \"fp16\" alone (fp32 trained weights, fp16 compute)")
         check(not (self.v2 and self.sdxl), "v2 and sdxl exclude each other")
+        if self.fused_backward_pass:
+            from .fused_backward import fused_backward_problems
+
+            problems = fused_backward_problems(self.optimizer_type, self.gradient_accumulation_steps, self.max_grad_norm,
+                                               self.mixed_precision)
+            check(not problems, "; ".join(problems))
         for name in ("save_last_n_steps", "save_last_n_epochs", "save_last_n_steps_state", "save_last_n_epochs_state"):
             check(getattr(self, name) >= 0, f"{name} must be >= 0")
         check(not self.save_last_n_steps or self.save_every_n_steps,
@@ -254,7 +261,6 @@ REFUSED_KEYS: dict[str, tuple[tuple, str]] = {
                                   "constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial"),
     "lr_scheduler_timescale": ((None,), "the inverse_sqrt schedule is not implemented"),
     "lr_scheduler_min_lr_ratio": ((None,), "cosine_with_min_lr / warmup_stable_decay are not implemented"),
-    "fused_backward_pass": ((False,), "not implemented: the optimizer steps after the whole backward pass"),
     "torch_compile": ((False,), "not implemented: the U-Net runs eagerly"),
     "huggingface_repo_id": ((None, ""), "uploads are not implemented: nothing leaves this machine"),
     "huggingface_repo_type": ((None, ""), "uploads are not implemented"),

@@ -26,9 +26,11 @@ from .adapter import TrainableAdapter
 from .config import TrainConfig
 from .data.batch import Batch
 from .distributed import Group, current
+from .fused_backward import FusedBackward
 from .losses import huber_c, min_snr_weight, per_sample_loss
 from .noise import sample_timesteps, training_noise
 from .optimizers import adafactor_uses_relative_step, build_optimizer
+from .param_step import ParamStepper
 from .schedulers import build_scheduler
 from .state import STATE_SUFFIX, load_state, save_state, state_path_for
 
@@ -139,6 +141,7 @@ class TrainingEngine:
             for p in self.params:
                 p.data = p.data.to(torch.bfloat16)
         self.optimizer = build_optimizer(cfg.optimizer_type, groups, cfg.learning_rate, cfg.optimizer_args)
+        self.stepper = ParamStepper(self.optimizer, cfg.optimizer_type, stochastic_bf16=cfg.full_bf16)
         scheduler_name = "adafactor" if adafactor_uses_relative_step(cfg.optimizer_type, cfg.optimizer_args) else cfg.lr_scheduler
         self.scheduler = build_scheduler(scheduler_name, self.optimizer, self.total_steps, cfg.warmup_steps(self.total_steps),
                                          cfg.lr_scheduler_num_cycles, cfg.lr_scheduler_power, cfg.lr_scheduler_args, cfg.learning_rate)
@@ -147,6 +150,7 @@ class TrainingEngine:
         self.started_at = time.time()
         if cfg.resume:
             self._load_state(cfg.resume)
+        self.fused = FusedBackward(self.stepper, self.params, self.group.world) if cfg.fused_backward_pass else None
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -159,6 +163,8 @@ class TrainingEngine:
                 self._run_epoch()
             final = self._save(self.output_dir / f"{self.cfg.output_name}.safetensors")
         finally:
+            if self.fused is not None:
+                self.fused.remove()
             self.adapter.train(False)
             self.adapter.detach()
         return TrainResult(final, list(self.pos.saved), list(self.pos.losses), self.samples, self.pos.step, self.pos.epoch,
@@ -242,6 +248,9 @@ class TrainingEngine:
         return noise, t
 
     def _optimizer_step(self) -> None:
+        if self.fused is not None:  # every weight was stepped in its gradient hook during the backward pass
+            self.scheduler.step()
+            return
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if self.cfg.max_grad_norm:
@@ -250,7 +259,7 @@ class TrainingEngine:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            self.optimizer.step()
+            self.stepper.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
