@@ -18,6 +18,7 @@ from .data.config import DatasetConfig, SubsetConfig, load_dataset_toml
 from .data.errors import DatasetError
 from .data.folders import subsets_from_folder_tree
 from .data.loader import TrainingData
+from .data.npz_latents import SdScriptsLatents
 from .distributed import current
 from .anima.lllite_adapter import anima_lllite_adapter
 from .anima.model import frame_latents, is_anima, trainable_anima
@@ -123,6 +124,8 @@ def run_training(cfg: TrainConfig, model, clip, vae, datasets: Sequence[DatasetC
         encode = latent_encoder(vae, latent_format, cfg.no_half_vae)
         data = TrainingData(datasets, encode_latents=frame_latents(encode) if anima else encode, vae_id=vae_id,
                             seed=cfg.seed, cache_latents=cfg.cache_latents, masked_loss=cfg.masked_loss,
+                            npz_latents=None if anima else SdScriptsLatents(f"_{'sdxl' if family == 'sdxl' else 'sd'}.npz",
+                                                                            latent_format.process_in),
                             cache_dir=latent_cache_dir if cfg.cache_latents_to_disk else None,
                             shard=(group.rank, group.world), **(data_options or {}))
         check_batches(data)

@@ -16,6 +16,8 @@ from .errors import MISSING_PATH, DatasetProblems, Problem, collecting
 from .images import IMAGE_EXTENSIONS, ImageItem, read_sizes
 from .pairing import paired_items
 
+# files sd-scripts keeps beside images that are not captions: latent caches (npz_latents.py)
+NOT_CAPTIONS = (".npz",)
 _FOLDER_NAME = re.compile(r"^(\d+)_(.*)$")
 _LAYOUT = "`<repeats>_<identifier> <class>` (e.g. `10_sks dog`; regularization: `<repeats>_<class>`, e.g. `1_dog`)"
 
@@ -156,4 +158,5 @@ def _other_extensions(files: list[Path], uncaptioned: list[Path], ext: str) -> l
     """Other extensions of files with the images' basenames: the usual cause of missing
     captions is caption_extension left at .caption while the captions are .txt."""
     stems = {p.stem for p in uncaptioned}
-    return sorted({p.suffix for p in files if p.stem in stems and p.suffix.lower() not in IMAGE_EXTENSIONS and p.suffix != ext})
+    return sorted({p.suffix for p in files if p.stem in stems and p.suffix.lower() not in (*IMAGE_EXTENSIONS, *NOT_CAPTIONS)
+                   and p.suffix != ext})

@@ -23,6 +23,7 @@ sd-scripts: reg repeats are extended or cut so an epoch holds as many reg sample
 samples (repeats x images).
 """
 import json
+import logging
 import random
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -42,7 +43,10 @@ from .errors import DatasetError, DatasetProblems, Problem
 from .folders import scan_image_dir
 from .images import ImageItem, content_hash, item_path, load_image, load_mask
 from .latent_cache import LatentCache, latent_key
+from .npz_latents import SdScriptsLatents, agrees
 from .metadata import scan_metadata
+
+log = logging.getLogger(__name__)
 
 EncodeLatents = Callable[[torch.Tensor], torch.Tensor]
 Progress = Callable[[int, int], None]
@@ -99,6 +103,9 @@ class TrainingData:
         for an adapter without guides (require_guides False) the conditioning_data_dir images
         are the masks, as in sd-scripts. Subsets with alpha_mask or mask_dir give their batches
         masks whatever this says; Batch.masks is None when no sample has one.
+    npz_latents: reuse the latents sd-scripts cached beside the images (prepare_buckets_latents.py
+        or cache_latents_to_disk .npz files) when they match (npz_latents.py); the first one
+        reused is checked against this run's own encoding, and on disagreement none is.
     holdout: number of training images kept out of training for held-out evaluation
         (holdout_batches()), chosen by the seed.
     shard: (rank, world) of a data-parallel run: batches are planned at batch_size * world
@@ -118,6 +125,7 @@ class TrainingData:
         size_multiple: int = 8,
         require_guides: bool = False,
         masked_loss: bool = False,
+        npz_latents: SdScriptsLatents | None = None,
         holdout: int = 0,
         shard: tuple[int, int] = (0, 1),
     ):
@@ -133,6 +141,8 @@ class TrainingData:
         self.seed = int(seed)
         self.cache_latents = cache_latents
         self.cache = LatentCache(cache_dir)
+        self.npz = npz_latents
+        self.npz_reused = 0  # latents taken from sd-scripts' .npz files by prepare()
         self.epoch = 0
         self.position = 0
         self.rank, self.world = shard
@@ -250,7 +260,7 @@ class TrainingData:
         if not self.cache_latents or self._prepared:
             return 0
         used = sorted({i for groups in self._groups for _, samples in groups for i in samples} | set(self._holdout))
-        pending = []
+        pending, theirs = [], []
         with torch.inference_mode(False), torch.no_grad():
             for i in used:
                 e = self._entries[i]
@@ -259,8 +269,13 @@ class TrainingData:
                     cached = self.cache.get(key)
                     if cached is not None:
                         self._latents[(i, flip)] = cached
+                        continue
+                    npz = self._npz(i, flip)
+                    if npz is not None:
+                        theirs.append((i, flip, key, npz))
                     else:
                         pending.append((i, flip, key))
+            pending += self._reuse_npz(theirs)
             by_bucket: dict[tuple, list] = defaultdict(list)
             for job in pending:
                 e = self._entries[job[0]]
@@ -280,6 +295,31 @@ class TrainingData:
                         progress(done, len(pending))
         self._prepared = True
         return len(pending)
+
+    def _npz(self, i: int, flip: bool) -> torch.Tensor | None:
+        e = self._entries[i]
+        if self.npz is None or not isinstance(e.item.source, Path):
+            return None
+        return self.npz.load(e.item.source, e.item.size, e.placement, flip)
+
+    def _reuse_npz(self, found: list) -> list:
+        """Take sd-scripts' latents when the first agrees with this run's encoding of its image;
+        returns the jobs still to encode (all of them on disagreement)."""
+        if not found:
+            return []
+        i, flip, key, npz = found[0]
+        ours = self._encode(self._pixels(i, self._entries[i].placement.crop, flip, None).unsqueeze(0))[0].clone()
+        self.cache.put(key, ours, self.vae_id)
+        self._latents[(i, flip)] = ours
+        if not agrees(npz, ours):
+            log.warning("sd-scripts latent cache beside %s does not match this VAE's latents: encoding every image instead",
+                        self._entries[i].item.source)
+            return [(j, f, k) for j, f, k, _ in found[1:]]
+        for j, f, _, latents in found[1:]:
+            self._latents[(j, f)] = latents
+        self.npz_reused = len(found) - 1
+        log.info("reused %d latents from sd-scripts .npz caches", len(found) - 1)
+        return []
 
     def _content(self, i: int) -> str:
         e = self._entries[i]
