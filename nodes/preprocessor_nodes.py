@@ -16,6 +16,8 @@ from ..preprocessors.midas import DEFAULT_RESOLUTION as DEFAULT_MIDAS_RESOLUTION
 from ..preprocessors.midas import load_midas, midas_depth
 from ..preprocessors.mlsd import load_mlsd, mlsd_lines
 from ..preprocessors.normal_map import normals_from_depth
+from ..preprocessors.normal_bae import DEFAULT_RESOLUTION as DEFAULT_BAE_RESOLUTION
+from ..preprocessors.normal_bae import load_normal_bae, normal_bae
 from ..preprocessors.pidinet import load_pidinet, pidinet_edges
 from ..preprocessors.resolution import detect_then_restore
 from ..preprocessors.scribble import scribble_xdog
@@ -327,6 +329,20 @@ class SegmentationADE20K(_LearnedNode):
                                                    detect_resolution)))
 
 
+class NormalBAE(_LearnedNode):
+    @classmethod
+    def define_schema(cls):
+        return _schema("NormalBae", "Normal Map (BAE)",
+                       "Surface normals estimated from the picture by BAE (scannet.pt), in the colours ControlNet "
+                       "1.1's normalbae model expects.",
+                       [_weights_input(w.NORMAL_BAE), _detect_input(DEFAULT_BAE_RESOLUTION)], output="normals")
+
+    @classmethod
+    def execute(cls, image, weights, detect_resolution=DEFAULT_BAE_RESOLUTION) -> io.NodeOutput:
+        return io.NodeOutput(bchw_to_image(normal_bae(load_normal_bae(_weight_path(weights)), image_to_bchw(image),
+                                                      detect_resolution)))
+
+
 class NormalFromDepth(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -349,4 +365,4 @@ class NormalFromDepth(io.ComfyNode):
 
 NODES = [CannyEdges, LineartStandard, ScribbleXDoG, BinaryThreshold, InvertImage, TileGuide, BlurGuide,
          HEDSoftEdges, PiDiNetSoftEdges, MLSDLines, LineartRealistic, DepthAnythingV2, MiDaSDepth, NormalFromDepth,
-         LineartAnime, SegmentationADE20K]
+         LineartAnime, SegmentationADE20K, NormalBAE]

@@ -92,7 +92,10 @@ UPERNET_CONVNEXT_LARGE = WeightSpec(
     UPERNET_CONVNEXT_SMALL.architecture, "MIT")
 LINEART_ANIME = WeightSpec("netG.pth", _ANNOTATORS + "netG.pth",
                            "UnetGenerator (ControlNet 1.1 lineart_anime: 8 levels, 64 wide)", "MIT (ControlNet 1.1 annotator)")
-SECOND_WAVE_WEIGHTS = (UPERNET_CONVNEXT_SMALL, UPERNET_CONVNEXT_LARGE, LINEART_ANIME)
+NORMAL_BAE = WeightSpec("scannet.pt", _ANNOTATORS + "scannet.pt",
+                        "BAE surface normals (EfficientNet-B5 encoder + uncertainty-guided decoder, ControlNet 1.1 "
+                        "normalbae)", "MIT")
+SECOND_WAVE_WEIGHTS = (UPERNET_CONVNEXT_SMALL, UPERNET_CONVNEXT_LARGE, LINEART_ANIME, NORMAL_BAE)
 
 CATALOGUE = (HED, PIDINET, MLSD, LINEART, LINEART_COARSE, DEPTH_ANYTHING_V2_SMALL, DEPTH_ANYTHING_V2_BASE,
              DEPTH_ANYTHING_V2_LARGE, DEPTH_ANYTHING_V2_SMALL_HF, DEPTH_ANYTHING_V1_SMALL, DEPTH_ANYTHING_V1_BASE,
@@ -181,7 +184,7 @@ def file_version(path: str) -> tuple:
 
 def read_state_dict(path: str, architecture: str) -> dict[str, torch.Tensor]:
     """Tensors of a .pth/.safetensors file, "module." prefixes (DataParallel) removed.
-    Files that hold a {"state_dict": ...} checkpoint are unwrapped."""
+    Files that hold a {"state_dict": ...} or {"model": ...} checkpoint are unwrapped."""
     import comfy.utils
 
     if os.path.isdir(path):
@@ -190,6 +193,8 @@ def read_state_dict(path: str, architecture: str) -> dict[str, torch.Tensor]:
         sd = comfy.utils.load_torch_file(path, safe_load=True)
     except Exception as e:
         raise WrongWeightLayout(f"{path} could not be read as a weight file for {architecture}: {e}") from e
+    if isinstance(sd, dict) and isinstance(sd.get("model"), dict):  # a training checkpoint (BAE's scannet.pt)
+        sd = sd["model"]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise WrongWeightLayout(f"{path} does not hold a state dict of tensors; expected {architecture}")
     return {k.removeprefix("module."): v for k, v in sd.items()}

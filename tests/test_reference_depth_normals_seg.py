@@ -10,7 +10,7 @@ cna = pytest.importorskip("controlnet_aux")  # test-only dependency: pip install
 
 from test_preprocessors_reference import H, W, _assert_within_one_level, _ours, _reference_map, picture  # noqa: E402,F401
 
-from lllite_kit.preprocessors import midas, midas_dpt  # noqa: E402
+from lllite_kit.preprocessors import midas, midas_dpt, normal_bae  # noqa: E402
 
 
 def _random_like(shapes: dict[str, torch.Size], seed: int) -> dict[str, torch.Tensor]:
@@ -24,7 +24,11 @@ def _random_like(shapes: dict[str, torch.Size], seed: int) -> dict[str, torch.Te
     for k, shape in shapes.items():
         start = int(torch.randint(0, pool.numel(), (1,), generator=g))
         values = pool.roll(-start).repeat(shape.numel() // pool.numel() + 1)[: shape.numel()].view(shape)
-        if len(shape) >= 2 and not k.endswith(("pos_embed", "cls_token")):
+        if k.endswith("num_batches_tracked"):
+            out[k] = torch.zeros(shape, dtype=torch.long)
+        elif k.endswith("running_var"):
+            out[k] = 1 + 0.1 * values.abs()
+        elif len(shape) >= 2 and not k.endswith(("pos_embed", "cls_token")):
             out[k] = values / shape[1:].numel() ** 0.5
         elif k.endswith("weight") and len(shape) == 1:
             out[k] = 1 + 0.1 * values
@@ -82,3 +86,51 @@ def test_midas_dpt_large_layout_and_network_equal_controlnet_aux():
         expected, got = ref(x), ours.eval()(x)[:, 0]
     assert expected.std() > 1e-3
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
+def test_normal_bae_equals_controlnet_aux(tmp_path, picture):  # noqa: F811
+    """scannet.pt's layout ({"model": DataParallel state dict}); all three channels compared."""
+    import types
+
+    from controlnet_aux.normalbae import NormalBaeDetector
+    from controlnet_aux.normalbae.nets.NNET import NNET
+
+    args = types.SimpleNamespace(mode="client", architecture="BN", pretrained="scannet", sampling_ratio=0.4,
+                                 importance_ratio=0.7)
+    with torch.device("meta"):
+        ref = NNET(args)
+    sd = _random_like({k: v.shape for k, v in ref.state_dict().items()}, 2)
+    for k in sd:  # without the decoder's convolution biases the normals follow the picture, not a constant
+        if k.startswith("decoder.") and k.endswith(".bias") and sd[k.replace(".bias", ".weight")].dim() > 1:
+            sd[k] = torch.zeros_like(sd[k])
+    sd = {k: v.half().float() if v.is_floating_point() else v for k, v in sd.items()}
+    ref.load_state_dict(sd, strict=True, assign=True)
+    path = tmp_path / "scannet.pt"
+    torch.save({"model": {f"module.{k}": v.half() if v.is_floating_point() else v for k, v in sd.items()}}, path)
+    expected = NormalBaeDetector(ref.eval())(picture, detect_resolution=H, image_resolution=H, output_type="np")
+    ours = normal_bae.normal_bae(normal_bae.load_normal_bae(str(path)), _ours(picture), detect_resolution=H)
+    assert ours.shape == (1, 3, H, W)
+    for c in range(3):
+        _assert_within_one_level(ours[0, c], torch.from_numpy(np.ascontiguousarray(expected[..., c])).float() / 255)
+
+
+@pytest.mark.parametrize("node,spec", [("LLLiteKit_NormalBae", "NORMAL_BAE"), ("LLLiteKit_MiDaS", "MIDAS_DPT_HYBRID_ORIGINAL")])
+def test_absent_file_fails_validation_naming_file_folder_and_url(graph, comfy_dirs, node, spec):
+    from PIL import Image
+
+    from graph_runner import GraphError
+    from lllite_kit.preprocessors import weights as w
+
+    from nodes import NODE_CLASS_MAPPINGS
+
+    spec = getattr(w, spec)
+    choices = NODE_CLASS_MAPPINGS[node].INPUT_TYPES()["required"]["weights"][1]["options"]
+    assert choices[0] == w.missing_label(spec.name)
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(comfy_dirs / "input" / "grey.png")
+    with pytest.raises(GraphError) as e:
+        graph.run({"1": {"class_type": "LoadImage", "inputs": {"image": "grey.png"}},
+                   "2": {"class_type": node, "inputs": {"image": ["1", 0], "weights": choices[0]}},
+                   "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}}})
+    msg = str(e.value)
+    assert msg.startswith("invalid graph")
+    assert spec.name in msg and str(comfy_dirs / "models" / "preprocessors") in msg and spec.url in msg
