@@ -10,6 +10,7 @@ from ..preprocessors.depth_anything import VERSIONS as DEPTH_ANYTHING_VERSIONS
 from ..preprocessors.hed import hed_edges, load_hed
 from ..preprocessors.image_ops import invert
 from ..preprocessors.lineart_anime import lineart_anime, load_lineart_anime
+from ..preprocessors.lineart_manga import lineart_manga, load_lineart_manga
 from ..preprocessors.lineart_realistic import lineart_realistic, load_lineart
 from ..preprocessors.lineart_standard import lineart_standard
 from ..preprocessors.midas import DEFAULT_RESOLUTION as DEFAULT_MIDAS_RESOLUTION
@@ -313,6 +314,20 @@ class LineartAnime(_LearnedNode):
         return io.NodeOutput(bchw_to_image(lines))
 
 
+class LineartManga(_LearnedNode):
+    @classmethod
+    def define_schema(cls):
+        return _schema("LineartManga", "Manga Lineart",
+                       "Lineart of manga and screentoned pictures drawn by ControlNet 1.1's manga_line network "
+                       "(erika.pth, MangaLineExtraction), white lines on black, for the lineart_anime model.",
+                       [_weights_input(w.LINEART_MANGA), _detect_input(512)])
+
+    @classmethod
+    def execute(cls, image, weights, detect_resolution=512) -> io.NodeOutput:
+        lines = lineart_manga(load_lineart_manga(_weight_path(weights)), image_to_bchw(image), detect_resolution)
+        return io.NodeOutput(bchw_to_image(lines))
+
+
 class SegmentationADE20K(_LearnedNode):
     @classmethod
     def define_schema(cls):
@@ -365,4 +380,4 @@ class NormalFromDepth(io.ComfyNode):
 
 NODES = [CannyEdges, LineartStandard, ScribbleXDoG, BinaryThreshold, InvertImage, TileGuide, BlurGuide,
          HEDSoftEdges, PiDiNetSoftEdges, MLSDLines, LineartRealistic, DepthAnythingV2, MiDaSDepth, NormalFromDepth,
-         LineartAnime, SegmentationADE20K, NormalBAE]
+         LineartAnime, LineartManga, SegmentationADE20K, NormalBAE]

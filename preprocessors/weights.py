@@ -95,7 +95,10 @@ LINEART_ANIME = WeightSpec("netG.pth", _ANNOTATORS + "netG.pth",
 NORMAL_BAE = WeightSpec("scannet.pt", _ANNOTATORS + "scannet.pt",
                         "BAE surface normals (EfficientNet-B5 encoder + uncertainty-guided decoder, ControlNet 1.1 "
                         "normalbae)", "MIT")
-SECOND_WAVE_WEIGHTS = (UPERNET_CONVNEXT_SMALL, UPERNET_CONVNEXT_LARGE, LINEART_ANIME, NORMAL_BAE)
+LINEART_MANGA = WeightSpec("erika.pth", _ANNOTATORS + "erika.pth",
+                           "MangaLineExtraction res_skip network (ControlNet 1.1 manga_line annotator)",
+                           "MIT (MangaLineExtraction_PyTorch)")
+SECOND_WAVE_WEIGHTS = (UPERNET_CONVNEXT_SMALL, UPERNET_CONVNEXT_LARGE, LINEART_ANIME, LINEART_MANGA, NORMAL_BAE)
 
 CATALOGUE = (HED, PIDINET, MLSD, LINEART, LINEART_COARSE, DEPTH_ANYTHING_V2_SMALL, DEPTH_ANYTHING_V2_BASE,
              DEPTH_ANYTHING_V2_LARGE, DEPTH_ANYTHING_V2_SMALL_HF, DEPTH_ANYTHING_V1_SMALL, DEPTH_ANYTHING_V1_BASE,
