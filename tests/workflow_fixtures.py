@@ -50,8 +50,15 @@ def tiny_prompt(key: str, workflow: dict, comfy_dir, tiny) -> dict:
     prepare = globals().get(f"prepare_{key}")
     overrides = prepare(comfy_dir / "models", comfy_dir / "input", tiny) if prepare else None
     for node_id, values in (overrides or {}).items():
-        prompt[node_id]["inputs"].update(values)
+        node = prompt[node_id]
+        node["class_type"] = values.pop("class_type", node["class_type"])  # e.g. CONTROLNET_CHECKPOINT
+        node["inputs"].update(values)
     return prompt
+
+
+# An override for a checkpoint loader whose model makes or trains a ControlNet: core's ControlNet
+# loader assumes 64 channels per attention head, the plain tiny checkpoints have 16.
+CONTROLNET_CHECKPOINT = {"class_type": "LLLiteKitTest_TinyControlNetCheckpoint"}
 
 
 def prepare_preprocessors_all(models_dir, input_dir, tiny):
@@ -60,7 +67,7 @@ def prepare_preprocessors_all(models_dir, input_dir, tiny):
     import tiny_preprocessors
 
     tiny_preprocessors.write_all(models_dir / "preprocessors")
-    return {node: {"detect_resolution": 64} for node in ("16", "18", "20", "22")} | {"24": {"detect_resolution": 56}}
+    return {node: {"detect_resolution": 64} for node in ("16", "18", "20", "22", "34")} | {"24": {"detect_resolution": 56}}
 
 
 def prepare_lora_train(models_dir, input_dir, tiny):
@@ -270,3 +277,68 @@ def prepare_lora_merge(models_dir, input_dir, tiny):
 def prepare_lora_extract(models_dir, input_dir, tiny):
     """The "fine-tune" is the tiny SDXL checkpoint of another seed."""
     return {"2": {"seed": 1}}
+
+
+def _sd15_controlnet(models_dir, name: str):
+    """A tiny SD1.5 ControlNet file (original layout, as core's loader reads it) for the
+    CONTROLNET_CHECKPOINT model of seed 0."""
+    import controlnet_testing
+
+    controlnet_testing.write_controlnet(models_dir / "controlnet" / name, controlnet_testing.build_model("sd15", seed=0))
+
+
+def prepare_controlnet_apply_modes(models_dir, input_dir, tiny):
+    """A tiny SD1.5 ControlNet under the name of lllyasviel's canny 1.1 (fp16 repackage), and the
+    SD1.5 checkpoint it fits."""
+    _sd15_controlnet(models_dir, "control_v11p_sd15_canny_fp16.safetensors")
+    return {"1": dict(CONTROLNET_CHECKPOINT)}
+
+
+def prepare_controlnet_train_fill50k(models_dir, input_dir, tiny):
+    """Four pictures and their outlines in lllyasviel's Fill50K layout under
+    input/training/fill50k (prompt.json, source/, target/) and one outline as the uploaded
+    guide; the SD1.5 checkpoint with 64-channel heads; training shrunk to 64 px, 2 steps in fp32,
+    2 held-out images and one 64 px sample."""
+    import json
+
+    from PIL import Image
+
+    root = input_dir / "training" / "fill50k"
+    for sub in ("source", "target"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(4):
+        picture, guide = _shape_pair(i)
+        Image.fromarray(picture).save(root / "target" / f"{i}.png")
+        Image.fromarray(guide).save(root / "source" / f"{i}.png")
+        lines.append(json.dumps({"source": f"source/{i}.png", "target": f"target/{i}.png",
+                                 "prompt": f"green circle with striped background, view {i}"}))
+    (root / "prompt.json").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    Image.fromarray(_shape_pair(1)[1]).save(input_dir / "fill50k_guide.png")
+    return {
+        "1": dict(CONTROLNET_CHECKPOINT),
+        "2": {"resolution": 64, "batch_size": 2},
+        "4": {"max_train_steps": 2, "heldout_images": 2, "validate_every_n_steps": 0, "save_every_n_steps": 1,
+              "mixed_precision": "no", "sample_every_n_steps": 2,
+              "sample_prompts": "green circle with striped background --w 64 --h 64 --s 2 --d 1"},
+    }
+
+
+def prepare_controlnet_synthetic_loop(models_dir, input_dir, tiny):
+    """The SD1.5 checkpoint with 64-channel heads; as the LLLite loop: six generated 64 px images,
+    2 training steps in fp32, 2 held-out images, one 64 px sample."""
+    return {
+        "1": dict(CONTROLNET_CHECKPOINT),
+        "5": {"batch_size": 6},
+        "9": {"resolution": 64, "batch_size": 2},
+        "11": {"max_train_steps": 2, "heldout_images": 2, "validate_every_n_steps": 0, "save_every_n_steps": 0,
+               "mixed_precision": "no", "sample_every_n_steps": 2, "sample_prompts": "a cozy living room --w 64 --h 64 --s 2 --d 1"},
+    }
+
+
+def prepare_controlnet_transfer(models_dir, input_dir, tiny):
+    """A tiny SD1.5 ControlNet under the name of lllyasviel's canny 1.0 (converted to safetensors)
+    for the base (the SD1.5 checkpoint with 64-channel heads, seed 0); the fine-tune is that
+    checkpoint of seed 1."""
+    _sd15_controlnet(models_dir, "control_sd15_canny.safetensors")
+    return {"1": dict(CONTROLNET_CHECKPOINT), "2": {**CONTROLNET_CHECKPOINT, "family": "sd15", "seed": 1}}

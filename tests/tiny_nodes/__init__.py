@@ -11,6 +11,7 @@ from comfy_api.latest import ComfyExtension, io
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tiny_models  # noqa: E402  (plain module so the server and pytest share one copy)
 import tiny_anima_nodes  # noqa: E402
+import tiny_controlnet_nodes  # noqa: E402
 
 
 class TinyCheckpoint(io.ComfyNode):
@@ -33,7 +34,7 @@ class TinyCheckpoint(io.ComfyNode):
 
 class TinyTestExtension(ComfyExtension):
     async def get_node_list(self):
-        return [TinyCheckpoint, tiny_anima_nodes.TinyAnima]
+        return [TinyCheckpoint, tiny_anima_nodes.TinyAnima, tiny_controlnet_nodes.TinyControlNetCheckpoint]
 
 
 async def comfy_entrypoint():
