@@ -14,7 +14,7 @@ from ..files.roots import check_writable
 from ..training.data_prep import cleaning, resize
 from ..training.data_prep.captioner import DECODING, CaptionOptions, load_captioner
 from ..training.data_prep.files import beside, list_images, read_beside, write_beside
-from ..training.data_prep.look import contact_sheet, inspect
+from ..training.data_prep.look import contact_sheet, histogram_image, histograms, inspect
 from ..training.data_prep.metadata import merge_metadata
 from ..training.data_prep.model_files import CAPTIONERS, TAGGERS, ModelFileMissing, folder_choices, locate
 from ..training.data_prep.tagger import TagOptions, load_tagger
@@ -182,15 +182,19 @@ class LookAtDataset(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="LLLiteKit_LookAtDataset", display_name="Look at Dataset (LLLite Kit)", category=CATEGORY,
-            description="A contact sheet of a folder (each image with its caption) and a problems report: "
-                        "unreadable images, missing or empty captions, images below the training area, near-duplicates.",
+            description="A contact sheet of a folder (each image with its caption), a problems report (unreadable "
+                        "images, missing or empty captions, images below the training area, near-duplicates) and "
+                        "histograms: image size, aspect ratio, training bucket, caption length, tag frequency.",
             inputs=[_image_dir_input(), _extension_input("caption_extension", ".txt", "caption"),
                     io.Int.Input("resolution", default=1024, min=0, max=8192,
-                                 tooltip="Training resolution; images with a smaller area are reported (0: no check)."),
+                                 tooltip="Training resolution; images with a smaller area are reported, and the bucket "
+                                         "histogram places images as enable_bucket would (steps 64, from a quarter to "
+                                         "twice this). 0: neither."),
                     io.Int.Input("columns", default=4, min=1, max=32),
                     io.Int.Input("thumb_size", default=256, min=32, max=1024),
                     io.Int.Input("max_images", default=64, min=1, max=4096, tooltip="Images on the sheet (the report counts all).")],
-            outputs=[io.Image.Output(display_name="contact_sheet"), io.String.Output(display_name="report")],
+            outputs=[io.Image.Output(display_name="contact_sheet"), io.String.Output(display_name="report"),
+                     io.Image.Output(display_name="histograms")],
             is_output_node=True)
 
     @classmethod
@@ -200,8 +204,9 @@ class LookAtDataset(io.ComfyNode):
         report = inspect(list_images(folder), caption_extension, (resolution, resolution) if resolution else None)
         shown = type(report)(report.entries[:max_images])
         sheet = _image_tensor(contact_sheet(shown, columns, thumb_size))
-        text = report.text()
-        return io.NodeOutput(sheet, text, ui=ui.PreviewText(text))
+        counts = histograms(report, resolution or None)
+        text = f"{report.text()}\n\n{counts.text()}"
+        return io.NodeOutput(sheet, text, histogram_image(counts), ui=ui.PreviewText(text))
 
 
 def _model_dirs(kind: str) -> list[str]:

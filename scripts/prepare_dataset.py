@@ -7,6 +7,7 @@
     python scripts/prepare_dataset.py caption DIR --model models/captioners/blip-image-captioning-large [--beam_search --num_beams 3] [--batch_size 8] [--caption_extension .caption]
     python scripts/prepare_dataset.py tag DIR --model models/taggers/wd-vit-tagger-v3 [--thresh 0.35] [--character_threshold 0.7] [--use_rating_tags] [--remove_underscore] [--frequency_tags]
     python scripts/prepare_dataset.py look DIR [--caption_extension .txt] [--resolution 1024] [--sheet sheet.png]
+                                               [--histograms histograms.png]
 
 Exit status: 0 done, 1 bad input (the message names it).
 """
@@ -130,16 +131,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--caption_extension", default=".txt")
     p.add_argument("--resolution", type=int, default=0, help="report images with a smaller area (0: no check)")
     p.add_argument("--sheet", help="write the contact sheet to this PNG")
+    p.add_argument("--histograms", help="write the histograms (size, aspect, bucket, caption length, tags) to this PNG")
     p.add_argument("--columns", type=int, default=4)
     p.add_argument("--thumb_size", type=int, default=256)
     return parser.parse_args(argv)
 
 
 def run(args) -> str:
+    from PIL import Image
+
     from lllite_kit.files.atomic import write_atomic
     from lllite_kit.training.data_prep import cleaning, resize
     from lllite_kit.training.data_prep.files import list_images, read_beside, write_beside
-    from lllite_kit.training.data_prep.look import contact_sheet, inspect
+    from lllite_kit.training.data_prep.look import contact_sheet, histogram_image, histograms, inspect
     from lllite_kit.training.data_prep.metadata import merge_metadata, read_metadata, write_metadata
 
     if args.tool == "merge":
@@ -204,7 +208,11 @@ def run(args) -> str:
     if args.sheet:
         sheet = contact_sheet(report, args.columns, args.thumb_size)
         write_atomic(Path(args.sheet), lambda tmp: sheet.save(tmp, format="PNG"), "image")
-    return report.text()
+    counts = histograms(report, args.resolution or None)
+    if args.histograms:
+        chart = Image.fromarray((histogram_image(counts)[0].numpy() * 255).round().astype("uint8"))
+        write_atomic(Path(args.histograms), lambda tmp: chart.save(tmp, format="PNG"), "image")
+    return f"{report.text()}\n\n{counts.text()}"
 
 
 def main(argv=None) -> int:

@@ -55,7 +55,10 @@ def test_metadata_resize_and_look_nodes(graph, dataset, comfy_dirs):
     assert Image.open(dst / "img0+32x32.png").size == (32, 24)  # 48x32 -> 39x26, cropped to multiples of 8
     assert (dst / "img0+32x32.txt").is_file()
 
-    sheet, report = _run(graph, "LLLiteKit_LookAtDataset", image_dir="prep/set1", caption_extension=".txt",
-                         resolution=64, columns=2, thumb_size=64, max_images=8)
+    sheet, report, charts = _run(graph, "LLLiteKit_LookAtDataset", image_dir="prep/set1", caption_extension=".txt",
+                                 resolution=64, columns=2, thumb_size=64, max_images=8)
     assert sheet[0].shape[0] == 1 and sheet[0].shape[2] == 128 and sheet[0].shape[3] == 3
     assert "2 images, 2 readable" in report[0] and "smaller than the training area (2" in report[0]
+    assert "aspect ratio (width / height): < 0.5 0, 0.5-0.75 0, 0.75-0.95 0, 0.95-1.05 0, 1.05-1.33 0, 1.33-2 2" in report[0]
+    assert "tag frequency: cat 4, 1girl 2, long_hair 2, rating:safe0 1, rating:safe1 1" in report[0]
+    assert charts[0].shape == (1, 5 * 320, 640, 3)

@@ -14,7 +14,7 @@ from lllite_kit.training.data.config import SubsetConfig
 from lllite_kit.training.data.metadata import scan_metadata
 from lllite_kit.training.data_prep import cleaning, resize
 from lllite_kit.training.data_prep.files import list_images, write_beside
-from lllite_kit.training.data_prep.look import contact_sheet, inspect
+from lllite_kit.training.data_prep.look import Entry, Report, contact_sheet, histogram_image, histograms, inspect
 from lllite_kit.training.data_prep.metadata import merge_metadata
 
 # Inputs and outputs of sd-scripts' own clean_tags / clean_caption (finetune/
@@ -172,6 +172,22 @@ def test_inspect_reports_problems_and_draws_a_sheet(tmp_path):
     assert sheet.getpixel((32, 32))[0] > 200 and sheet.getpixel((32, 32))[1] < 40
 
 
+def test_histograms_count_sizes_aspects_buckets_caption_lengths_and_tags():
+    report = Report([Entry(Path("square.png"), (64, 64), "a, b, c"), Entry(Path("big.png"), (300, 300), "A"),
+                     Entry(Path("wide.png"), (200, 64), "a, b"), Entry(Path("tall.png"), (64, 200), None),
+                     Entry(Path("broken.png"), None, "a photo of a long thing with many words in it")])
+    h = histograms(report, resolution=128)
+    assert h.sizes == {"< 256": 3, "256-512": 1, "512-768": 0, "768-1024": 0, "1024-1536": 0, "1536-2048": 0, ">= 2048": 0}
+    assert h.aspects == {"< 0.5": 1, "0.5-0.75": 0, "0.75-0.95": 0, "0.95-1.05": 2, "1.05-1.33": 0, "1.33-2": 0, ">= 2": 1}
+    # resolution 128: enable_bucket's buckets 64..256 by 64; 200x64 (3.1) -> 192x64, 64x200 -> 64x192, squares -> 128x128
+    assert h.buckets == {"64x192": 1, "128x128": 2, "192x64": 1}
+    assert h.caption_words == {"< 5": 3, "5-10": 0, "10-20": 1, "20-40": 0, "40-75": 0, ">= 75": 0}
+    assert list(h.tags.items()) == [("a", 3), ("b", 2), ("a photo of a long thing with many words in it", 1), ("c", 1)]
+    assert "training bucket: 64x192 1, 128x128 2, 192x64 1" in h.text()
+    assert histogram_image(h).shape == (1, 5 * 320, 640, 3)
+    assert not histograms(report).buckets and histogram_image(histograms(report)).shape == (1, 4 * 320, 640, 3)
+
+
 def test_command_line_merge_clean_resize_look(tmp_path, capsys):
     import sys
 
@@ -190,5 +206,8 @@ def test_command_line_merge_clean_resize_look(tmp_path, capsys):
     assert (tmp_path / "r" / "x+32x32.jpg").is_file()
     assert cli.main(["resize", str(data.parent), str(tmp_path / "r"), "--max_resolution", "32x32"]) == 1
     assert "already exist" in capsys.readouterr().err
-    assert cli.main(["look", str(data.parent), "--sheet", str(tmp_path / "s.png")]) == 0
-    assert "1 images, 1 readable" in capsys.readouterr().out and (tmp_path / "s.png").is_file()
+    assert cli.main(["look", str(data.parent), "--sheet", str(tmp_path / "s.png"), "--resolution", "64",
+                     "--histograms", str(tmp_path / "h.png")]) == 0
+    out = capsys.readouterr().out
+    assert "1 images, 1 readable" in out and "training bucket: 64x64 1" in out and (tmp_path / "s.png").is_file()
+    assert Image.open(tmp_path / "h.png").size == (640, 5 * 320)

@@ -1,13 +1,20 @@
-"""A look at a dataset before training: a contact sheet (each image with its caption) and a
+"""A look at a dataset before training: a contact sheet (each image with its caption), a
 problems report (unreadable images, missing or empty captions, images below the training
-resolution, near-duplicate images by perceptual hash)."""
+resolution, near-duplicate images by perceptual hash) and histograms (image size, aspect
+ratio, training bucket, caption length, tag frequency)."""
+import math
 import textwrap
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
+from ..data.buckets import Bucketer
+from ..data.config import DatasetConfig
+from ..lora.tools.chart import bar_chart
 from .files import read_beside
 
 
@@ -84,6 +91,81 @@ def inspect(images: list[Path], caption_extension: str = ".txt", resolution: tup
             if d <= duplicate_distance:
                 report.near_duplicates.append((a.path, b.path, d))
     return report
+
+
+# equivalent square side sqrt(w * h) in px, and width / height: bins [edge, next edge)
+SIDE_EDGES = (0, 256, 512, 768, 1024, 1536, 2048, math.inf)
+ASPECT_EDGES = (0, 0.5, 0.75, 0.95, 1.05, 1.33, 2.0, math.inf)
+WORD_EDGES = (0, 5, 10, 20, 40, 75, math.inf)  # caption length in words (75: about the token window)
+
+
+@dataclass
+class Histograms:
+    """Counts per bin, in display order: every fixed bin for sizes, aspects and caption
+    lengths; the buckets that occur (by aspect); the `top` most frequent tags."""
+
+    sizes: dict[str, int]
+    aspects: dict[str, int]
+    buckets: dict[str, int]
+    caption_words: dict[str, int]
+    tags: dict[str, int]
+
+    def text(self) -> str:
+        return "\n".join(f"{title}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+                         for title, counts in self._charts() if counts)
+
+    def _charts(self) -> list[tuple[str, dict[str, int]]]:
+        return [("image size (sqrt of area, px)", self.sizes), ("aspect ratio (width / height)", self.aspects),
+                ("training bucket", self.buckets), ("caption length (words)", self.caption_words),
+                ("tag frequency", self.tags)]
+
+
+def _label(edges: tuple, i: int, fmt) -> str:
+    lo, hi = edges[i], edges[i + 1]
+    return f">= {fmt(lo)}" if hi == math.inf else f"{fmt(lo)}-{fmt(hi)}" if lo else f"< {fmt(hi)}"
+
+
+def _binned(values: list[float], edges: tuple, fmt=lambda v: f"{v:g}") -> dict[str, int]:
+    counts = Counter(next(i for i in range(len(edges) - 1) if v < edges[i + 1]) for v in values)
+    return {_label(edges, i, fmt): counts.get(i, 0) for i in range(len(edges) - 1)}
+
+
+def bucket_dataset(resolution: int) -> DatasetConfig:
+    """The bucketing the histogram assumes: sd-scripts' enable_bucket with steps of 64, from a
+    quarter to twice the resolution (SDXL users' 256-2048 at 1024)."""
+    low = max(64, resolution // 4 - resolution // 4 % 64)
+    return DatasetConfig(resolution=(resolution, resolution), enable_bucket=True, min_bucket_reso=low,
+                         max_bucket_reso=max(low, 2 * resolution - 2 * resolution % 64), bucket_reso_steps=64)
+
+
+def histograms(report: Report, resolution: int | None = None, top: int = 30) -> Histograms:
+    """The numbers behind the charts. Buckets (with `resolution`) are where training would put
+    each image (bucket_dataset); tags are the comma-separated parts, lowercased, as sd-scripts
+    counts them for ss_tag_frequency."""
+    sizes = [e.size for e in report.entries if e.size]
+    buckets: Counter = Counter()
+    if resolution:
+        bucketer = Bucketer(bucket_dataset(resolution))
+        buckets.update(bucketer.place(s).bucket for s in sizes)
+    captions = [e.caption for e in report.entries if e.caption is not None]
+    tags = Counter(t.strip().lower() for c in captions for t in c.split(",") if t.strip())
+    return Histograms(
+        sizes=_binned([math.sqrt(w * h) for w, h in sizes], SIDE_EDGES, lambda v: f"{v:.0f}"),
+        aspects=_binned([w / h for w, h in sizes], ASPECT_EDGES),
+        buckets={f"{w}x{h}": n for (w, h), n in sorted(buckets.items(), key=lambda kv: kv[0][0] / kv[0][1])},
+        caption_words=_binned([len(c.split()) for c in captions], WORD_EDGES),
+        tags=dict(sorted(tags.items(), key=lambda kv: (-kv[1], kv[0]))[:top]),
+    )
+
+
+LABEL_PX = 80  # "1024x1024", "1536-2048" and most tags fit upright
+
+
+def histogram_image(h: Histograms, width: int = 640) -> torch.Tensor:
+    """The histograms as one IMAGE (1, H, W, 3), one bar chart under the other (empty ones left out)."""
+    charts = [bar_chart({k: float(v) for k, v in counts.items()}, title, width, label_px=LABEL_PX)
+              for title, counts in h._charts() if counts]
+    return torch.cat(charts, dim=1) if charts else bar_chart({"(no images)": 0.0}, "histograms", width)
 
 
 def contact_sheet(report: Report, columns: int = 4, thumb: int = 256, caption_lines: int = 4) -> Image.Image:

@@ -5,12 +5,13 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 
-def bar_chart(values: dict[str, float], title: str, width: int = 640, height: int = 320) -> torch.Tensor:
-    """A bar per label, scaled to the largest value (printed top left); labels upright under the bars."""
+def bar_chart(values: dict[str, float], title: str, width: int = 640, height: int = 320, label_px: int = 44) -> torch.Tensor:
+    """A bar per label, scaled to the largest value (printed top left); labels upright under the
+    bars, in label_px pixels."""
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
     font = ImageFont.load_default()
-    left, right, top, bottom = 8, 8, 22, 44
+    left, right, top, bottom = 8, 8, 22, label_px
     top_value = max(values.values(), default=0.0)
     draw.text((left, 4), f"{title} (max {top_value:.4g})", fill="black", font=font)
     slot = (width - left - right) / max(len(values), 1)
