@@ -143,6 +143,17 @@ def write_lineart_anime(path: Path, seed: int = 0) -> Path:
     return path
 
 
+def write_lineart_manga(path: Path, seed: int = 0) -> Path:
+    from lllite_kit.preprocessors.lineart_manga import MangaLineNet
+
+    _seeded(seed)
+    net = MangaLineNet(width=2, head_width=2)
+    with torch.no_grad():
+        net.conv15.model[2].bias.fill_(128.0)  # mid-grey paper: a visible map, not the clamp's black
+    torch.save({f"module.{k}": v for k, v in net.state_dict().items()}, path)
+    return path
+
+
 def write_upernet_folder(folder: Path, seed: int = 0, classes: int = 150, size: tuple[int, int] = (64, 96)) -> Path:
     """A tiny UperNet (ConvNeXt) saved as openmmlab/upernet-convnext-* are: model plus image
     processor settings (here sized `size`, so tests can skip its resampling)."""
@@ -174,4 +185,5 @@ def write_all(preprocessors_dir: Path) -> None:
     write_depth_anything_original(preprocessors_dir / "depth_anything_v2_vits.pth")
     write_midas_folder(preprocessors_dir / "dpt-hybrid-midas")
     write_lineart_anime(preprocessors_dir / "netG.pth")
+    write_lineart_manga(preprocessors_dir / "erika.pth")
     write_upernet_folder(preprocessors_dir / "upernet-convnext-small")
