@@ -325,11 +325,11 @@ def prepare_controlnet_train_fill50k(models_dir, input_dir, tiny):
 
 
 def prepare_controlnet_synthetic_loop(models_dir, input_dir, tiny):
-    """The SD1.5 checkpoint with 64-channel heads; as the LLLite loop: six generated 64 px images,
-    2 training steps in fp32, 2 held-out images, one 64 px sample."""
+    """The SD1.5 checkpoint with 64-channel heads; four generated 64 px images (2 held out),
+    2 training steps in fp32, one 64 px sample."""
     return {
         "1": dict(CONTROLNET_CHECKPOINT),
-        "5": {"batch_size": 6},
+        "5": {"batch_size": 4},
         "9": {"resolution": 64, "batch_size": 2},
         "11": {"max_train_steps": 2, "heldout_images": 2, "validate_every_n_steps": 0, "save_every_n_steps": 0,
                "mixed_precision": "no", "sample_every_n_steps": 2, "sample_prompts": "a cozy living room --w 64 --h 64 --s 2 --d 1"},
