@@ -6,9 +6,14 @@ interleaved, medians - plus each control's parameter count.
     .venv/bin/python bench/bench_controlnet_vs_lllite.py                       # tiny SDXL-layout model on CPU
     .venv/bin/python bench/bench_controlnet_vs_lllite.py --full-sdxl --resolution 1024 --dtype fp16   # on a GPU
     .venv/bin/python bench/bench_controlnet_vs_lllite.py --smoke
+    .venv/bin/python bench/bench_controlnet_vs_lllite.py --distilled        # + a distilled LLLite vs its teacher
 
 --full-sdxl: the full-size SDXL U-Net (random weights; speed does not depend on values), a full
-SDXL ControlNet (1.25 B parameters) and an LLLite of kohya's released size (E32/R64)."""
+SDXL ControlNet (1.25 B parameters) and an LLLite of kohya's released size (E32/R64).
+--distilled (tiny SD1.5, CPU): a ControlNet trained on the Fill50K-like task is distilled into an
+LLLite (tests/distill_evidence.py); the controllability of held-out samples of the teacher, the
+distilled LLLite and an untrained LLLite, the held-out distance to the teacher's prediction, and
+the sampling step cost of the distilled LLLite and its teacher, in the same run."""
 import argparse
 import sys
 import tempfile
@@ -35,15 +40,92 @@ def _controlnet(model, dtype, folder: Path):
     return comfy.controlnet.load_controlnet(str(path)), params
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--full-sdxl", action="store_true", help="full-size SDXL U-Net and ControlNet (random weights)")
-    opts = benchlib.apply_options(parser)
-    benchlib.bootstrap(cpu=opts.cpu)
-    sys.path.insert(0, str(benchlib.REPO / "tests"))
+def step_times(model, lllite, control, positive, negative, guide, resolution: int, steps: int, rounds: int) -> dict:
+    """Sampler step times (lists, interleaved) of the bare model, the model with `lllite`
+    (an LLLite network) and with `control` (core's ControlNet object), one guide, CFG 7."""
+    import comfy.sample
     import nodes
 
     from lllite_kit.lllite.patch import apply_lllite
+
+    cn_positive, cn_negative = nodes.ControlNetApplyAdvanced().apply_controlnet(
+        positive, negative, control, guide.movedim(1, -1), 1.0, 0.0, 1.0)
+    latent = torch.zeros(1, 4, resolution // 8, resolution // 8)
+    noise = comfy.sample.prepare_noise(latent, 1)
+    runs = {"bare": (model, positive, negative), "LLLite": (apply_lllite(model, lllite, guide, 1.0), positive, negative),
+            "ControlNet": (model, cn_positive, cn_negative)}
+    fns = {name: lambda r=r: benchlib.sampler_step_time(r[0], noise, latent, steps, 7.0, "normal", r[1], r[2])
+           for name, r in runs.items()}
+    for fn in fns.values():  # warm-up: model and control loading, guide embeddings
+        fn()
+    return benchlib.interleaved(fns, rounds, warmup=0, measure=lambda fn: fn())
+
+
+def report_costs(times: dict) -> None:
+    base = benchlib.median(times["bare"])
+    for name, ts in times.items():
+        print(f"  {name:10s} {benchlib.median(ts) * 1000:9.2f} ms/step")
+    benchlib.ratio("LLLite / bare step time", benchlib.median(times["LLLite"]) / base)
+    benchlib.ratio("ControlNet / bare step time", benchlib.median(times["ControlNet"]) / base)
+    benchlib.ratio("ControlNet / LLLite step time", benchlib.median(times["ControlNet"]) / benchlib.median(times["LLLite"]),
+                   "what distilling the ControlNet into an LLLite saves per step")
+
+
+def distilled(opts) -> None:
+    """A ControlNet trained on the Fill50K-like task, distilled into an LLLite: controllability of
+    held-out samples (teacher, distilled, untrained), distance to the teacher, step costs."""
+    import comfy.controlnet
+
+    import controlnet_testing
+    import distill_evidence
+    import lllite_testing
+    import tiny_models
+    from lllite_kit.lllite.weights import read_lllite
+
+    s = distill_evidence.Settings(teacher_steps=opts.teacher_steps, student_steps=opts.student_steps)
+    if opts.smoke:
+        s = distill_evidence.Settings(images=4, holdout=2, teacher_steps=2, student_steps=2, check_images=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        e = distill_evidence.run_evidence(tiny_models, Path(tmp), s)
+        student, control = read_lllite(str(e.student_path)), comfy.controlnet.load_controlnet(str(e.teacher_path))
+    model = controlnet_testing.build_model("sd15", seed=s.seed)
+    positive, negative = lllite_testing.conditioning("sd15")
+    guide = distill_evidence.fill_pairs(1, seed=s.seed + 1)[1]
+    times = step_times(model, student, control, positive, negative, guide, 64, opts.steps, opts.rounds)
+
+    (_, first), (_, last) = e.student[0], e.student[-1]
+    print(f"machine: {benchlib.machine()}")
+    print(f"tiny SD1.5 (64 channels), Fill50K-like task at 64 px, {s.images} training / {s.holdout} held-out images; teacher: "
+          f"ControlNet trained {s.teacher_steps} steps (lr {s.teacher_lr}); student: LLLite E{s.cond_emb_dim}/R{s.network_dim} "
+          f"distilled {s.student_steps} steps (lr {s.student_lr})")
+    print(f"controllability: Canny edge F1 (tolerance {s.tolerance:g} px) of {s.check_images} held-out guides sampled "
+          f"{s.sample_steps} step(s), fixed seeds")
+    print(f"  teacher ControlNet {e.teacher_controllability:.4f}   distilled LLLite {e.distilled:.4f}   "
+          f"untrained LLLite {e.untrained:.4f}")
+    print(f"held-out MSE to the teacher's prediction: LLLite {first['student_mse']:.4f} at step 0 -> {last['student_mse']:.4f} "
+          f"at step {e.student[-1][0]} (bare model {last['bare_mse']:.4f})")
+    benchlib.ratio("distilled / teacher controllability", e.distilled / max(e.teacher_controllability, 1e-9))
+    benchlib.ratio("distilled / untrained LLLite controllability", e.distilled / max(e.untrained, 1e-9))
+    benchlib.ratio("LLLite MSE to teacher, end / start", last["student_mse"] / first["student_mse"])
+    print(f"sampling step cost, 64x64, CFG batch 2, euler {opts.steps} steps x {2 * opts.rounds} runs per variant "
+          "(LLLite = the distilled one, ControlNet = its teacher)")
+    report_costs(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--full-sdxl", action="store_true", help="full-size SDXL U-Net and ControlNet (random weights)")
+    parser.add_argument("--distilled", action="store_true", help="distil a trained tiny ControlNet into an LLLite and "
+                        "compare controllability and step cost (tiny SD1.5)")
+    parser.add_argument("--teacher-steps", type=int, default=120, help="--distilled: ControlNet training steps")
+    parser.add_argument("--student-steps", type=int, default=60, help="--distilled: distillation steps")
+    opts = benchlib.apply_options(parser)
+    benchlib.bootstrap(cpu=opts.cpu)
+    sys.path.insert(0, str(benchlib.REPO / "tests"))
+    opts.steps = opts.steps or (8 if opts.full_sdxl else 3)
+    if opts.distilled:
+        distilled(opts)
+        return
 
     import controlnet_testing  # tiny SDXL-layout model with the attention heads core reads ControlNets with
 
@@ -53,32 +135,13 @@ def main() -> None:
     lllite = _random_lllite(model, *dims, 1)
     with tempfile.TemporaryDirectory() as tmp:
         control, control_params = _controlnet(model, dtype, Path(tmp))
-    cn_positive, cn_negative = nodes.ControlNetApplyAdvanced().apply_controlnet(
-        positive, negative, control, guide.movedim(1, -1), 1.0, 0.0, 1.0)
-    latent = torch.zeros(1, 4, resolution // 8, resolution // 8)
-    import comfy.sample
-
-    noise = comfy.sample.prepare_noise(latent, 1)
-    runs = {"bare": (model, positive, negative), "LLLite": (apply_lllite(model, lllite, guide, 1.0), positive, negative),
-            "ControlNet": (model, cn_positive, cn_negative)}
-    fns = {name: lambda r=r: benchlib.sampler_step_time(r[0], noise, latent, steps, 7.0, "normal", r[1], r[2])
-           for name, r in runs.items()}
-    for fn in fns.values():  # warm-up: model and control loading, guide embeddings
-        fn()
-    times = benchlib.interleaved(fns, opts.rounds, warmup=0, measure=lambda fn: fn())
-
+    times = step_times(model, lllite, control, positive, negative, guide, resolution, steps, opts.rounds)
     lllite_params = sum(p.numel() for p in lllite.parameters())
     print(f"machine: {benchlib.machine()}")
     print(f"{'full-size' if opts.full_sdxl else 'tiny'} SDXL-layout U-Net, {resolution}x{resolution}, {opts.dtype}, CFG batch 2, "
           f"euler {steps} steps x {2 * opts.rounds} runs per variant")
     print(f"parameters: LLLite {lllite_params / 1e6:.1f} M, ControlNet {control_params / 1e6:.1f} M")
-    base = benchlib.median(times["bare"])
-    for name, ts in times.items():
-        print(f"  {name:10s} {benchlib.median(ts) * 1000:9.2f} ms/step")
-    benchlib.ratio("LLLite / bare step time", benchlib.median(times["LLLite"]) / base)
-    benchlib.ratio("ControlNet / bare step time", benchlib.median(times["ControlNet"]) / base)
-    benchlib.ratio("ControlNet / LLLite step time", benchlib.median(times["ControlNet"]) / benchlib.median(times["LLLite"]),
-                   "what distilling the ControlNet into an LLLite saves per step")
+    report_costs(times)
 
 
 if __name__ == "__main__":
