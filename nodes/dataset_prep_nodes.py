@@ -13,11 +13,11 @@ from comfy_api.latest import io, ui
 from ..files.roots import check_writable
 from ..training.data_prep import cleaning, resize
 from ..training.data_prep.captioner import DECODING, CaptionOptions, load_captioner
-from ..training.data_prep.files import beside, list_images, read_beside, write_beside
+from ..training.data_prep.files import beside, list_images, read_beside, with_existing, write_beside
 from ..training.data_prep.look import contact_sheet, histogram_image, histograms, inspect
 from ..training.data_prep.metadata import merge_metadata
 from ..training.data_prep.model_files import CAPTIONERS, TAGGERS, ModelFileMissing, folder_choices, locate
-from ..training.data_prep.tagger import TagOptions, load_tagger
+from ..training.data_prep.tagger import TagOptions, load_tagger, parse_tag_replacement, tags_metadata
 from .model_folders import register_model_folders
 from .training_form import resolve_path
 
@@ -357,7 +357,15 @@ class TagImages(io.ComfyNode):
                                     tooltip="Comma-separated tags put first when found (the last one listed ends up first, as sd-scripts)."),
                     io.String.Input("caption_separator", default=", ", advanced=True),
                     io.Int.Input("batch_size", default=8, min=1, max=256),
-                    *_write_inputs(".txt")],
+                    *_write_inputs(".txt"),
+                    io.String.Input("tag_replacement", default="", optional=True, advanced=True,
+                                    tooltip="sd-scripts' --tag_replacement: source,target pairs separated by ; (e.g. "
+                                            "1girl,1woman;long hair,very long hair), applied after remove_underscore. "
+                                            "A comma or semicolon inside a tag is written \\, or \\;."),
+                    io.String.Input("output_json", default="", optional=True,
+                                    tooltip="sd-scripts' --output_path: also write {image: {tags, image_size}} as JSON, or "
+                                            "one line per image with a .jsonl name. Relative paths go into ComfyUI's "
+                                            "output folder; empty: none.")],
             outputs=[io.String.Output(display_name="tags", is_output_list=True),
                      io.String.Output(display_name="frequency"),
                      io.Image.Output(display_name="frequency_chart"), _folder_output()],
@@ -378,19 +386,31 @@ class TagImages(io.ComfyNode):
     @classmethod
     def execute(cls, model, general_threshold, character_threshold, rating_tag, character_tags_first,
                 character_tag_expand, remove_underscore, undesired_tags, always_first_tags, caption_separator, batch_size,
-                write_files, caption_extension, if_exists, image_dir=None, images=None) -> io.NodeOutput:
+                write_files, caption_extension, if_exists, image_dir=None, images=None, tag_replacement="",
+                output_json="") -> io.NodeOutput:
+        from ..files.atomic import write_atomic
         from ..training.lora.tools.chart import bar_chart
 
         if write_files:
             beside(Path("x"), caption_extension)
+        parse_tag_replacement(tag_replacement)  # a malformed list fails before the model loads
+        json_path = _output_path(output_json, "output_json") if output_json.strip() else None
         tagger = load_tagger(model, _model_dirs("taggers"), *_device_dtype())
         pictures, files = _images(image_dir, images)
         options = TagOptions(general_threshold, character_threshold, rating_tag == "first", rating_tag == "last",
                              character_tags_first, character_tag_expand, remove_underscore, undesired_tags,
-                             always_first_tags, caption_separator, batch_size)
+                             always_first_tags, caption_separator, batch_size, tag_replacement)
         result = tagger.tag(pictures, options, *_progress_hooks(len(pictures)))
         texts = [caption_separator.join(t) for t in result.tags]
+        if json_path is not None:
+            keys = [str(f) for f in files] if files else [f"images[{i}]" for i in range(len(texts))]
+            merged = texts if if_exists != "append" or not files else [
+                with_existing(f, t, caption_extension, caption_separator) for f, t in zip(files, texts)]
+            write_atomic(json_path, tags_metadata(keys, merged, [p.size for p in pictures], json_path.suffix == ".jsonl"),
+                         "tag metadata")
         written = _write_results(files, texts, write_files, caption_extension, if_exists)
+        if json_path is not None:
+            written += f"\n{json_path}: {len(texts)} entries"
         table = result.frequency_table()
         frequency = "\n".join(f"{tag}: {n}" for tag, n in table)
         chart = bar_chart(dict(table[:30]) or {"(no tags)": 0.0}, f"tag frequency ({len(pictures)} images)")

@@ -120,6 +120,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--undesired_tags", default="")
     p.add_argument("--always_first_tags", default="")
     p.add_argument("--caption_separator", default=", ")
+    p.add_argument("--tag_replacement", default="", help=r"source1,target1;source2,target2 (\, and \; inside a tag)")
+    p.add_argument("--output_path", help="write {image: {tags, image_size}} JSON (.jsonl: one line per image) "
+                                         "instead of the tag files, as sd-scripts")
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--frequency_tags", action="store_true", help="print the tag frequency table")
     p.add_argument("--recursive", action="store_true")
@@ -186,7 +189,8 @@ def run(args) -> str:
         return _write_all(files, captions, args)
     if args.tool == "tag":
         from lllite_kit.training.data_prep.model_files import TAGGERS, locate
-        from lllite_kit.training.data_prep.tagger import REQUIRED_FILES, Tagger, TagOptions
+        from lllite_kit.training.data_prep.files import with_existing
+        from lllite_kit.training.data_prep.tagger import REQUIRED_FILES, Tagger, TagOptions, tags_metadata
 
         model = Path(args.model)
         folder = locate(model.name, [str(model.parent)], REQUIRED_FILES, TAGGERS, "taggers")
@@ -194,12 +198,22 @@ def run(args) -> str:
         character = args.thresh if args.character_threshold is None else args.character_threshold
         options = TagOptions(general, character, args.use_rating_tags, args.use_rating_tags_as_last_tag,
                              args.character_tags_first, args.character_tag_expand, args.remove_underscore,
-                             args.undesired_tags, args.always_first_tags, args.caption_separator, args.batch_size)
+                             args.undesired_tags, args.always_first_tags, args.caption_separator, args.batch_size,
+                             args.tag_replacement)
         if args.append_tags:
             args.if_exists = "append"
         files, images = _load_images(args.train_data_dir, args.recursive)
         result = Tagger(folder, *_device()).tag(images, options)
-        out = _write_all(files, [args.caption_separator.join(t) for t in result.tags], args)
+        texts = [args.caption_separator.join(t) for t in result.tags]
+        if args.output_path:
+            if args.if_exists == "append":
+                texts = [with_existing(f, t, args.caption_extension, args.caption_separator) for f, t in zip(files, texts)]
+            path = Path(args.output_path)
+            write_atomic(path, tags_metadata([str(f) for f in files], texts, [im.size for im in images],
+                                             path.suffix == ".jsonl"), "tag metadata")
+            out = f"{path}: {len(texts)} entries"
+        else:
+            out = _write_all(files, texts, args)
         if args.frequency_tags:
             out += "\nTag frequencies:\n" + "\n".join(f"{t}: {n}" for t, n in result.frequency_table())
         return out

@@ -2,6 +2,7 @@
 config.json + selected_tags.csv): known probabilities give sd-scripts' tag lists under every
 option; the timm path equals onnxruntime on the same network exported as the ONNX v2/v3
 graph (BGR 0-255 NHWC in, probabilities out); the node writes, appends and counts tags."""
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -10,8 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
+from graph_runner import GraphError
 from lllite_kit.training.data_prep.model_files import ModelFileMissing
-from lllite_kit.training.data_prep.tagger import Labels, TagOptions, Tagger, load_tagger, prepare, select_tags
+from lllite_kit.training.data_prep.tagger import (Labels, TagOptions, Tagger, load_tagger, parse_tag_replacement, prepare,
+                                                  select_tags)
 
 from test_data_prep_models import MODEL_ARGS, PROBS, TAGS, tiny_tagger
 
@@ -45,11 +48,26 @@ LABELS = Labels([n for n, _ in TAGS], [c for _, c in TAGS])
      ["1girl", "long_hair", "^_^"]),
     (TagOptions(always_first_tags="^_^, 1girl", caption_separator="; ", undesired_tags="long_hair; x"),
      ["1girl", "^_^", "hatsune_miku_(vocaloid)"]),
+    # replacements after underscores and expansion; an escaped comma names the expanded character tag
+    (TagOptions(remove_underscore=True, character_tag_expand=True, tag_replacement="long hair,very long hair;"
+                r"hatsune miku\, vocaloid,miku;^_^, smile ;nothing,x"),
+     ["very long hair", "1girl", "smile", "miku"]),
+    # the replaced name is what undesired_tags and always_first_tags see
+    (TagOptions(tag_replacement="1girl,solo", undesired_tags="long_hair", always_first_tags="solo"),
+     ["solo", "^_^", "hatsune_miku_(vocaloid)"]),
 ])
 def test_known_probabilities_give_sd_scripts_tag_lists(options, expected):
     frequency = Counter()
     assert select_tags(np.array(PROBS), LABELS, options, frequency) == expected
     assert set(frequency) == set(expected) and set(frequency.values()) == {1}
+
+
+def test_tag_replacement_parsing():
+    assert parse_tag_replacement(r"a\;b,c\,d; e , f") == {"a;b": "c,d", "e": "f"}
+    assert parse_tag_replacement("  ") == {}
+    for bad in ("a", "a,b,c", "a,b;c"):
+        with pytest.raises(ValueError, match="is not `source,target`"):
+            parse_tag_replacement(bad)
 
 
 def test_prepare_matches_sd_scripts_pixels():
@@ -132,6 +150,19 @@ def test_tag_node_appends_and_reports_frequency(graph, taggers, comfy_dirs):
     assert frequency[0].splitlines()[0] == "long hair: 2" and "sensitive: 2" in frequency[0]
     assert chart[0].shape[-1] == 3 and folder_out == [str(folder)]
 
+    # sd-scripts' --output_path JSON (with --append_tags: the existing tags first), and a replacement
+    (folder / "t0.txt").unlink()
+    (folder / "t1.txt").write_text("sks\n")
+    graph.run({"1": {"class_type": "LLLiteKit_TagImages", "inputs": {
+        **inputs, "write_files": False, "tag_replacement": "long hair,long_hair", "output_json": "tags/set.json"}}})
+    written = json.loads((Path(comfy_dirs) / "output" / "tags" / "set.json").read_text(encoding="utf-8"))
+    assert written == {str(folder / "t0.png"): {"tags": "sensitive, long_hair, 1girl, hatsune miku (vocaloid)", "image_size": [40, 30]},
+                       str(folder / "t1.png"): {"tags": "sks, sensitive, long_hair, 1girl, hatsune miku (vocaloid)",
+                                                "image_size": [40, 30]}}
+    assert (folder / "t1.txt").read_text() == "sks\n"  # write_files off: the tag files untouched
+    with pytest.raises(GraphError, match="is not `source,target`"):
+        graph.run({"1": {"class_type": "LLLiteKit_TagImages", "inputs": {**inputs, "tag_replacement": "a;b"}}})
+
 
 def test_command_line_tag(taggers, tmp_path, capsys):
     import sys
@@ -150,3 +181,8 @@ def test_command_line_tag(taggers, tmp_path, capsys):
     assert "long hair: 1" in capsys.readouterr().out
     assert cli.main([*argv, "--append_tags"]) == 0
     assert (tmp_path / "a.txt").read_text() == "mine, long hair, 1girl, ^_^, sensitive\n"
+    out = tmp_path / "tags.jsonl"
+    assert cli.main([*argv, "--output_path", str(out), "--tag_replacement", "1girl,girl"]) == 0
+    assert [json.loads(line) for line in out.read_text().splitlines()] == [
+        {"image_path": str(tmp_path / "a.png"), "caption": "long hair, girl, ^_^, sensitive", "image_size": [30, 30]}]
+    assert (tmp_path / "a.txt").read_text() == "mine, long hair, 1girl, ^_^, sensitive\n"  # --output_path: no tag files

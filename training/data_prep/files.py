@@ -36,6 +36,12 @@ def append_tags(existing: str, new: list[str], separator: str = ", ") -> str:
     return separator.join(old + [t for t in new if t not in old])
 
 
+def with_existing(image: Path, text: str, extension: str, separator: str = ", ") -> str:
+    """`text`'s tags after those of `image`'s existing file (as --append_tags writes them)."""
+    existing = read_beside(image, extension)
+    return text if existing is None else append_tags(existing, split_tags(text, separator), separator)
+
+
 def write_beside(image: Path, text: str, extension: str, if_exists: str = "skip",
                  separator: str = ", ") -> Path | None:
     """Writes `text` + newline beside `image` atomically; returns the file, or None when an

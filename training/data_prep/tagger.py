@@ -1,7 +1,8 @@
 """WD14 tags (SmilingWolf's wd-*-tagger-v3, and the ONNX-only v2 folders) with the options of
 sd-scripts' finetune/tag_images_by_wd14_tagger.py: general and character thresholds, rating
 tag first or last, character tags first, character "(series)" expansion, undesired tags,
-always-first tags, underscores removed, and a tag frequency table.
+always-first tags, underscores removed, tag replacement, a tag frequency table, and the
+JSON / JSONL metadata file of --output_path.
 
 v3 folders run through timm from their `model.safetensors` + `config.json` (the same network
 as their `model.onnx`, so no onnxruntime is needed and the model runs batched on ComfyUI's
@@ -38,6 +39,7 @@ class TagOptions:
     always_first_tags: str = ""
     caption_separator: str = ", "
     batch_size: int = 8
+    tag_replacement: str = ""  # "source1,target1;source2,target2", `\,` and `\;` escaped
 
 
 @dataclass
@@ -64,8 +66,31 @@ class Labels:
         return cls([r[1] for r in rows[1:]], [r[2] for r in rows[1:]])
 
 
+def parse_tag_replacement(text: str) -> dict[str, str]:
+    r"""sd-scripts' --tag_replacement "a,b;c,d" -> {"a": "b", "c": "d"}; a `,` or `;` inside a tag
+    is written `\,` / `\;`; spaces around a tag are dropped (no tag has them). A part that is
+    not one source,target pair is refused."""
+    if not text.strip():
+        return {}
+    escaped = text.replace("\\,", "\0c").replace("\\;", "\0s")
+    pairs = {}
+    for part in escaped.split(";"):
+        tags = part.split(",")
+        if len(tags) != 2:
+            raise ValueError(f"tag_replacement {text!r}: {part!r} is not `source,target` (pairs are separated by `;`, "
+                             "a comma or semicolon inside a tag is written \\, or \\;)")
+        source, target = (t.replace("\0c", ",").replace("\0s", ";").strip() for t in tags)
+        pairs[source] = target
+    return pairs
+
+
 def _display_names(labels: Labels, options: TagOptions) -> list[str]:
+    """The label names as written: character expansion, underscores, then replacements, in
+    sd-scripts' order. (sd-scripts 48d368fa's process_tag_replacement rebinds its `tags`
+    argument inside the loop, so it replaces nothing for these CSV labels; this does what its
+    help text says.)"""
     names = list(labels.names)
+    replacements = parse_tag_replacement(options.tag_replacement)
     for i, (name, category) in enumerate(zip(names, labels.categories)):
         if options.character_tag_expand and category == CHARACTER and name.endswith(")"):
             parts = name.split("(")
@@ -73,7 +98,7 @@ def _display_names(labels: Labels, options: TagOptions) -> list[str]:
             name = character + options.caption_separator + parts[-1].replace(")", "")
         if options.remove_underscore and len(name) > 3:  # short ones are emoticons such as ^_^
             name = name.replace("_", " ")
-        names[i] = name
+        names[i] = replacements.get(name, name)
     return names
 
 
@@ -193,6 +218,17 @@ class Tagger:
             if progress is not None:
                 progress(len(result.tags), len(images))
         return result
+
+
+def tags_metadata(keys: list[str], texts: list[str], sizes: list[tuple[int, int]], jsonl: bool = False) -> bytes:
+    """What sd-scripts' --output_path writes: JSON {image path: {"tags", "image_size": [w, h]}}
+    (indent 4, UTF-8 unescaped), or with a .jsonl path one {"image_path", "caption",
+    "image_size"} object per line."""
+    if jsonl:
+        return "".join(json.dumps({"image_path": k, "caption": t, "image_size": list(s)}) + "\n"
+                       for k, t, s in zip(keys, texts, sizes)).encode("utf-8")
+    entries = {k: {"tags": t, "image_size": list(s)} for k, t, s in zip(keys, texts, sizes)}
+    return json.dumps(entries, ensure_ascii=False, indent=4).encode("utf-8")
 
 
 REQUIRED_FILES = ("selected_tags.csv", "model.safetensors|model.onnx")
