@@ -40,7 +40,8 @@ def smoke_runs(tmp_path_factory):
 
 
 def test_every_bench_script_is_covered():
-    assert {"bench_train_lora.py", "bench_preprocessors.py", "bench_lllite_apply.py", "bench_lllite_train.py"} <= set(SCRIPTS)
+    assert {"bench_train_lora.py", "bench_preprocessors.py", "bench_lllite_apply.py", "bench_lllite_train.py",
+            "bench_controlnet_train.py"} <= set(SCRIPTS)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -30,8 +30,8 @@ STEPS = 8
 
 
 def _run(tiny, out, steps=STEPS, holdout=4, images=8, family="sd15", **kw):
-    cfg_keys = {k: kw.pop(k) for k in ("resume", "save_every_n_steps", "save_last_n_steps", "output_name", "mixed_precision",
-                                       "validate_every_n_steps") if k in kw}
+    cfg_keys = {k: kw.pop(k) for k in ("resume", "save_every_n_steps", "save_last_n_steps", "output_name", "mixed_precision")
+                if k in kw}
     images, guides = fill_task(images)
     dataset = DatasetConfig(subsets=[SubsetConfig(items=items_from_tensors(images, "a filled circle", guides))],
                             resolution=(64, 64), batch_size=2)
