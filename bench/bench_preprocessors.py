@@ -12,7 +12,7 @@ check that both give the same depth map.
     .venv/bin/python bench/bench_preprocessors.py --real-size-depth   # Depth Anything V2 Small at full size
     .venv/bin/python bench/bench_preprocessors.py --smoke    # seconds: 2 small images, tiny depth model
 
-Then each learned detector (HED, PiDiNet, M-LSD, realistic and anime lineart) against
+Then each learned detector (HED, PiDiNet, M-LSD, OpenPose body, realistic and anime lineart) against
 controlnet_aux's (pip install controlnet-aux) on the same random weights: per-image
 milliseconds, batch 8 at 512 px by default (controlnet_aux takes one picture at a time).
 
@@ -169,7 +169,7 @@ def compare_depth(pictures: np.ndarray, device, real_size: bool, rounds: int) ->
         sys.exit("our depth map differs from transformers' beyond the tolerance")
 
 
-def _reference_detectors(root: Path, device, anime: bool):
+def _reference_detectors(root: Path, device, anime: bool, pose: bool):
     """(name, our detector on a batch, controlnet_aux's detector on one uint8 picture) for
     each learned detector both have, on one set of random weights saved in the published
     layout (ours reads the file; the reference gets the same module)."""
@@ -197,6 +197,16 @@ def _reference_detectors(root: Path, device, anime: bool):
         cna.PidiNetDetector(net)
     path, net = saved(MobileV2_MLSD_Large(), "mlsd_large_512_fp32.pth")
     yield "M-LSD", functools.partial(mlsd.mlsd_lines, mlsd.load_mlsd(path)), cna.MLSDdetector(net)
+    if pose:  # the public file has flat layer names (controlnet_aux's transfer() nests them)
+        from controlnet_aux.open_pose import Body, OpenposeDetector
+        from controlnet_aux.open_pose.model import bodypose_model
+
+        from lllite_kit.preprocessors.pose import openpose
+
+        path, _ = saved(bodypose_model(), "body_pose_model.pth",
+                        lambda sd: {k.split(".", 1)[1]: v for k, v in sd.items()})
+        yield "OpenPose body", functools.partial(openpose.openpose, openpose.load_openpose(path)), \
+            OpenposeDetector(Body(path).to(device))
     path, net = saved(Generator(3, 1, 3), "sk_model.pth")
     yield "Realistic lineart", functools.partial(lineart_realistic.lineart_realistic,
                                                  lineart_realistic.load_lineart(path)), cna.LineartDetector(net, net)
@@ -222,7 +232,8 @@ def compare_learned(pictures: np.ndarray, device, rounds: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if size % 256:
             print(f"{'Anime lineart':<18} skipped: the picture side must be a multiple of 256 (its working multiple)")
-        for name, ours, reference in _reference_detectors(Path(tmp), device, anime=size % 256 == 0):
+        # random body weights light up peaks everywhere, and grouping them takes seconds: not at smoke size
+        for name, ours, reference in _reference_detectors(Path(tmp), device, anime=size % 256 == 0, pose=size >= 256):
             times = benchlib.interleaved(
                 {"ours": lambda: ours(frames, detect_resolution=size),
                  "reference": lambda: [reference(p, detect_resolution=size, image_resolution=size, output_type="np")
