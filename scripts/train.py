@@ -1,11 +1,15 @@
-"""Train a LoRA, ControlNet-LLLite or ControlNet without the UI, with the same engine and options as the nodes.
+"""Train a LoRA, ControlNet-LLLite, ControlNet, Textual Inversion or the whole model without the UI, with the same engine and options as the nodes.
 
-    python scripts/train.py --config_file config.toml --dataset_config dataset.toml [--trainer lllite|controlnet]
+    python scripts/train.py --config_file config.toml --dataset_config dataset.toml [--trainer lllite|controlnet|ti|full]
     torchrun --nproc_per_node 2 scripts/train.py ...     (data-parallel, one process per GPU)
 
 config.toml is an sd-scripts training config (sections are flattened, as sd-scripts does);
 pretrained_model_name_or_path names the checkpoint (.safetensors / .ckpt), output_dir
-defaults to ComfyUI's loras folder. Options given on the command line override the file.
+defaults to ComfyUI's loras folder (embeddings for ti, checkpoints for full). Options given on
+the command line override the file. --trainer ti reads train_textual_inversion.py's token_string,
+init_word, num_vectors_per_token, use_object_template / use_style_template and weights from the
+file; --trainer full reads train_db.py's / sdxl_train.py's train_text_encoder, learning_rate_te
+(learning_rate_te1), learning_rate_te2, block_lr, and save_lora_dim.
 ComfyUI is imported from COMFYUI_DIR, or from the pack's own .comfyui/ComfyUI.
 Exit status: 0 trained, 1 bad input (the message names it), 130 interrupted (files saved
 so far are kept; resume with --resume <name>-state.pt).
@@ -70,7 +74,47 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # --trainer -> "module:function" under lllite_kit.training; each takes (cfg, model, clip, vae, datasets, **keywords)
 # and trains with the config's options alone (ControlNet with its defaults: sd_locked, from the base U-Net)
-TRAINERS = {"lora": "session:train_lora", "lllite": "session:train_lllite", "controlnet": "controlnet.train:train_controlnet"}
+TRAINERS = {"lora": "session:train_lora", "lllite": "session:train_lllite", "controlnet": "controlnet.train:train_controlnet",
+            "ti": "textual_inversion:train_textual_inversion", "full": "full_model:train_full_model"}
+# trainers with options that are not TrainConfig fields: their options class, and the config-file
+# keys (sd-scripts' names) that become its fields; those keys are taken out before TrainConfig sees the file
+TRAINER_OPTIONS = {
+    "ti": ("textual_inversion:TextualInversionOptions",
+           {"token_string": "token_string", "init_word": "init_word", "num_vectors_per_token": "num_vectors_per_token",
+            "weights": "start_from", "use_object_template": "templates", "use_style_template": "templates"}),
+    "full": ("full_model:FullModelOptions",
+             {"train_text_encoder": "train_text_encoder", "learning_rate_te": "learning_rate_te1",
+              "learning_rate_te1": "learning_rate_te1", "learning_rate_te2": "learning_rate_te2", "block_lr": "block_lr",
+              "save_lora_dim": "save_lora_dim"}),
+}
+OUTPUT_FOLDERS = {"ti": "embeddings", "full": "checkpoints"}  # ComfyUI's folder a trainer's files go to by default
+
+
+def trainer_options(trainer: str, values: dict) -> tuple[list, dict]:
+    """([the trainer's options object] or [], the remaining TrainConfig values)."""
+    if trainer not in TRAINER_OPTIONS:
+        return [], values
+    class_path, keys = TRAINER_OPTIONS[trainer]
+    rest = {k: v for k, v in values.items() if k not in keys}
+    fields = {}
+    for key, field in keys.items():
+        if key in values and field == "templates":  # use_object_template / use_style_template = true
+            if values[key]:
+                fields["templates"] = key.split("_")[1]
+        elif key in values:
+            fields[field] = values[key]
+    if values.get("use_object_template") and values.get("use_style_template"):
+        raise ValueError("use_object_template and use_style_template exclude each other")
+    if trainer == "ti" and "token_string" not in fields:
+        raise ValueError("--trainer ti needs token_string in the config file (the word that names the embedding)")
+    module, name = class_path.split(":")
+    return [getattr(importlib.import_module(f"lllite_kit.training.{module}"), name)(**fields)], rest
+
+
+def _default_folder(trainer: str) -> str | None:
+    import folder_paths
+
+    return folder_paths.get_folder_paths(OUTPUT_FOLDERS[trainer])[0] if trainer in OUTPUT_FOLDERS else None
 
 
 def load_models(cfg):
@@ -153,7 +197,7 @@ def main(argv=None) -> int:
     from lllite_kit.training import distributed, session
     from lllite_kit.training.class_allowlist import allow_packages
     from lllite_kit.training.comfy_bridge import default_output_dir, latent_cache_dir
-    from lllite_kit.training.config import load_config
+    from lllite_kit.training.config import config_from_dict, flatten_sections, read_toml
     from lllite_kit.training.loss_curve import draw_loss_curve
 
     overrides = {k: v for k, v in vars(args).items() if k not in ("config_file", "allow_module", "trainer", "progress_json", "stop_file")}
@@ -167,13 +211,16 @@ def main(argv=None) -> int:
     last_samples: list[Path] = []
     try:
         with allow_packages(args.allow_module):  # command line only: graphs never widen the list
-            cfg = load_config(args.config_file, **overrides)
+            values = flatten_sections(read_toml(args.config_file))
+            values.update({k: v for k, v in overrides.items() if v is not None})
+            options, values = trainer_options(args.trainer, values)
+            cfg = config_from_dict(values, args.config_file)
             datasets = session.datasets_from_config(cfg)
             model, clip, vae, model_name = load_models(cfg)
-            out_dir = Path(cfg.output_dir or default_output_dir())
+            out_dir = Path(cfg.output_dir or _default_folder(args.trainer) or default_output_dir())
             module, function = TRAINERS[args.trainer].split(":")
             train = getattr(importlib.import_module(f"lllite_kit.training.{module}"), function)
-            result = train(cfg, model, clip, vae, datasets, output_dir=out_dir, model_name=model_name,
+            result = train(cfg, model, clip, vae, datasets, *options, output_dir=out_dir, model_name=model_name,
                            hooks=_hooks(args, cfg, out_dir, group.is_main, last_samples), latent_cache_dir=latent_cache_dir())
     except KeyboardInterrupt:
         print("train: interrupted; files saved so far are kept (resume with --resume <file>-state.pt)", file=sys.stderr)

@@ -15,6 +15,10 @@ def checkpoint_state_dict(patcher, clip, vae) -> dict[str, torch.Tensor]:
     encoder's inference tensors (loaded in a graph) only allow there."""
     with torch.inference_mode():
         clip_sd = clip.state_dict_for_saving() if clip is not None else None
+        if clip_sd is not None:
+            # a CLIP that has run gives lazy parameters on a fake device, which core's SDXL CLIP-G
+            # conversion cannot concatenate (its q/k/v merge): their weights, on the CPU
+            clip_sd = {k: v.to("cpu") if isinstance(v, torch.Tensor) else v for k, v in clip_sd.items()}
     return patcher.state_dict_for_saving(clip_sd, vae.get_sd() if vae is not None else None)
 
 
