@@ -2,18 +2,20 @@
 ones is no mask and a mask of zeros is the bare model (whole sampling runs compared exactly);
 a half mask keeps the left half of every control output and zeroes the right half at that
 output's resolution (the 1-pixel outputs get the half-and-half blend); masked controls stack
-on previous ones; outside start_percent..end_percent (by noise level) sampling equals the bare
+on previous ones (core's apply, with an LLLite on the model); outside start_percent..end_percent (by noise level) sampling equals the bare
 model at either end of the schedule."""
 import pytest
 import torch
 
 import comfy.controlnet
 import comfy.model_management
+import nodes
 from controlnet_testing import build_model, perturb
 from lllite_kit.nodes.controlnet_nodes import ApplyControlNet
 from lllite_kit.training.controlnet.control_modes import BALANCED, PROMPT, with_control_mode
 from lllite_kit.training.controlnet.network import ControlNetError, controlnet_from_unet
-from lllite_testing import conditioning, sample
+from lllite_kit.lllite.patch import apply_lllite
+from lllite_testing import conditioning, random_network, sample
 
 SIZE = 64  # picture; the latent is 8x8, the control outputs 8, 4, 2 and 1 pixels wide
 
@@ -108,3 +110,23 @@ def test_outside_the_start_end_window_sampling_is_the_bare_model(setup):
         assert (on - bare).abs().max() > 1e-3 * bare.abs().max()
     with pytest.raises(ControlNetError, match="start_percent <= end_percent"):
         _applied(setup, 0.6, 0.4)
+
+
+def test_stacks_on_cores_apply_with_an_lllite_on_the_model(setup):
+    model = apply_lllite(setup["model"], random_network(setup["model"], "sd15", scale=0.05), setup["image"].movedim(-1, 1))
+    core = nodes.ControlNetApplyAdvanced().apply_controlnet(*conditioning("sd15"), setup["control"], setup["image"] * 0.5,
+                                                            0.8, 0.0, 1.0)
+
+    def ours(mask):
+        return ApplyControlNet.execute(*core, setup["control"], setup["image"], 1.0, 0.0, 1.0, PROMPT, False, "",
+                                       mask=mask).args
+
+    def run(positive, negative, patched=model):
+        return sample(patched, torch.zeros(1, 4, SIZE // 8, SIZE // 8), family="sd15", positive=positive,
+                      negative=negative, steps=1)
+
+    only_core = run(*core)
+    assert (only_core - run(*core, patched=setup["model"])).abs().max() > 1e-3 * only_core.abs().max()  # the LLLite acts
+    assert torch.equal(run(*ours(torch.zeros(SIZE, SIZE))), only_core)  # masked out: core's control and the LLLite remain
+    both = run(*ours(torch.ones(SIZE, SIZE)))
+    assert (both - only_core).abs().max() > 1e-3 * only_core.abs().max()
