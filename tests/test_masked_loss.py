@@ -205,3 +205,56 @@ def test_engine_mask_of_ones_equals_no_mask_and_half_mask_is_the_hand_loss(sd15,
     err = (seen["pred"].detach().float() - seen["target"].float()) ** 2
     assert half_loss == pytest.approx((err[..., :4].sum() / err[0].numel() / err.shape[0]).item(), rel=1e-5)
     assert any(not torch.equal(half_weights[k], plain_weights[k]) for k in plain_weights)  # the mask did steer the step
+
+
+# ----- the training node -----
+
+def _lora_graph(extra_options: str, conditioning_dir: str = "") -> dict:
+    return {
+        "1": {"class_type": "LLLiteKitTest_TinyCheckpoint", "inputs": {"family": "sd15", "seed": 0}},
+        "2": {"class_type": "LLLiteKit_DatasetFromFolder", "inputs": {
+            "train_dir": "masked/train", "reg_dir": "", "caption_extension": ".txt", "resolution": 64, "batch_size": 2,
+            "enable_bucket": False, "flip_aug": False, "shuffle_caption": False, "keep_tokens": 0,
+            "caption_dropout_rate": 0.0, "conditioning_dir": conditioning_dir}},
+        "3": {"class_type": "LLLiteKit_TrainLoRA", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "dataset": ["2", 0], "output_name": "masked_lora",
+            "max_train_steps": 1, "learning_rate": 1e-3, "network_dim": 4, "network_alpha": 4.0, "conv_dim": 0,
+            "train_text_encoder": False, "text_encoder_lr": 5e-5, "optimizer_type": "AdamW", "optimizer_args": "",
+            "lr_scheduler": "constant", "lr_warmup_steps": 0, "mixed_precision": "no", "gradient_checkpointing": False,
+            "gradient_accumulation_steps": 1, "seed": 1, "noise_offset": 0.0, "min_snr_gamma": 0.0, "loss_type": "l2",
+            "save_every_n_steps": 0, "save_precision": "float", "sample_prompts": "", "sample_every_n_steps": 0,
+            "sample_sampler": "euler", "if_exists": "overwrite", "extra_options": extra_options}},
+    }
+
+
+def test_train_lora_node_masks_from_alpha_or_conditioning_dir_and_refuses_masked_loss_without_masks(graph, comfy_dirs):
+    """Black masks leave nothing to learn: the step's loss is exactly 0 and the LoRA's up
+    weights (zero at the start) get no gradient. Without masks, masked_loss is refused."""
+    import safetensors.torch
+    from graph_runner import GraphError
+
+    root = comfy_dirs / "input" / "masked"
+    for name, seed in (("a", 1), ("b", 2)):
+        rgb = np.random.default_rng(seed).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        (root / "train" / "1_ring").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.dstack([rgb, np.zeros((64, 64), np.uint8)]), "RGBA").save(root / "train" / "1_ring" / f"{name}.png")
+        (root / "cond" / "1_ring").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (64, 64), "black").save(root / "cond" / "1_ring" / f"{name}.png")
+
+    def losses():
+        texts = [d["text"] for e, d in graph.server.messages if e == "progress_text" and d["node"] == "3"]
+        return [float(t.split()[-1]) for t in texts if t.startswith("step ")]
+
+    for extra, cond in (("alpha_mask = true", ""), ("masked_loss = true", "masked/cond")):
+        graph.server.messages.clear()
+        graph.run(_lora_graph(extra, cond))
+        assert losses() == [0.0]
+        weights = safetensors.torch.load_file(comfy_dirs / "models" / "loras" / "masked_lora.safetensors")
+        ups = [v for k, v in weights.items() if k.endswith("lora_up.weight")]
+        assert ups and all(torch.count_nonzero(v) == 0 for v in ups)
+
+    graph.server.messages.clear()
+    graph.run(_lora_graph(""))  # the same images unmasked: a real loss
+    assert losses()[0] > 0
+    with pytest.raises(GraphError, match="Subsets without loss masks"):
+        graph.run(_lora_graph("masked_loss = true"))
