@@ -331,11 +331,12 @@ class LineartManga(_LearnedNode):
 class SegmentationADE20K(_LearnedNode):
     @classmethod
     def define_schema(cls):
-        return _schema("SegmentationADE20K", "Segmentation (ADE20K, UperNet)",
+        return _schema("SegmentationADE20K", "Segmentation (ADE20K: UperNet, OneFormer)",
                        "Semantic segmentation painted in the ADE20K colours ControlNet's seg models expect, from a "
-                       "transformers UperNet folder in models/preprocessors (openmmlab/upernet-convnext-small or "
-                       "-large, MIT).",
-                       [_weights_input(w.UPERNET_CONVNEXT_SMALL, w.UPERNET_CONVNEXT_LARGE), _detect_input(512)],
+                       "transformers UperNet folder (openmmlab/upernet-convnext-small or -large) or OneFormer folder "
+                       "(shi-labs/oneformer_ade20k_swin_large or _swin_tiny) in models/preprocessors; all MIT.",
+                       [_weights_input(w.UPERNET_CONVNEXT_SMALL, w.UPERNET_CONVNEXT_LARGE, w.ONEFORMER_ADE20K_SWIN_LARGE,
+                                       w.ONEFORMER_ADE20K_SWIN_TINY), _detect_input(512)],
                        output="segmentation")
 
     @classmethod

@@ -1,10 +1,11 @@
 """Semantic segmentation drawn in the ADE20K colours ControlNet's seg models were trained
 on, through transformers' UperNetForSemanticSegmentation from a local save_pretrained
 folder (openmmlab/upernet-convnext-small or any other UperNet ADE20K checkpoint in
-models/preprocessors). The picture is normalised as the folder's image processor says,
+models/preprocessors), or OneFormer's (oneformer.py). The picture is normalised as the folder's image processor says,
 the class logits are upsampled bilinearly to the picture's size and the best class's
 colour is painted - what transformers' post_process_semantic_segmentation and ControlNet's
 colouring do together."""
+import json
 import os
 
 import torch
@@ -67,7 +68,7 @@ class TransformersSegmenter(nn.Module):
         return self.net(pixel_values=(rgb - mean) / std).logits
 
 
-def _normalisation(processor: dict) -> tuple[tuple, tuple]:
+def normalisation(processor: dict) -> tuple[tuple, tuple]:
     """Mean/std on the 0..1 scale from image processor settings (some give them 0..255)."""
     if processor.get("do_normalize", True) is False:
         return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
@@ -77,17 +78,30 @@ def _normalisation(processor: dict) -> tuple[tuple, tuple]:
     return tuple(mean), tuple(std)
 
 
+def _model_type(path: str) -> str | None:
+    try:
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+            return json.load(f).get("model_type")
+    except (OSError, ValueError):
+        return None  # load_transformers_folder says what is wrong
+
+
 def build_segmenter(path: str) -> TransformersSegmenter:
+    """An UperNet or a OneFormer ADE20K folder, told apart by its config."""
     from transformers import UperNetForSemanticSegmentation
 
     if not os.path.isdir(path):
         raise WrongWeightLayout(f"{os.path.basename(path)} is a file; {ARCH} is read from a transformers folder "
                                 f"(config.json + model.safetensors)")
+    if _model_type(path) == "oneformer":
+        from .oneformer import build_oneformer
+
+        return build_oneformer(path)
     net, processor = load_transformers_folder(path, "upernet", UperNetForSemanticSegmentation, ARCH)
     if net.config.num_labels != ADE20K_CLASSES:
         raise WrongWeightLayout(f"{os.path.basename(path)} predicts {net.config.num_labels} classes; ControlNet's "
                                 f"seg colours are those of ADE20K's {ADE20K_CLASSES} ({ARCH})")
-    return TransformersSegmenter(net, *_normalisation(processor))
+    return TransformersSegmenter(net, *normalisation(processor))
 
 
 def load_segmenter(path: str):

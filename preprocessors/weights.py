@@ -92,13 +92,21 @@ UPERNET_CONVNEXT_LARGE = WeightSpec(
     UPERNET_CONVNEXT_SMALL.architecture, "MIT")
 LINEART_ANIME = WeightSpec("netG.pth", _ANNOTATORS + "netG.pth",
                            "UnetGenerator (ControlNet 1.1 lineart_anime: 8 levels, 64 wide)", "MIT (ControlNet 1.1 annotator)")
+ONEFORMER_ADE20K_SWIN_LARGE = WeightSpec(
+    "oneformer_ade20k_swin_large", "https://huggingface.co/shi-labs/oneformer_ade20k_swin_large",
+    "OneFormer ADE20K segmentation (transformers OneFormerForUniversalSegmentation folder: config.json, weights, "
+    "tokenizer files; 150 classes)", "MIT")
+ONEFORMER_ADE20K_SWIN_TINY = WeightSpec(
+    "oneformer_ade20k_swin_tiny", "https://huggingface.co/shi-labs/oneformer_ade20k_swin_tiny",
+    ONEFORMER_ADE20K_SWIN_LARGE.architecture, "MIT")
 NORMAL_BAE = WeightSpec("scannet.pt", _ANNOTATORS + "scannet.pt",
                         "BAE surface normals (EfficientNet-B5 encoder + uncertainty-guided decoder, ControlNet 1.1 "
                         "normalbae)", "MIT")
 LINEART_MANGA = WeightSpec("erika.pth", _ANNOTATORS + "erika.pth",
                            "MangaLineExtraction res_skip network (ControlNet 1.1 manga_line annotator)",
                            "MIT (MangaLineExtraction_PyTorch)")
-SECOND_WAVE_WEIGHTS = (UPERNET_CONVNEXT_SMALL, UPERNET_CONVNEXT_LARGE, LINEART_ANIME, LINEART_MANGA, NORMAL_BAE)
+SECOND_WAVE_WEIGHTS = (UPERNET_CONVNEXT_SMALL, UPERNET_CONVNEXT_LARGE, LINEART_ANIME, LINEART_MANGA, NORMAL_BAE,
+                       ONEFORMER_ADE20K_SWIN_LARGE, ONEFORMER_ADE20K_SWIN_TINY)
 
 CATALOGUE = (HED, PIDINET, MLSD, LINEART, LINEART_COARSE, DEPTH_ANYTHING_V2_SMALL, DEPTH_ANYTHING_V2_BASE,
              DEPTH_ANYTHING_V2_LARGE, DEPTH_ANYTHING_V2_SMALL_HF, DEPTH_ANYTHING_V1_SMALL, DEPTH_ANYTHING_V1_BASE,

@@ -134,3 +134,83 @@ def test_absent_file_fails_validation_naming_file_folder_and_url(graph, comfy_di
     msg = str(e.value)
     assert msg.startswith("invalid graph")
     assert spec.name in msg and str(comfy_dirs / "models" / "preprocessors") in msg and spec.url in msg
+
+
+def _write_oneformer_folder(folder, seed: int = 0):
+    """A tiny random OneFormer (Swin) saved as shi-labs/oneformer_ade20k_* are: model, image
+    processor settings, and a CLIP tokenizer (ComfyUI's own SD1 tokenizer files)."""
+    from paths import COMFYUI_DIR
+    from transformers import CLIPTokenizer, OneFormerConfig, OneFormerForUniversalSegmentation, OneFormerImageProcessor
+    from transformers import SwinConfig
+
+    torch.manual_seed(seed)
+    swin = SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=4, image_size=64,
+                      out_features=["stage1", "stage2", "stage3", "stage4"])
+    config = OneFormerConfig(backbone_config=swin, num_queries=16, hidden_dim=32, conv_dim=32, mask_dim=32,
+                             encoder_layers=1, decoder_layers=2, dim_feedforward=64, num_attention_heads=2,
+                             encoder_feedforward_dim=64, text_encoder_width=32, is_training=False,
+                             id2label={i: str(i) for i in range(150)}, label2id={str(i): i for i in range(150)})
+    net = OneFormerForUniversalSegmentation(config).eval()
+    with torch.no_grad():  # spread the queries' classes and masks so the map holds several classes
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    net.save_pretrained(folder)
+    OneFormerImageProcessor(do_resize=False).save_pretrained(folder)
+    CLIPTokenizer.from_pretrained(COMFYUI_DIR / "comfy" / "sd1_tokenizer").save_pretrained(folder)
+    return folder
+
+
+def test_oneformer_equals_transformers_with_controlnet_aux_palette(tmp_path):
+    from controlnet_aux.util import ade_palette
+    from transformers import OneFormerForUniversalSegmentation, OneFormerProcessor
+
+    from lllite_kit.preprocessors import segmentation as seg
+
+    folder = _write_oneformer_folder(tmp_path / "oneformer_ade20k_swin_tiny")
+    rng = np.random.default_rng(5)
+    import cv2
+
+    pictures = [np.clip(cv2.resize(rng.uniform(0, 255, (32, 48, 3)).astype(np.float32), (96, 64),
+                                   interpolation=cv2.INTER_CUBIC), 0, 255).astype(np.uint8) for _ in range(2)]
+    processor = OneFormerProcessor.from_pretrained(folder, local_files_only=True)
+    model = OneFormerForUniversalSegmentation.from_pretrained(folder, local_files_only=True).eval()
+    inputs = processor(images=pictures, task_inputs=["semantic"] * 2, return_tensors="pt")
+    with torch.no_grad():
+        outputs = model(pixel_values=inputs["pixel_values"], task_inputs=inputs["task_inputs"])
+    labels = torch.stack(processor.image_processor.post_process_semantic_segmentation(outputs, target_sizes=[(64, 96)] * 2))
+    expected = torch.from_numpy(np.array(ade_palette(), np.uint8)[labels.numpy()]).permute(0, 3, 1, 2).float() / 255
+
+    images = torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2).float() / 255
+    ours = seg.segment(seg.load_segmenter(str(folder)), images, detect_resolution=64)
+    assert labels.unique().numel() >= 4  # several classes: a constant map would prove nothing
+    same = (ours == expected).all(1).float().mean()
+    assert same >= 0.999, same  # float summation order may flip a near-tie between two classes
+
+
+def test_oneformer_folder_without_its_tokenizer_is_refused(tmp_path):
+    from lllite_kit.preprocessors import segmentation as seg
+    from lllite_kit.preprocessors import weights as w
+
+    folder = _write_oneformer_folder(tmp_path / "oneformer_ade20k_swin_tiny")
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json"):
+        (folder / name).unlink(missing_ok=True)
+    with pytest.raises(w.WrongWeightLayout, match="no readable tokenizer.*OneFormer ADE20K"):
+        seg.build_segmenter(str(folder))
+
+
+def test_segmentation_node_runs_a_oneformer_folder(graph, comfy_dirs):
+    from PIL import Image
+
+    from lllite_kit.preprocessors import segmentation as seg
+
+    folder = _write_oneformer_folder(comfy_dirs / "models" / "preprocessors" / "oneformer_ade20k_swin_tiny")
+    picture = np.random.default_rng(1).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    Image.fromarray(picture).save(comfy_dirs / "input" / "seg_picture.png")
+    graph.run({"1": {"class_type": "LoadImage", "inputs": {"image": "seg_picture.png"}},
+               "2": {"class_type": "LLLiteKit_SegmentationADE20K",
+                     "inputs": {"image": ["1", 0], "weights": "oneformer_ade20k_swin_tiny", "detect_resolution": 64}},
+               "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}}})
+    out = graph.node_outputs("2")[0][0]
+    expected = seg.segment(seg.load_segmenter(str(folder)), torch.from_numpy(picture).permute(2, 0, 1)[None] / 255, 64)
+    assert out.shape == (1, 40, 56, 3)
+    assert torch.equal(out, expected.permute(0, 2, 3, 1))
