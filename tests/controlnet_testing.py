@@ -14,9 +14,7 @@ import comfy.controlnet
 import comfy.model_management
 import comfy.model_patcher
 import comfy.ops
-import nodes
 import tiny_models
-from lllite_testing import conditioning, sample
 
 
 class HeadsSDXL(tiny_models.TinySDXL):
@@ -101,6 +99,9 @@ def core_and_training_predictions(model, adapter, control_name: str, family: str
     """The file `control_name` (models/controlnet) loaded by core's ControlNetLoader and applied by
     its ControlNetApplyAdvanced in one sampler step, and the same U-Net call with `adapter`'s
     training-time hook and the same guide: (core's ControlNet object, bare output, core's, ours)."""
+    import nodes  # here: benches and the workflow fixtures import this module without ComfyUI's node set
+    from lllite_testing import conditioning, sample
+
     control = nodes.ControlNetLoader().load_controlnet(control_name)[0]
     assert isinstance(control, comfy.controlnet.ControlNet)
     image = torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(seed))
