@@ -214,7 +214,7 @@ def prepare_distill_controlnet(models_dir, input_dir, tiny):
     return {
         "3": {"resolution": 64, "batch_size": 2},
         "4": {"max_train_steps": 1, "heldout_images": 2, "validate_every_n_steps": 0, "save_every_n_steps": 0,
-              "mixed_precision": "no"},
+              "mixed_precision": "no", "controllability_images": 1, "controllability_sample_steps": 1},
     }
 
 
