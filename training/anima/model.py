@@ -16,6 +16,9 @@ import comfy.model_management
 import comfy.model_sampling
 
 from ..comfy_bridge.model import PatchedModel, UnsupportedModel, _compute_dtype, make_autograd_safe
+from .timesteps import draw_noise_levels, nearest_timesteps
+
+DEFAULT_SAMPLING = "sigmoid"  # sd-scripts' default for Anima (with sigmoid_scale 1, discrete_flow_shift 1)
 
 
 _ROPE_OP = "comfy_kitchen::rms_rope_split_half"
@@ -62,6 +65,13 @@ class FlowSchedule:
         self.num_timesteps = len(self.sigmas)
         # the same signal-to-noise ratio ((1 - s) / s)^2 as a DDPM alpha, for min-SNR and Huber schedules
         self.alphas_cumprod = (1 - self.sigmas) ** 2 / ((1 - self.sigmas) ** 2 + self.sigmas ** 2)
+
+    def draw_timesteps(self, n: int, cfg, generator: torch.Generator, device) -> torch.Tensor:
+        """The engine's timesteps for one step, drawn as sd-scripts draws Anima's (timesteps.py:
+        cfg.timestep_sampling, default "sigmoid"; sigmoid_scale; discrete_flow_shift)."""
+        levels = draw_noise_levels(n, cfg.timestep_sampling or DEFAULT_SAMPLING, cfg.sigmoid_scale, cfg.discrete_flow_shift,
+                                   generator, cfg.min_timestep, cfg.max_timestep)
+        return nearest_timesteps(levels, self.sigmas).to(device)
 
     def sigma(self, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return self.sigmas.to(like.device)[timesteps.cpu()].to(like.device).view(-1, *([1] * (like.ndim - 1)))
