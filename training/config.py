@@ -84,6 +84,11 @@ class TrainConfig:
     min_snr_gamma: float = 0.0
     min_timestep: int = 0
     max_timestep: int = 1000
+    # flow-matching models (Anima) only, sd-scripts' names: how training noise levels are drawn
+    # (training/anima/timesteps.py); None = sd-scripts' default for the model ("sigmoid")
+    timestep_sampling: str | None = None
+    sigmoid_scale: float = 1.0
+    discrete_flow_shift: float = 1.0
     loss_type: str = "l2"  # "l2" | "l1" | "huber" | "smooth_l1"
     huber_schedule: str = "snr"  # "snr" | "exponential" | "constant"
     huber_c: float = 0.1
@@ -210,6 +215,15 @@ class TrainConfig:
         if self.sdxl and family != "sdxl":
             raise ValueError(f"TrainConfig: sdxl = true, but the model is {names.get(family, family)} model. The model "
                              "family comes from the checkpoint: load an SDXL checkpoint, or remove sdxl.")
+        flow = {"timestep_sampling": self.timestep_sampling, "sigmoid_scale": self.sigmoid_scale,
+                "discrete_flow_shift": self.discrete_flow_shift}
+        if family == "anima":
+            from .anima.timesteps import check
+
+            check(self.timestep_sampling or "sigmoid", self.min_timestep, self.max_timestep)
+        elif flow != {"timestep_sampling": None, "sigmoid_scale": 1.0, "discrete_flow_shift": 1.0}:
+            raise ValueError(f"TrainConfig: timestep_sampling / sigmoid_scale / discrete_flow_shift are for flow-matching "
+                             f"models (Anima); the model is {names.get(family, family)} model: remove them")
 
     def warmup_steps(self, total_steps: int) -> int:
         w = self.lr_warmup_steps

@@ -241,7 +241,9 @@ class TrainingEngine:
                 whole[batch.offset:batch.offset + latents.shape[0]] = latents
         noise = training_noise(whole, self.generator, cfg.noise_offset, cfg.adaptive_noise_scale,
                                cfg.multires_noise_iterations, cfg.multires_noise_discount)
-        t = sample_timesteps(whole.shape[0], cfg.min_timestep, cfg.max_timestep, self.generator, dev)
+        draw = getattr(self.model.schedule, "draw_timesteps", None)  # a schedule that draws its own (Anima's flow)
+        t = draw(whole.shape[0], cfg, self.generator, dev) if draw else sample_timesteps(
+            whole.shape[0], cfg.min_timestep, cfg.max_timestep, self.generator, dev)
         if batch.global_size:
             mine = slice(batch.offset, batch.offset + latents.shape[0])
             noise, t = noise[mine], t[mine]
