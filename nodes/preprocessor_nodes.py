@@ -287,7 +287,7 @@ class DepthAnythingV2(_LearnedNode):
 class MiDaSDepth(_LearnedNode):
     @classmethod
     def define_schema(cls):
-        return _schema("MiDaS", "MiDaS Depth (DPT-Hybrid)",
+        return _schema("MiDaS", "MiDaS Depth (DPT-Hybrid, DPT-Large)",
                        "Relative depth, near = white, from MiDaS: the original dpt_hybrid-midas-501f0c75.pt "
                        "(ControlNet's depth annotator) or dpt_large-midas-2f21e586.pt, run at the detect resolution, "
                        "or a transformers folder such as Intel/dpt-hybrid-midas, which runs at its 384x384.",
