@@ -4,20 +4,23 @@ comfy_bridge's TrainingModel: the model's own flow-matching schedule and how to 
 Flow matching as ComfyUI samples Anima (ModelSamplingDiscreteFlow, shift 3) and sd-scripts
 trains it: for the integer timestep t the noise level is the model's own sigmas[t]; the DiT
 input is (1 - s) x0 + s n, its target the velocity n - x0, and it is called with s (the
-model's timestep(s), multiplier 1). Latents are kept 4-D (B, 16, h, w) like sd-scripts; the
-DiT gets them as one frame (B, 16, 1, h, w).
+model's timestep(s), multiplier 1). Which t a step trains is drawn as sd-scripts draws it
+(timesteps.py). Latents are kept 4-D (B, 16, h, w) like sd-scripts; the DiT gets them as one
+frame (B, 16, 1, h, w).
 """
 from contextlib import contextmanager
 
 import torch
 
+import comfy.ldm.cosmos.predict2
 import comfy.model_base
 import comfy.model_management
 import comfy.model_sampling
 
-from ..comfy_bridge.model import PatchedModel, UnsupportedModel, _compute_dtype, make_autograd_safe
+from ..comfy_bridge.model import PatchedModel, UnsupportedModel, _compute_dtype, make_autograd_safe, set_gradient_checkpointing
 from .timesteps import draw_noise_levels, nearest_timesteps
 
+DIT_BLOCKS = (comfy.ldm.cosmos.predict2.Block,)  # what gradient checkpointing recomputes
 DEFAULT_SAMPLING = "sigmoid"  # sd-scripts' default for Anima (with sigmoid_scale 1, discrete_flow_shift 1)
 
 
@@ -113,8 +116,9 @@ class AnimaTrainingModel(PatchedModel):
 def trainable_anima(model, mixed_precision: str = "no", gradient_checkpointing: bool = False,
                     v_parameterization: bool = False, zero_terminal_snr: bool = False, fp8_base: bool = False):
     """The Anima model prepared for training (see comfy_bridge.trainable_model, which it follows,
-    with the same arguments); options not implemented for Anima are refused by name."""
-    refused = [name for name, on in (("gradient_checkpointing", gradient_checkpointing), ("v_parameterization", v_parameterization),
+    with the same arguments); options not implemented for Anima are refused by name.
+    gradient_checkpointing: every DiT block (cosmos predict2 Block) is recomputed in backward."""
+    refused = [name for name, on in (("v_parameterization", v_parameterization),
                                      ("zero_terminal_snr", zero_terminal_snr), ("fp8_base", fp8_base)) if on]
     if refused:
         raise UnsupportedModel(f"Anima training: {', '.join(refused)} not supported yet (flow-matching DiT); turn it off")
@@ -125,9 +129,15 @@ def trainable_anima(model, mixed_precision: str = "no", gradient_checkpointing: 
     _enable_rope_backward()
     patcher = model.clone(disable_dynamic=True, force_deepcopy=True) if model.is_dynamic() else model.clone()
     comfy.model_management.load_models_gpu([patcher], memory_required=1e20, force_full_load=True)
-    make_autograd_safe(patcher.model.diffusion_model)
-    patcher.model.diffusion_model.train(False)
-    yield AnimaTrainingModel(patcher, _compute_dtype(mixed_precision, patcher.model.get_dtype_inference()))
+    dm = patcher.model.diffusion_model
+    make_autograd_safe(dm)
+    dm.train(False)
+    if gradient_checkpointing:
+        set_gradient_checkpointing(dm, True, DIT_BLOCKS)
+    try:
+        yield AnimaTrainingModel(patcher, _compute_dtype(mixed_precision, patcher.model.get_dtype_inference()))
+    finally:
+        set_gradient_checkpointing(dm, False, DIT_BLOCKS)
 
 
 def is_anima(model) -> bool:

@@ -152,14 +152,15 @@ class _CheckpointedForward:
         return out
 
 
-def set_gradient_checkpointing(diffusion_model: torch.nn.Module, enabled: bool) -> int:
-    """Checkpoint every res block and transformer block (what sd-scripts does through
-    diffusers). ComfyUI's own use_checkpoint flag is not used: its checkpoint function only
-    passes the block's own parameters to autograd, so hooked adapter weights would get no
-    gradient. Returns the number of blocks changed."""
+def set_gradient_checkpointing(diffusion_model: torch.nn.Module, enabled: bool,
+                               block_types: tuple = (ResBlock, BasicTransformerBlock)) -> int:
+    """Checkpoint every block of `block_types` (the U-Net's res and transformer blocks: what
+    sd-scripts does through diffusers). ComfyUI's own use_checkpoint flag is not used: its
+    checkpoint function only passes the block's own parameters to autograd, so hooked adapter
+    weights would get no gradient. Returns the number of blocks changed."""
     count = 0
     for m in diffusion_model.modules():
-        if not isinstance(m, (ResBlock, BasicTransformerBlock)):
+        if not isinstance(m, block_types):
             continue
         wrapped = isinstance(m.__dict__.get("forward"), _CheckpointedForward)
         if enabled and not wrapped:
