@@ -289,8 +289,8 @@ class MiDaSDepth(_LearnedNode):
     def define_schema(cls):
         return _schema("MiDaS", "MiDaS Depth (DPT-Hybrid, DPT-Large)",
                        "Relative depth, near = white, from MiDaS: the original dpt_hybrid-midas-501f0c75.pt "
-                       "(ControlNet's depth annotator) or dpt_large-midas-2f21e586.pt, run at the detect resolution, "
-                       "or a transformers folder such as Intel/dpt-hybrid-midas, which runs at its 384x384.",
+                       "(ControlNet's depth annotator), dpt_large-midas-2f21e586.pt or a transformers folder such as "
+                       "Intel/dpt-hybrid-midas, run at the detect resolution.",
                        [_weights_input(w.MIDAS_DPT_HYBRID_ORIGINAL, w.MIDAS_DPT_LARGE_ORIGINAL, w.MIDAS_DPT_HYBRID),
                         _detect_input(DEFAULT_MIDAS_RESOLUTION)], output="depth")
 

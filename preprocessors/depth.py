@@ -16,11 +16,10 @@ class TransformersDepth(nn.Module):
     """Wraps a *ForDepthEstimation model (whose read-only `device` property ModelPatcher
     could not set) and applies its input normalisation."""
 
-    def __init__(self, net: nn.Module, mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size: tuple[int, int] | None = None):
+    def __init__(self, net: nn.Module, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         super().__init__()
         self.net = net
         self.mean, self.std = tuple(mean), tuple(std)
-        self.input_size = input_size  # (h, w) the model only accepts, or None for any size
 
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.mean, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)

@@ -3,8 +3,9 @@
   dpt_large-midas-2f21e586.pt), run by our DPT (midas_dpt.py) at the detect resolution,
   as ControlNet's annotator runs it;
 - a transformers folder (Intel/dpt-hybrid-midas: config.json + weights) read with
-  local_files_only, through DPTForDepthEstimation, which only accepts its training size
-  (384x384): pictures are resized to that square for detection.
+  local_files_only: DPTForDepthEstimation's parts, run at the detect resolution too (its own
+  forward refuses any size but 384x384 for DPT-Hybrid; the parts take any multiple of 32,
+  with the position embeddings resized as MiDaS does).
 The depth map comes back at the picture's own size."""
 import os
 
@@ -26,8 +27,6 @@ DEFAULT_RESOLUTION = 512  # ControlNet's annotator default
 class OriginalMidas(nn.Module):
     """RGB 0..1 in, inverse depth out, any size that is a multiple of 32."""
 
-    input_size = None
-
     def __init__(self, net: MidasDPT):
         super().__init__()
         self.net = net
@@ -47,14 +46,34 @@ def build_original_midas(path: str) -> OriginalMidas:
     return OriginalMidas(load_exact(net, sd, ORIGINAL_ARCH, path, assign=True))
 
 
-def build_transformers_midas(path: str) -> TransformersDepth:
+class TransformersMidas(TransformersDepth):
+    """DPTForDepthEstimation's embeddings, ViT layers, neck and head called in order, so the
+    token grid may be any size: RGB 0..1 in, inverse depth out."""
+
+    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
+        dpt, config = self.net.dpt, self.net.config
+        x = (rgb - mean) / std
+        if config.is_hybrid:  # ResNet maps feed the two finest levels; ViT layers the others
+            embedded = dpt.embeddings(x, interpolate_pos_encoding=True)
+            maps, taps = list(embedded.intermediate_activations), config.backbone_out_indices[2:]
+        else:
+            embedded, maps, taps = dpt.embeddings(x), [], config.backbone_out_indices
+        tokens = embedded.last_hidden_states
+        for i, layer in enumerate(dpt.encoder.layer[: max(taps) + 1]):
+            tokens = layer(tokens)
+            if i in taps:
+                maps.append(tokens)
+        patch = config.patch_size
+        return self.net.head(self.net.neck(maps, x.shape[-2] // patch, x.shape[-1] // patch)).unsqueeze(1)
+
+
+def build_transformers_midas(path: str) -> TransformersMidas:
     from transformers import DPTForDepthEstimation
 
     net, processor = load_transformers_folder(path, "dpt", DPTForDepthEstimation, ARCH)
-    size = net.config.image_size
-    size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
-    return TransformersDepth(net, processor.get("image_mean", (0.5, 0.5, 0.5)), processor.get("image_std", (0.5, 0.5, 0.5)),
-                             input_size=size)
+    return TransformersMidas(net, processor.get("image_mean", (0.5, 0.5, 0.5)), processor.get("image_std", (0.5, 0.5, 0.5)))
 
 
 def build_midas(path: str) -> nn.Module:
@@ -66,13 +85,11 @@ def load_midas(path: str):
 
 
 def midas_depth(patcher, images: torch.Tensor, detect_resolution: int = DEFAULT_RESOLUTION) -> torch.Tensor:
-    """(B, C, H, W) 0..1 -> (B, 1, H, W) relative depth guide (near = 1) at the images' size.
-    detect_resolution is the short side the original networks run at (a transformers
-    folder always runs at its fixed size)."""
+    """(B, C, H, W) 0..1 -> (B, 1, H, W) relative depth guide (near = 1) at the images' size,
+    detected with its short side at detect_resolution."""
     def detect(net, chunk):
         height, width = chunk.shape[-2:]
-        size = net.input_size or detect_size(height, width, detect_resolution, MULTIPLE)
-        disparity = net(resize(to_rgb(chunk), *size))
+        disparity = net(resize(to_rgb(chunk), *detect_size(height, width, detect_resolution, MULTIPLE)))
         return resize(normalise_per_image(disparity), height, width)
 
     return run_in_chunks(patcher, images, detect)

@@ -214,3 +214,17 @@ def test_segmentation_node_runs_a_oneformer_folder(graph, comfy_dirs):
     expected = seg.segment(seg.load_segmenter(str(folder)), torch.from_numpy(picture).permute(2, 0, 1)[None] / 255, 64)
     assert out.shape == (1, 40, 56, 3)
     assert torch.equal(out, expected.permute(0, 2, 3, 1))
+
+
+def test_midas_transformers_folder_runs_at_any_size_and_equals_its_own_forward_at_its_size(tmp_path):
+    """The folder form is run part by part so the token grid can follow the picture (its own
+    forward takes only config.image_size for DPT-Hybrid); at that size the two agree."""
+    import tiny_preprocessors as tp
+
+    folder = tp.write_midas_folder(tmp_path / "dpt-hybrid-midas")
+    net = midas.build_midas(str(folder)).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = net.net(pixel_values=(x - 0.5) / 0.5).predicted_depth
+        torch.testing.assert_close(net(x)[:, 0], expected, rtol=0, atol=1e-5 * expected.abs().max().item())
+        assert net(torch.rand(1, 3, 64, 128)).shape == (1, 1, 64, 128)
