@@ -37,7 +37,7 @@ class Settings:
     images: int = 12  # training images (+ holdout held out)
     holdout: int = 4
     teacher_steps: int = 40
-    teacher_lr: float = 1e-2
+    teacher_lr: float = 2e-3
     student_steps: int = 40
     student_lr: float = 1e-2
     cond_emb_dim: int = 8
