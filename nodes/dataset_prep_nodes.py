@@ -14,7 +14,7 @@ from ..files.roots import check_writable
 from ..training.data_prep import cleaning, resize
 from ..training.data_prep.captioner import DECODING, CaptionOptions, load_captioner
 from ..training.data_prep.files import beside, list_images, read_beside, with_existing, write_beside
-from ..training.data_prep.look import contact_sheet, histogram_image, histograms, inspect
+from ..training.data_prep.look import contact_sheet, dataset_images, histogram_image, histograms, inspect
 from ..training.data_prep.metadata import merge_metadata
 from ..training.data_prep.model_files import CAPTIONERS, TAGGERS, ModelFileMissing, folder_choices, locate
 from ..training.data_prep.tagger import TagOptions, load_tagger, parse_tag_replacement, tags_metadata
@@ -182,10 +182,14 @@ class LookAtDataset(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="LLLiteKit_LookAtDataset", display_name="Look at Dataset (LLLite Kit)", category=CATEGORY,
-            description="A contact sheet of a folder (each image with its caption), a problems report (unreadable "
-                        "images, missing or empty captions, images below the training area, near-duplicates) and "
-                        "histograms: image size, aspect ratio, training bucket, caption length, tag frequency.",
-            inputs=[_image_dir_input(), _extension_input("caption_extension", ".txt", "caption"),
+            description="A contact sheet of a folder (each image with its caption), a report (images per subset "
+                        "with repeats, unreadable images, missing or empty captions, images below the training area, "
+                        "near-duplicates) and histograms: images x repeats per subset, image size, aspect ratio, "
+                        "training bucket, caption length, tag frequency.",
+            inputs=[io.String.Input("image_dir", default="training/my_dataset",
+                                    tooltip="Folder of images, or an sd-scripts tree (<repeats>_<name> subfolders, "
+                                            "counted per subset); a relative path is read from ComfyUI's input folder."),
+                    _extension_input("caption_extension", ".txt", "caption"),
                     io.Int.Input("resolution", default=1024, min=0, max=8192,
                                  tooltip="Training resolution; images with a smaller area are reported, and the bucket "
                                          "histogram places images as enable_bucket would (steps 64, from a quarter to "
@@ -201,7 +205,8 @@ class LookAtDataset(io.ComfyNode):
     def execute(cls, image_dir, caption_extension, resolution, columns, thumb_size, max_images) -> io.NodeOutput:
         folder = resolve_path(image_dir, "image_dir")
         beside(folder / "x", caption_extension)  # a bad extension fails before any reading
-        report = inspect(list_images(folder), caption_extension, (resolution, resolution) if resolution else None)
+        images, subsets = dataset_images(folder)
+        report = inspect(images, caption_extension, (resolution, resolution) if resolution else None, subsets=subsets)
         shown = type(report)(report.entries[:max_images])
         sheet = _image_tensor(contact_sheet(shown, columns, thumb_size))
         counts = histograms(report, resolution or None)

@@ -146,7 +146,7 @@ def run(args) -> str:
     from lllite_kit.files.atomic import write_atomic
     from lllite_kit.training.data_prep import cleaning, resize
     from lllite_kit.training.data_prep.files import list_images, read_beside, write_beside
-    from lllite_kit.training.data_prep.look import contact_sheet, histogram_image, histograms, inspect
+    from lllite_kit.training.data_prep.look import contact_sheet, dataset_images, histogram_image, histograms, inspect
     from lllite_kit.training.data_prep.metadata import merge_metadata, read_metadata, write_metadata
 
     if args.tool == "merge":
@@ -217,8 +217,9 @@ def run(args) -> str:
         if args.frequency_tags:
             out += "\nTag frequencies:\n" + "\n".join(f"{t}: {n}" for t, n in result.frequency_table())
         return out
-    report = inspect(list_images(args.train_data_dir), args.caption_extension,
-                     (args.resolution, args.resolution) if args.resolution else None)
+    images, subsets = dataset_images(Path(args.train_data_dir))
+    report = inspect(images, args.caption_extension, (args.resolution, args.resolution) if args.resolution else None,
+                     subsets=subsets)
     if args.sheet:
         sheet = contact_sheet(report, args.columns, args.thumb_size)
         write_atomic(Path(args.sheet), lambda tmp: sheet.save(tmp, format="PNG"), "image")

@@ -14,7 +14,8 @@ from lllite_kit.training.data.config import SubsetConfig
 from lllite_kit.training.data.metadata import scan_metadata
 from lllite_kit.training.data_prep import cleaning, resize
 from lllite_kit.training.data_prep.files import list_images, write_beside
-from lllite_kit.training.data_prep.look import Entry, Report, contact_sheet, histogram_image, histograms, inspect
+from lllite_kit.training.data_prep.look import (Entry, Report, Subset, contact_sheet, dataset_images, histogram_image,
+                                                histograms, inspect)
 from lllite_kit.training.data_prep.metadata import merge_metadata
 
 # Inputs and outputs of sd-scripts' own clean_tags / clean_caption (finetune/
@@ -170,6 +171,28 @@ def test_inspect_reports_problems_and_draws_a_sheet(tmp_path):
     assert sheet.width == 128 and sheet.height > 128
     # a's thumbnail is drawn red at its cell's centre
     assert sheet.getpixel((32, 32))[0] > 200 and sheet.getpixel((32, 32))[1] < 40
+
+
+def test_look_counts_an_sd_scripts_tree_per_subset_with_repeats(tmp_path):
+    for name, n in (("10_sks dog", 3), ("2_dog", 2)):
+        for i in range(n):
+            _image(tmp_path / name / f"{i}.png", (32 + 8 * i, 32), (40 * i, 90, 200))
+    _image(tmp_path / "loose.png")  # beside the subsets: not trained, not counted
+    (tmp_path / "notes").mkdir()    # not a <repeats>_ folder
+
+    images, subsets = dataset_images(tmp_path)
+
+    assert [(p.parent.name, p.name) for p in images] == [("10_sks dog", "0.png"), ("10_sks dog", "1.png"),
+                                                         ("10_sks dog", "2.png"), ("2_dog", "0.png"), ("2_dog", "1.png")]
+    assert subsets == [Subset("10_sks dog", 10, 3), Subset("2_dog", 2, 2)]
+    report = inspect(images, ".txt", subsets=subsets)
+    assert "34 images per epoch: 10_sks dog 3 x 10 repeats, 2_dog 2 x 2 repeats" in report.text()
+    h = histograms(report)
+    assert h.subsets == {"10_sks dog": 30, "2_dog": 4}
+    assert h.text().startswith("images x repeats per subset: 10_sks dog 30, 2_dog 4")
+    assert histogram_image(h).shape == (1, 4 * 320, 640, 3)  # subsets, sizes, aspects, caption lengths (no tags)
+    plain = tmp_path / "10_sks dog"
+    assert dataset_images(plain) == (list_images(plain), [])  # a plain folder: no subsets
 
 
 def test_histograms_count_sizes_aspects_buckets_caption_lengths_and_tags():

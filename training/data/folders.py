@@ -34,6 +34,12 @@ UNDECODABLE_CAPTIONS = Problem("Caption files that are not UTF-8 text", "save th
 EMPTY_CAPTIONS = Problem("Empty caption files", "write a caption, or delete the file to use the class tokens")
 
 
+def folder_repeats(name: str) -> int | None:
+    """The repeats of a `<repeats>_<tokens>` folder name; None when it is not one."""
+    m = _FOLDER_NAME.match(name)
+    return int(m[1]) if m and int(m[1]) >= 1 else None
+
+
 def subsets_from_folder_tree(
     train_dir: str | Path,
     reg_dir: str | Path | None = None,

@@ -1,7 +1,8 @@
 """A look at a dataset before training: a contact sheet (each image with its caption), a
-problems report (unreadable images, missing or empty captions, images below the training
-resolution, near-duplicate images by perceptual hash) and histograms (image size, aspect
-ratio, training bucket, caption length, tag frequency)."""
+problems report (images per subset with repeats, unreadable images, missing or empty
+captions, images below the training resolution, near-duplicate images by perceptual hash)
+and histograms (subset, image size, aspect ratio, training bucket, caption length, tag
+frequency)."""
 import math
 import textwrap
 from collections import Counter
@@ -14,8 +15,9 @@ from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
 from ..data.buckets import Bucketer
 from ..data.config import DatasetConfig
+from ..data.folders import folder_repeats
 from ..lora.tools.chart import bar_chart
-from .files import read_beside
+from .files import list_images, read_beside
 
 
 @dataclass
@@ -34,11 +36,15 @@ class Report:
     empty_caption: list[Path] = field(default_factory=list)
     too_small: list[tuple[Path, tuple[int, int]]] = field(default_factory=list)
     near_duplicates: list[tuple[Path, Path, int]] = field(default_factory=list)
+    subsets: list["Subset"] = field(default_factory=list)  # empty: one folder of images
 
     def text(self) -> str:
         ok = [e for e in self.entries if e.size]
         lengths = [len(e.caption.split(",")) for e in ok if e.caption]
         lines = [f"{len(self.entries)} images, {len(ok)} readable"]
+        if self.subsets:
+            lines.append(f"{sum(s.images * s.repeats for s in self.subsets)} images per epoch: " + ", ".join(
+                f"{s.name} {s.images} x {s.repeats} repeats" for s in self.subsets))
         if lengths:
             lines.append(f"caption parts (comma-separated): min {min(lengths)}, median {int(np.median(lengths))}, max {max(lengths)}")
         for title, items in (("unreadable images", self.unreadable), ("images without a caption file", self.missing_caption),
@@ -51,9 +57,28 @@ class Report:
         if self.near_duplicates:
             lines.append(f"near-duplicate pairs ({len(self.near_duplicates)}): "
                          + ", ".join(f"{a.name} ~ {b.name} (distance {d})" for a, b, d in self.near_duplicates))
-        if len(lines) <= 2:
+        if len(lines) <= 2 + bool(self.subsets):
             lines.append("no problems found")
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Subset:
+    name: str     # the folder's name, e.g. "10_sks dog"
+    repeats: int
+    images: int
+
+
+def dataset_images(folder: Path) -> tuple[list[Path], list[Subset]]:
+    """The images a look covers and the subsets they form: the `<repeats>_<tokens>` subfolders
+    of an sd-scripts tree (images loose beside them are not trained and not counted), else
+    the folder's own images with no subsets."""
+    folders = sorted(p for p in Path(folder).iterdir() if p.is_dir() and folder_repeats(p.name))
+    if not folders:
+        return list_images(folder), []
+    per_folder = [(d, list_images(d)) for d in folders]
+    return ([p for _, images in per_folder for p in images],
+            [Subset(d.name, folder_repeats(d.name), len(images)) for d, images in per_folder])
 
 
 def dhash(image: Image.Image, size: int = 8) -> int:
@@ -64,10 +89,11 @@ def dhash(image: Image.Image, size: int = 8) -> int:
 
 
 def inspect(images: list[Path], caption_extension: str = ".txt", resolution: tuple[int, int] | None = None,
-            duplicate_distance: int = 4) -> Report:
+            duplicate_distance: int = 4, subsets: list[Subset] | None = None) -> Report:
     """Reads every image and its caption; `resolution` (w, h): images with a smaller area are
-    reported; pairs whose dHash differs in <= duplicate_distance bits are near-duplicates."""
-    report = Report([])
+    reported; pairs whose dHash differs in <= duplicate_distance bits are near-duplicates.
+    `subsets` (dataset_images) are reported as they are."""
+    report = Report([], subsets=list(subsets or []))
     for path in images:
         caption = read_beside(path, caption_extension)
         try:
@@ -101,9 +127,11 @@ WORD_EDGES = (0, 5, 10, 20, 40, 75, math.inf)  # caption length in words (75: ab
 
 @dataclass
 class Histograms:
-    """Counts per bin, in display order: every fixed bin for sizes, aspects and caption
-    lengths; the buckets that occur (by aspect); the `top` most frequent tags."""
+    """Counts per bin, in display order: images x repeats per subset (none for a plain
+    folder); every fixed bin for sizes, aspects and caption lengths; the buckets that occur
+    (by aspect); the `top` most frequent tags."""
 
+    subsets: dict[str, int]
     sizes: dict[str, int]
     aspects: dict[str, int]
     buckets: dict[str, int]
@@ -115,7 +143,7 @@ class Histograms:
                          for title, counts in self._charts() if counts)
 
     def _charts(self) -> list[tuple[str, dict[str, int]]]:
-        return [("image size (sqrt of area, px)", self.sizes), ("aspect ratio (width / height)", self.aspects),
+        return [("images x repeats per subset", self.subsets), ("image size (sqrt of area, px)", self.sizes), ("aspect ratio (width / height)", self.aspects),
                 ("training bucket", self.buckets), ("caption length (words)", self.caption_words),
                 ("tag frequency", self.tags)]
 
@@ -150,6 +178,7 @@ def histograms(report: Report, resolution: int | None = None, top: int = 30) -> 
     captions = [e.caption for e in report.entries if e.caption is not None]
     tags = Counter(t.strip().lower() for c in captions for t in c.split(",") if t.strip())
     return Histograms(
+        subsets={s.name: s.images * s.repeats for s in report.subsets},
         sizes=_binned([math.sqrt(w * h) for w, h in sizes], SIDE_EDGES, lambda v: f"{v:.0f}"),
         aspects=_binned([w / h for w, h in sizes], ASPECT_EDGES),
         buckets={f"{w}x{h}": n for (w, h), n in sorted(buckets.items(), key=lambda kv: kv[0][0] / kv[0][1])},
