@@ -60,7 +60,71 @@ def _reference_dpt(hybrid: bool, sd: dict):
     return ref.eval()
 
 
+def _intel_dpt_hybrid():
+    """DPTForDepthEstimation as Intel/dpt-hybrid-midas's config.json builds it, on the meta device."""
+    from transformers import BitConfig, DPTConfig, DPTForDepthEstimation
+
+    bit = BitConfig(embedding_size=64, hidden_sizes=[256, 512, 1024, 2048], depths=[3, 4, 9], layer_type="bottleneck",
+                    out_features=["stage1", "stage2", "stage3"], global_padding="SAME", embedding_dynamic_padding=True)
+    config = DPTConfig(is_hybrid=True, backbone_config=bit, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                       intermediate_size=3072, image_size=384, patch_size=16, backbone_out_indices=[2, 5, 8, 11],
+                       neck_hidden_sizes=[256, 512, 768, 768], fusion_hidden_size=256, reassemble_factors=[1, 1, 1, 0.5],
+                       backbone_featmap_shape=[1, 1024, 24, 24], readout_type="project", layer_norm_eps=1e-12)
+    with torch.device("meta"):
+        return DPTForDepthEstimation(config)
+
+
+_TO_TRANSFORMERS = [  # (pattern in dpt_hybrid-midas-501f0c75.pt, transformers' name), as transformers' conversion script
+    (r"pretrained\.model\.cls_token", "dpt.embeddings.cls_token"),
+    (r"pretrained\.model\.pos_embed", "dpt.embeddings.position_embeddings"),
+    (r"pretrained\.model\.patch_embed\.proj\.", "dpt.embeddings.projection."),
+    (r"pretrained\.model\.patch_embed\.backbone\.stem\.conv\.", "dpt.embeddings.backbone.bit.embedder.convolution."),
+    (r"pretrained\.model\.patch_embed\.backbone\.stem\.norm\.", "dpt.embeddings.backbone.bit.embedder.norm."),
+    (r"pretrained\.model\.patch_embed\.backbone\.stages\.(\d+)\.blocks\.(\d+)\.",
+     r"dpt.embeddings.backbone.bit.encoder.stages.\1.layers.\2."),
+    (r"pretrained\.model\.blocks\.(\d+)\.norm1\.", r"dpt.encoder.layer.\1.layernorm_before."),
+    (r"pretrained\.model\.blocks\.(\d+)\.norm2\.", r"dpt.encoder.layer.\1.layernorm_after."),
+    (r"pretrained\.model\.blocks\.(\d+)\.attn\.proj\.", r"dpt.encoder.layer.\1.attention.output.dense."),
+    (r"pretrained\.model\.blocks\.(\d+)\.mlp\.fc1\.", r"dpt.encoder.layer.\1.intermediate.dense."),
+    (r"pretrained\.model\.blocks\.(\d+)\.mlp\.fc2\.", r"dpt.encoder.layer.\1.output.dense."),
+    (r"pretrained\.model\.norm\.", "dpt.layernorm."),
+    (r"pretrained\.act_postprocess(\d)\.0\.project\.0\.", lambda m: f"neck.reassemble_stage.readout_projects.{int(m[1]) - 1}.0."),
+    (r"pretrained\.act_postprocess(\d)\.3\.", lambda m: f"neck.reassemble_stage.layers.{int(m[1]) - 1}.projection."),
+    (r"pretrained\.act_postprocess(\d)\.4\.", lambda m: f"neck.reassemble_stage.layers.{int(m[1]) - 1}.resize."),
+    (r"scratch\.layer(\d)_rn\.", lambda m: f"neck.convs.{int(m[1]) - 1}."),
+    (r"scratch\.refinenet(\d)\.out_conv\.", lambda m: f"neck.fusion_stage.layers.{4 - int(m[1])}.projection."),
+    (r"scratch\.refinenet(\d)\.resConfUnit(\d)\.conv(\d)\.",
+     lambda m: f"neck.fusion_stage.layers.{4 - int(m[1])}.residual_layer{m[2]}.convolution{m[3]}."),
+    (r"scratch\.output_conv\.", "head.head."),
+]
+
+
+def _to_transformers(sd: dict) -> dict:
+    """dpt_hybrid-midas-501f0c75.pt's keys in transformers' DPT layout (qkv split in three)."""
+    import re
+
+    out = {}
+    for key, value in sd.items():
+        qkv = re.fullmatch(r"pretrained\.model\.blocks\.(\d+)\.attn\.qkv\.(weight|bias)", key)
+        if qkv:
+            for name, part in zip(("query", "key", "value"), value.chunk(3)):
+                out[f"dpt.encoder.layer.{qkv[1]}.attention.attention.{name}.{qkv[2]}"] = part
+            continue
+        if key.startswith("pretrained.model.head."):
+            continue
+        for pattern, repl in _TO_TRANSFORMERS:
+            new, n = re.subn("^" + pattern, repl, key)
+            if n:
+                out[new] = value
+                break
+        else:
+            raise KeyError(key)
+    return out
+
+
 def test_midas_dpt_hybrid_pt_equals_controlnet_aux(tmp_path, picture):  # noqa: F811
+    """The original file through our DPT, and the same weights in transformers' layout through
+    the transformers-folder path: both equal the annotator's map."""
     from controlnet_aux.midas import MidasDetector
 
     # stored in fp16 (half the bytes to write; the loader works in fp32 whatever the file holds)
@@ -71,6 +135,12 @@ def test_midas_dpt_hybrid_pt_equals_controlnet_aux(tmp_path, picture):  # noqa: 
     expected = MidasDetector(ref)(picture, detect_resolution=H, image_resolution=H, output_type="np")
     ours = midas.midas_depth(midas.load_midas(str(path)), _ours(picture), detect_resolution=H)
     _assert_within_one_level(ours[0, 0], _reference_map(expected))
+
+    net = _intel_dpt_hybrid()
+    net.load_state_dict(_to_transformers(sd), strict=True, assign=True)
+    with torch.no_grad():
+        folder_form = midas.TransformersMidas(net.eval(), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))(_ours(picture))
+    _assert_within_one_level(midas.normalise_per_image(folder_form)[0, 0], _reference_map(expected))
 
 
 def test_midas_dpt_large_layout_and_network_equal_controlnet_aux():
