@@ -274,14 +274,14 @@ def test_segmentation_node_runs_a_oneformer_folder(graph, comfy_dirs):
     from lllite_kit.preprocessors import segmentation as seg
 
     folder = _write_oneformer_folder(comfy_dirs / "models" / "preprocessors" / "oneformer_ade20k_swin_tiny")
-    picture = np.random.default_rng(1).integers(0, 255, (40, 56, 3), dtype=np.uint8)
-    Image.fromarray(picture).save(comfy_dirs / "input" / "seg_picture.png")
+    pixels = np.random.default_rng(1).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(comfy_dirs / "input" / "seg_picture.png")
     graph.run({"1": {"class_type": "LoadImage", "inputs": {"image": "seg_picture.png"}},
                "2": {"class_type": "LLLiteKit_SegmentationADE20K",
                      "inputs": {"image": ["1", 0], "weights": "oneformer_ade20k_swin_tiny", "detect_resolution": 64}},
                "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}}})
     out = graph.node_outputs("2")[0][0]
-    expected = seg.segment(seg.load_segmenter(str(folder)), torch.from_numpy(picture).permute(2, 0, 1)[None] / 255, 64)
+    expected = seg.segment(seg.load_segmenter(str(folder)), torch.from_numpy(pixels).permute(2, 0, 1)[None] / 255, 64)
     assert out.shape == (1, 40, 56, 3)
     assert torch.equal(out, expected.permute(0, 2, 3, 1))
 
