@@ -13,6 +13,7 @@ a randomized SVD.
 
     .venv/bin/python bench/bench_lora_extract.py              # every module, dim 4 (minutes, the exact side most of it)
     .venv/bin/python bench/bench_lora_extract.py --dim 32 --conv
+    .venv/bin/python bench/bench_lora_extract.py --stride 7   # every 7th module, whole-U-Net time projected
     .venv/bin/python bench/bench_lora_extract.py --smoke      # seconds: a few modules, one thread
 """
 import argparse
@@ -43,6 +44,9 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=4)
     p.add_argument("--conv", action="store_true", help="C3Lier layers too (3x3 convs at --dim)")
     p.add_argument("--limit", type=int, default=None, help="only the first N modules")
+    p.add_argument("--stride", type=int, default=None,
+                   help="every N-th module in U-Net order (N coprime to a transformer block's 10 layers keeps "
+                        "the mix of shapes); the whole U-Net's times are projected from the mean time per shape")
     p.add_argument("--smoke", action="store_true", help="a few modules of each kind, one thread")
     opts = p.parse_args()
     benchlib.bootstrap(cpu=True)
@@ -63,12 +67,15 @@ def main() -> None:
         names = picked[:4]
     elif opts.limit:
         names = names[: opts.limit]
+    elif opts.stride:
+        names = names[:: opts.stride]
     print(benchlib.machine())
     print(f"SDXL U-Net: {len(layers)} LoRA layers, extracting {len(names)} at dim {opts.dim}, "
           f"{torch.get_num_threads()} threads", flush=True)
 
     g = torch.Generator().manual_seed(0)
     times = {"exact": 0.0, "lowrank": 0.0}
+    per_shape: dict[tuple, dict[str, list[float]]] = {}  # shape -> method -> seconds per module
     excess = []
     worst = ("", 0.0, 0.0, 0.0)
     for n in names:
@@ -81,7 +88,9 @@ def main() -> None:
         for method in ("exact", "lowrank"):
             t0 = time.perf_counter()
             up, down = factor(diff, min(opts.dim, shape[0], shape[1]), method, clamp_quantile=None)
-            times[method] += time.perf_counter() - t0
+            seconds = time.perf_counter() - t0
+            times[method] += seconds
+            per_shape.setdefault(shape, {"exact": [], "lowrank": []})[method].append(seconds)
             errs[method] = float((mat - up.reshape(shape[0], -1) @ down.reshape(up.shape[1], -1)).norm() / mat.norm())
         over = errs["lowrank"] / errs["exact"] - 1
         excess.append(over)
@@ -92,7 +101,16 @@ def main() -> None:
         elif len(excess) % 50 == 0:
             print(f"  {len(excess)}/{len(names)} modules: exact {times['exact']:.1f} s, ours {times['lowrank']:.1f} s", flush=True)
     mean = sum(excess) / len(excess)
-    print(f"time exact torch.linalg.svd {times['exact']:.2f} s, ours (svd_lowrank) {times['lowrank']:.2f} s")
+    print(f"time exact torch.linalg.svd {times['exact']:.2f} s, ours (svd_lowrank) {times['lowrank']:.2f} s "
+          f"({len(names)} modules)")
+    if len(names) < len(layers) and not opts.smoke:
+        counts = {}
+        for shape in layers.values():
+            counts[shape] = counts.get(shape, 0) + 1
+        if set(counts) <= set(per_shape):
+            full = {m: sum(sum(per_shape[s][m]) / len(per_shape[s][m]) * c for s, c in counts.items()) for m in times}
+            print(f"projected for all {len(layers)} modules (mean time per shape x its count): exact {full['exact']:.0f} s, "
+                  f"ours {full['lowrank']:.0f} s")
     print(f"relative error above the exact truncated SVD: mean {mean:.4%}, worst {worst[1]:.4%} ({worst[0]}: "
           f"exact {worst[2]:.6f}, ours {worst[3]:.6f})")
     benchlib.ratio("extract speed, exact SVD / ours", times["exact"] / max(times["lowrank"], 1e-9))

@@ -16,6 +16,8 @@ common.LoRA(name: str, modules: dict[str, dict[str, Tensor]], metadata: dict[str
     lora.save(path, dtype=torch.float32) -> dict  metadata written (ss_* + sshs hashes), atomic
     lora.delta(name) -> Tensor                   full weight difference up@down*alpha/rank
     lora.family -> "sdxl" | "sd15" | None        from ss_base_model_version or key names
+base_weights.ModelWeights(model=None, clip=None)   Mapping kohya name -> layer weight of a ComfyUI MODEL/CLIP
+    (core's key maps; patches on the model applied, read at the first lookup): the `base` DoRA needs.
 common.SVD_METHODS = ("exact", "lowrank")
 
 merge.merge_concat(loras: list[LoRA], ratios: list[float] | None = None,
