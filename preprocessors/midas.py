@@ -55,14 +55,16 @@ class TransformersMidas(TransformersDepth):
         std = torch.tensor(self.std, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
         dpt, config = self.net.dpt, self.net.config
         x = (rgb - mean) / std
+        # outputs are indexed, not named: transformers 4 returns tuples where 5 returns ModelOutputs
         if config.is_hybrid:  # ResNet maps feed the two finest levels; ViT layers the others
             embedded = dpt.embeddings(x, interpolate_pos_encoding=True)
-            maps, taps = list(embedded.intermediate_activations), config.backbone_out_indices[2:]
+            maps, taps = list(embedded[1]), config.backbone_out_indices[2:]
         else:
             embedded, maps, taps = dpt.embeddings(x), [], config.backbone_out_indices
-        tokens = embedded.last_hidden_states
+        tokens = embedded[0]
         for i, layer in enumerate(dpt.encoder.layer[: max(taps) + 1]):
             tokens = layer(tokens)
+            tokens = tokens[0] if isinstance(tokens, tuple) else tokens
             if i in taps:
                 maps.append(tokens)
         patch = config.patch_size
