@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
 
 
-def _full_anima(dtype):
+def full_anima(dtype):
     import tiny_anima
 
     config = dict(tiny_anima.ANIMA_DIT, model_channels=2048, num_blocks=28, num_heads=16, crossattn_emb_channels=1024,
@@ -51,7 +51,7 @@ def main() -> None:
     dtype = benchlib.torch_dtype(opts.dtype)
     if opts.full_anima:
         resolution, steps, dims = opts.resolution or 1024, opts.steps or 8, (32, 64)
-        model, context_dim = _full_anima(dtype), 1024
+        model, context_dim = full_anima(dtype), 1024
     else:
         resolution, steps, dims = opts.resolution or 128, opts.steps or 3, (16, 32)
         model, context_dim = tiny_anima.build_anima(seed=0, dtype=dtype), tiny_anima.CONTEXT_DIM
