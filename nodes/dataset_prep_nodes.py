@@ -19,7 +19,7 @@ from ..training.data_prep.metadata import merge_metadata
 from ..training.data_prep.model_files import CAPTIONERS, TAGGERS, ModelFileMissing, folder_choices, locate
 from ..training.data_prep.tagger import TagOptions, load_tagger, parse_tag_replacement, tags_metadata
 from .model_folders import register_model_folders
-from .training_form import resolve_path
+from .training_form import Dataset, resolve_path
 
 CATEGORY = "LLLite Kit/dataset"
 CLEAN_RULES = ("none", "caption rules", "tag rules")
@@ -137,6 +137,45 @@ class MergeMetadata(io.ComfyNode):
                                                       + ", ".join(p.name for p in missing[:20]) if missing else ""))
         report = "\n".join(lines)
         return io.NodeOutput(str(out), report, ui=ui.PreviewText(report))
+
+
+class DatasetFromMetadata(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LLLiteKit_DatasetFromMetadata", display_name="Training Dataset from Metadata JSON (LLLite Kit)",
+            category=CATEGORY,
+            description="A fine-tune subset: the images a metadata JSON lists (sd-scripts' metadata_file, e.g. from "
+                        "Captions + Tags to Metadata JSON), trained on their caption and tags joined with ', '.",
+            inputs=[io.String.Input("metadata_file", default="metadata/meta_cap.json",
+                                    tooltip="The JSON; a relative path is read from ComfyUI's output folder (where "
+                                            "Captions + Tags to Metadata JSON writes), else from its input folder."),
+                    io.String.Input("image_dir", default="", tooltip="Where keys that are not absolute paths are "
+                                    "looked up (relative: ComfyUI's input folder); empty: the JSON's folder."),
+                    io.Int.Input("num_repeats", default=1, min=1, max=1000),
+                    io.Int.Input("resolution", default=1024, min=64, max=4096, step=8,
+                                 tooltip="Training resolution (side of the square area)."),
+                    io.Int.Input("batch_size", default=1, min=1, max=64),
+                    io.Boolean.Input("enable_bucket", default=True),
+                    io.Boolean.Input("flip_aug", default=False),
+                    io.Boolean.Input("shuffle_caption", default=False),
+                    io.Int.Input("keep_tokens", default=0, min=0, max=64)],
+            outputs=[Dataset.Output(display_name="dataset")])
+
+    @classmethod
+    def execute(cls, metadata_file, image_dir, num_repeats, resolution, batch_size, enable_bucket, flip_aug,
+                shuffle_caption, keep_tokens) -> io.NodeOutput:
+        from ..training.data.config import DatasetConfig, SubsetConfig
+        from .training_nodes import _bucket_options
+
+        name = metadata_file.strip()
+        written = Path(folder_paths.get_output_directory()) / name
+        relative_output = name and not Path(name).is_absolute() and written.is_file()
+        meta = written if relative_output else resolve_path(metadata_file, "metadata_file")
+        subset = SubsetConfig(metadata_file=meta, image_dir=resolve_path(image_dir, "image_dir") if image_dir.strip() else None,
+                              num_repeats=num_repeats, flip_aug=flip_aug, shuffle_caption=shuffle_caption,
+                              keep_tokens=keep_tokens)
+        return io.NodeOutput([DatasetConfig(subsets=[subset], **_bucket_options(resolution, batch_size, enable_bucket))])
 
 
 class ResizeImages(io.ComfyNode):
@@ -301,7 +340,10 @@ class CaptionImages(io.ComfyNode):
                     io.Boolean.Input("git_remove_words", default=False, advanced=True,
                                      tooltip="GIT: drop read-aloud text ('with the words ...'), make_captions_by_git.py --remove_words."),
                     *_write_inputs(".caption")],
-            outputs=[io.String.Output(display_name="captions", is_output_list=True), _folder_output()],
+            outputs=[io.String.Output(display_name="captions", is_output_list=True), _folder_output(),
+                     io.String.Output(display_name="caption_lines",
+                                      tooltip="The captions as one text, a line per image: link it to Training Dataset "
+                                              "from Images' captions to train on captioned in-graph images.")],
             is_output_node=True)
 
     @classmethod
@@ -329,7 +371,8 @@ class CaptionImages(io.ComfyNode):
         captions = captioner.caption(pictures, options, *_progress_hooks(len(pictures)))
         report = _write_results(files, captions, write_files, caption_extension, if_exists)
         names = [f.name for f in files] if files else [f"images[{i}]" for i in range(len(captions))]
-        return io.NodeOutput(captions, _folder(files, image_dir), ui=ui.PreviewText(report + "\n\n" + "\n".join(
+        lines = "\n".join(" ".join(c.split()) for c in captions)  # one line each, whatever the model wrote
+        return io.NodeOutput(captions, _folder(files, image_dir), lines, ui=ui.PreviewText(report + "\n\n" + "\n".join(
             f"{n}: {c}" for n, c in list(zip(names, captions))[:50])))
 
 
@@ -422,4 +465,4 @@ class TagImages(io.ComfyNode):
         return io.NodeOutput(texts, frequency, chart, _folder(files, image_dir), ui=ui.PreviewText(f"{written}\n\n{frequency}"))
 
 
-NODES = [EditCaptions, MergeMetadata, ResizeImages, LookAtDataset, CaptionImages, TagImages]
+NODES = [EditCaptions, MergeMetadata, DatasetFromMetadata, ResizeImages, LookAtDataset, CaptionImages, TagImages]

@@ -132,6 +132,7 @@ def test_caption_node_writes_beside_images_and_keeps_existing(graph, captioners,
     expected = Captioner(captioners / "blip-image-captioning-base").caption(
         _pictures(3), CaptionOptions(decoding="beam search", num_beams=2, max_length=10, min_length=2, batch_size=2))
     assert captions == expected
+    assert graph.node_outputs("1")[2] == ["\n".join(expected)]  # caption_lines, for Training Dataset from Images
     assert (folder / "p0.caption").read_text() == expected[0] + "\n"
     assert (folder / "p1.caption").read_text() == "mine\n"  # an existing caption is kept
     assert steps[-1] == (3, 3)  # ComfyUI's progress bar reached the end

@@ -1,6 +1,7 @@
 """The no-model dataset nodes through ComfyUI's executor: edit captions (preview, then
 written), metadata JSON into the output folder (a path outside ComfyUI's folders refused),
-resize into the output folder, the dataset look (contact sheet + report)."""
+resize into the output folder, the dataset look (contact sheet + report), a training dataset
+from the metadata JSON."""
 import json
 from pathlib import Path
 
@@ -62,3 +63,23 @@ def test_metadata_resize_and_look_nodes(graph, dataset, comfy_dirs):
     assert "aspect ratio (width / height): < 0.5 0, 0.5-0.75 0, 0.75-0.95 0, 0.95-1.05 0, 1.05-1.33 0, 1.33-2 2" in report[0]
     assert "tag frequency: cat 4, 1girl 2, long_hair 2, rating:safe0 1, rating:safe1 1" in report[0]
     assert charts[0].shape == (1, 5 * 320, 640, 3)
+
+
+def test_dataset_from_metadata_reads_the_merged_json_from_the_output_folder(graph, dataset, comfy_dirs):
+    from lllite_kit.nodes.dataset_prep_nodes import DatasetFromMetadata
+    from lllite_kit.training.data.metadata import scan_metadata
+
+    (dataset / "img0.caption").write_text("a red card")
+    out = _run(graph, "LLLiteKit_MergeMetadata", image_dir="prep/set1", out_json="meta/train.json", in_json="",
+               caption_extension=".caption", tags_extension=".txt", full_path=False, recursive=False, clean=True)
+    options = dict(num_repeats=3, resolution=64, batch_size=2, enable_bucket=False, flip_aug=False,
+                   shuffle_caption=False, keep_tokens=1)
+    for name in (out[0][0], "meta/train.json"):  # linked (absolute), or typed: the output folder first
+        [dataset_config] = DatasetFromMetadata.execute(metadata_file=name, image_dir="prep/set1", **options).args[0]
+        subset = dataset_config.subsets[0]
+        assert subset.metadata_file == Path(comfy_dirs) / "output" / "meta" / "train.json" and subset.num_repeats == 3
+        assert dataset_config.resolution == (64, 64) and dataset_config.batch_size == 2 and subset.keep_tokens == 1
+    captions = {Path(i.name).name: i.caption for i in scan_metadata(subset)}
+    assert captions == {"img0.png": "a red card, long hair, 1girl, cat, cat", "img1.png": "long hair, 1girl, cat, cat"}
+    with pytest.raises(Exception, match="does not exist"):
+        DatasetFromMetadata.execute(metadata_file="meta/none.json", image_dir="", **options)
