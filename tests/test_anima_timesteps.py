@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from lllite_kit.training.anima.timesteps import draw_noise_levels, nearest_timesteps
 from lllite_kit.training.config import TrainConfig
@@ -76,10 +77,14 @@ def test_the_engine_draws_them_on_the_anima_schedule(monkeypatch, tmp_path):
                             resolution=(32, 32), batch_size=2)
     cfg = TrainConfig(max_train_steps=1, seed=5, output_name="anima_ts", timestep_sampling="shift", discrete_flow_shift=3.0,
                       cond_emb_dim=8, network_dim=8)
-    session.train_lllite(cfg, model, tiny_anima.build_anima_clip(0), tiny_anima.build_anima_vae(0), [dataset],
-                         output_dir=tmp_path, holdout=0)
+    result = session.train_lllite(cfg, model, tiny_anima.build_anima_clip(0), tiny_anima.build_anima_vae(0), [dataset],
+                                  output_dir=tmp_path, holdout=0)
     (t,) = drawn  # one step, one draw for its batch of 2
     assert t.dtype == torch.long and t.shape == (2,) and 0 <= t.min() and t.max() < 1000
+    with safe_open(str(result.final_path), "pt") as f:  # recorded as sd-scripts' anima_train_network.py does
+        meta = f.metadata()
+    assert (meta["ss_timestep_sampling"], meta["ss_sigmoid_scale"], meta["ss_discrete_flow_shift"]) == ("shift", "1.0", "3.0")
+    assert meta["ss_weighting_scheme"] == "none"
 
 
 @pytest.mark.parametrize("changes,family,message", [

@@ -51,3 +51,11 @@ def nearest_timesteps(levels: torch.Tensor, sigmas: torch.Tensor) -> torch.Tenso
     hi = torch.searchsorted(table, levels.float()).clamp(1, len(table) - 1)
     lo = hi - 1
     return torch.where((levels - table[lo]).abs() <= (table[hi] - levels).abs(), lo, hi)
+
+
+def flow_metadata(method: str | None, sigmoid_scale: float, shift: float) -> dict[str, str]:
+    """The ss_* keys sd-scripts' anima_train_network.py adds (update_metadata); the loss
+    weighting options it also records are not implemented here and carry sd-scripts' defaults."""
+    return {"ss_timestep_sampling": method or "sigmoid", "ss_sigmoid_scale": str(float(sigmoid_scale)),
+            "ss_discrete_flow_shift": str(float(shift)), "ss_weighting_scheme": "none", "ss_logit_mean": "0.0",
+            "ss_logit_std": "1.0", "ss_mode_scale": "1.29"}
