@@ -23,6 +23,7 @@ from .distributed import current
 from .anima.lllite_adapter import anima_lllite_adapter
 from .anima.model import frame_latents, is_anima, trainable_anima
 from .anima.text import AnimaTextConditioner
+from .anima.timesteps import flow_metadata
 from .engine import TrainHooks, TrainingEngine, TrainResult
 from .preflight import check_batches, check_options
 from .prompts import parse_prompts
@@ -155,8 +156,11 @@ def run_training(cfg: TrainConfig, model, clip, vae, datasets: Sequence[DatasetC
         facts, data_meta = data_facts(data)
         facts.update(sd_model_name=model_name, sd_model_file=model_file(model), vae_file=vae_file(vae))
 
+        # Anima: the timestep keys sd-scripts' anima_train_network.py records
+        flow_meta = flow_metadata(cfg.timestep_sampling, cfg.sigmoid_scale, cfg.discrete_flow_shift) if anima else {}
+
         def metadata(f: dict) -> dict[str, str]:
-            return {**make_metadata(f), **data_meta}
+            return {**make_metadata(f), **data_meta, **flow_meta}
 
         with (trainable_anima if anima else trainable_model)(model, cfg.mixed_precision, cfg.gradient_checkpointing,
                                                              cfg.v_parameterization, cfg.zero_terminal_snr, cfg.fp8) as tm, closing(text):
