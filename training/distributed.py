@@ -57,7 +57,7 @@ class Group:
     def average_gradients(self, params: list[torch.Tensor]) -> None:
         """Each parameter's gradient becomes the mean over ranks (a missing one counts as zero,
         so every rank sends the same layout)."""
-        if not self.active:
+        if not self.active or not params:
             return
         for p in params:
             if p.grad is None:

@@ -26,6 +26,7 @@ from .adapter import TrainableAdapter
 from .config import TrainConfig
 from .data.batch import Batch
 from .distributed import Group, current
+from .fsdp import full_weights, idle_pass, unreduced
 from .fused_backward import FusedBackward
 from .losses import huber_c, min_snr_weight, per_sample_loss
 from .noise import sample_timesteps, training_noise
@@ -185,7 +186,7 @@ class TrainingEngine:
             micro_losses = []
             if not math.isfinite(loss):
                 self._diverged(loss)
-            self.group.average_gradients(self.params)
+            self.group.average_gradients(unreduced(self.adapter, self.params))  # FSDP reduces its own
             self._optimizer_step()
             self.pos.step += 1
             self.pos.losses.append(loss)
@@ -204,6 +205,7 @@ class TrainingEngine:
         latents = batch.latents.to(dev, torch.float32)
         noise, t = self._noise_and_timesteps(latents, batch)
         if latents.shape[0] == 0:  # nothing of this global batch is ours: gradients stay as they are
+            idle_pass(self.adapter, model, latents)  # FSDP: its collectives still need this rank
             return torch.zeros((), device=dev)
         with torch.set_grad_enabled(self.adapter.trains_text_encoders):
             context, pooled = self.text.encode(batch.captions, dev)
@@ -397,6 +399,10 @@ class TrainingEngine:
         return self.make_metadata(facts)
 
     def _save(self, path: Path) -> Path:
+        with full_weights(self.adapter):  # FSDP: every rank joins in gathering the weights rank 0 writes
+            return self._write(path)
+
+    def _write(self, path: Path) -> Path:
         cfg = self.cfg
         if not self.group.is_main:  # every rank holds the same weights; one writes them
             if path not in self.pos.saved:

@@ -4,7 +4,9 @@ checkpoint in ComfyUI's layout. The caller keeps the shared model's original wei
 (full_model.train.kept_weights) since the graph's MODEL and CLIP must not change."""
 import torch
 
+from .. import fsdp
 from ..data.batch import Batch
+from ..distributed import current
 from .blocks import sdxl_block_index
 from .checkpoint import ARCHITECTURE, checkpoint_state_dict, save_checkpoint_file
 
@@ -13,20 +15,27 @@ class FullModelAdapter:
     kind = "full_model"
 
     def __init__(self, patcher, clip, vae, family: str, train_text_encoder: bool = False,
-                 text_encoder_lrs: dict[str, float | None] | None = None, block_lr: list[float] | None = None):
+                 text_encoder_lrs: dict[str, float | None] | None = None, block_lr: list[float] | None = None,
+                 shard: bool = False):
         """patcher: the training ModelPatcher (TrainingModel.patcher); clip, vae: what goes into the
         checkpoint beside it. text_encoder_lrs: a learning rate per encoder role ("te1", "te2"
-        on SDXL; "te"), None = text_encoder_lr. block_lr: SDXL's 23 per-block rates (blocks.py)."""
+        on SDXL; "te"), None = text_encoder_lr. block_lr: SDXL's 23 per-block rates (blocks.py).
+        shard: the U-Net sharded with FSDP over the torchrun job's processes (training/fsdp.py)."""
         self.patcher, self.clip, self.vae, self.family = patcher, clip, vae, family
         self.trains_text_encoders = train_text_encoder
         self.text_encoder_lrs = dict(text_encoder_lrs or {})
         self.block_lr = block_lr
         self.parts: dict[str, torch.nn.Module] = {}  # "unet", "te1", "te2", "te" -> module
+        self.shard, self.sharding = shard, None
 
     def attach(self, diffusion_model: torch.nn.Module, text_encoders: dict[str, torch.nn.Module]) -> None:
         self.parts = {"unet": diffusion_model, **text_encoders}
+        self.sharding = fsdp.shard(diffusion_model, current()) if self.shard else None
 
     def detach(self) -> None:
+        if self.sharding is not None:  # the trained weights whole again on every rank
+            self.sharding.release()
+            self.sharding = None
         for module in self.parts.values():
             module.requires_grad_(False)
 

@@ -12,6 +12,7 @@ from ..comfy_bridge import text_encoder_modules, trainable_family
 from ..config import TrainConfig
 from ..data.config import DatasetConfig
 from ..engine import TrainHooks, TrainResult
+from ..fsdp import problems as fsdp_problems
 from ..lora.file import training_metadata
 from ..lora.tools.extract import extract, model_weights
 from ..session import run_training
@@ -30,6 +31,7 @@ class FullModelOptions:
     learning_rate_te2: float | None = None  # SDXL's CLIP-G
     block_lr: list[float] | str | None = None
     save_lora_dim: int = 0  # > 0: also save the difference to the base as a LoRA of this rank (LoRA tools' extract)
+    fsdp: bool = False  # under torchrun: the U-Net sharded across the processes (training/fsdp.py)
 
     def __post_init__(self):
         self.block_lr = parse_block_lr(self.block_lr)
@@ -67,6 +69,8 @@ def _refuse(cfg: TrainConfig, family: str, options: FullModelOptions) -> None:
                         "runs the model in its own dtype, not bf16 weights. Sample from the saved checkpoint instead")
     if options.save_lora_dim < 0:
         problems.append("save_lora_dim must be >= 0")
+    if options.fsdp:
+        problems += fsdp_problems(cfg)
     if problems:
         raise ValueError("These options cannot train as expected:\n" + "\n".join(f"- {p}" for p in problems))
 
@@ -88,7 +92,8 @@ def train_full_model(cfg: TrainConfig, model, clip, vae, datasets: Sequence[Data
     made = []
 
     def adapter(tm) -> FullModelAdapter:
-        made.append(FullModelAdapter(tm.patcher, clip, vae, family, options.train_text_encoder, te_lrs, options.block_lr))
+        made.append(FullModelAdapter(tm.patcher, clip, vae, family, options.train_text_encoder, te_lrs, options.block_lr,
+                                     options.fsdp))
         return made[-1]
 
     def metadata(facts: dict) -> dict[str, str]:
