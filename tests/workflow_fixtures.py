@@ -158,26 +158,45 @@ def prepare_lora_block_weights(models_dir, input_dir, tiny):
     adapter.detach()
 
 
-def prepare_dataset_prep(models_dir, input_dir, tiny):
-    """Four pictures under input/training/dataset_prep_example/ and tiny random tagger and BLIP
-    folders under the published names (test_data_prep_models)."""
+def _data_prep_models(models_dir, *kinds: str) -> None:
+    """Tiny random tagger and/or BLIP folders under the published names (test_data_prep_models)."""
     import folder_paths
-    import numpy as np
-    from PIL import Image
     from test_data_prep_models import tiny_blip, tiny_tagger
 
     for kind, name, build in (("taggers", "wd-vit-tagger-v3", tiny_tagger),
                               ("captioners", "blip-image-captioning-large", tiny_blip)):
+        if kind not in kinds:
+            continue
         folder_paths.add_model_folder_path(kind, str(models_dir / kind), is_default=True)
         if not (models_dir / kind / name / "model.safetensors").is_file():
             build(models_dir / kind / name)
+
+
+def prepare_dataset_synthetic_caption(models_dir, input_dir, tiny):
+    """The tiny BLIP folder; two generated 64 px pictures (captions of 2-12 tokens), 2 training
+    steps and one 64 px sample."""
+    _data_prep_models(models_dir, "captioners")
+    return {"4": {"batch_size": 2}, "7": {"max_length": 12, "min_length": 2}, "8": {"resolution": 64},
+            "9": {"max_train_steps": 2, "save_every_n_steps": 0, "sample_every_n_steps": 2, "lr_warmup_steps": 0,
+                  "sample_prompts": "a watercolor painting of a fox --w 64 --h 64 --s 2 --d 1"}}
+
+
+def prepare_dataset_prep(models_dir, input_dir, tiny):
+    """Four pictures under input/training/dataset_prep_example/ and tiny random tagger and BLIP
+    folders; training shrunk to 64 px, 2 steps and one 64 px sample."""
+    import numpy as np
+    from PIL import Image
+
+    _data_prep_models(models_dir, "taggers", "captioners")
     folder = input_dir / "training" / "dataset_prep_example"
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(4):
         y, x = np.mgrid[0:64, 0:64]
         img = np.stack([(x * (3 + i)) % 256, (y * 5) % 256, ((x - 32) ** 2 + (y - 32) ** 2 < 200 + 300 * i) * 255], -1)
         Image.fromarray(img.astype(np.uint8)).save(folder / f"pic_{i}.png")
-    return {"2": {"max_length": 12, "min_length": 2}}
+    return {"2": {"max_length": 12, "min_length": 2}, "5": {"resolution": 64}, "10": {"resolution": 64},
+            "11": {"max_train_steps": 2, "save_every_n_steps": 0, "sample_every_n_steps": 2, "lr_warmup_steps": 0,
+                   "sample_prompts": "a picture of sks --w 64 --h 64 --s 2 --d 1"}}
 
 
 def prepare_pose_lllite(models_dir, input_dir, tiny):
