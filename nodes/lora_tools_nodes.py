@@ -101,7 +101,7 @@ class LoraLoaderBlockWeight(io.ComfyNode):
             category=CATEGORY,
             description="Core's LoraLoader with one weight per U-Net block (A1111 LoRA Block Weight): SD1.5 17 or 26 "
             "values, SDXL 12 or 20, BASE first (the text encoders). Patches through core's LoRA patching, so it "
-            "stacks with every other LoRA node and LLLite.",
+            "stacks with every other LoRA node and LLLite. kohya, LoHa, LoKr and DoRA files.",
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model the LoRA is applied to."),
                 io.Clip.Input("clip", tooltip="The text encoders the LoRA is applied to (BASE weight)."),
@@ -131,9 +131,11 @@ class LoraLoaderBlockWeight(io.ComfyNode):
         path = folder_paths.get_full_path_or_raise("loras", lora_name)
         tensors, metadata = comfy.utils.load_torch_file(path, safe_load=True, return_metadata=True)
         spec = block_vector if preset == CUSTOM else preset
-        tensors = block_weights.scale_state_dict(tensors, spec, unet_family(model))
-        model, clip = comfy.sd.load_lora_for_models(model, clip, tensors, strength_model, strength_clip,
-                                                    lora_metadata=metadata)
+        # DoRA modules: a patch per block weight, at strength x weight (core scales DoRA's whole change)
+        scaled, dora = block_weights.split_dora(tensors, spec, unet_family(model))
+        for weight, part in ([(1.0, scaled)] if scaled else []) + dora:
+            model, clip = comfy.sd.load_lora_for_models(model, clip, part, strength_model * weight,
+                                                        strength_clip * weight, lora_metadata=metadata)
         return io.NodeOutput(model, clip)
 
 

@@ -138,6 +138,44 @@ def test_nodes_refuse_a_dora_file_without_its_base(graph, sd15_dora):
                    "2": {"class_type": "LLLiteKit_InspectLoRA", "inputs": {"lora_name": file, "model": ["1", 0]}}})
 
 
+def test_block_weight_loader_loads_dora_at_its_blocks_weight(graph, sd15_dora, tiny):
+    """All ones: core's LoraLoader's change; BASE 0.5 and the U-Net modules' block 0: half the
+    text encoder's change (core scales DoRA's whole change by the strength), no U-Net patch."""
+    from lllite_kit.training.lora.tools import block_weights
+
+    file, names, want = sd15_dora
+    label = block_weights.block_label(names[1], "sd15")
+    assert {block_weights.block_label(n, "sd15") for n in names[1:]} == {label}  # the U-Net modules share a block
+    vector = [0.5 if b == "BASE" else 0.0 if b == label else 1.0 for b in block_weights.LAYOUTS[17]]
+    loaders = {str(i): {"class_type": "LLLiteKit_LoraLoaderBlockWeight", "inputs": {
+        "model": ["1", 0], "clip": ["1", 1], "lora_name": file, "strength_model": 1.0, "strength_clip": 1.0,
+        "preset": preset, "block_vector": vec}} for i, (preset, vec) in
+        ((2, ("ALL", "")), (3, ("custom", ",".join(f"{v:g}" for v in vector))))}
+    previews = {str(10 + i): {"class_type": "PreviewAny", "inputs": {"source": [n, k]}}
+                for i, (n, k) in enumerate([("2", 0), ("2", 1), ("3", 0), ("3", 1)])}
+    graph.run({"1": {"class_type": "LLLiteKitTest_TinyCheckpoint", "inputs": {"family": "sd15", "seed": 0}},
+               **loaders, **previews})
+    model, clip = tiny.build_model("sd15", 0), tiny.build_clip("sd15", 0)
+    key_map = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, comfy.lora.model_lora_keys_unet(model.model, {}))
+    weights = {**model.model.state_dict(), **clip.cond_stage_model.state_dict()}
+
+    def change(node: str) -> dict[str, torch.Tensor]:
+        out_model, out_clip = graph.node_outputs(node)
+        patches = {**out_model[0].patches, **out_clip[0].patcher.patches}
+        by_key = {key_map[n]: n for n in names}
+        return {by_key[k]: comfy.lora.calculate_weight(p, weights[k].float().clone(), k) - weights[k].float()
+                for k, p in patches.items()}
+
+    _assert_carries_changes(change("2"), want)
+    _assert_carries_changes(change("3"), {names[0]: 0.5 * want[names[0]]})
+
+
+def _assert_carries_changes(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    assert set(got) == set(want)
+    for n, change in want.items():
+        assert float((got[n] - change).norm() / change.norm()) < TOL, n
+
+
 def test_cli_base_checkpoint_carries_cores_dora_change(tiny, tmp_path, capsys):
     """--base: a U-Net-only SD1.5 checkpoint file, read by core's checkpoint loader."""
     unet = detectable_sd15(tiny, 0)

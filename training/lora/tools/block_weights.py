@@ -140,6 +140,26 @@ def apply(lora, spec, family: str | None = None):
 _LINEAR_PART = (".lora_up.weight", ".hada_w1_a", ".lokr_w1", ".lokr_w1_a")
 
 
+def split_dora(tensors: dict[str, torch.Tensor], spec, family: str) -> tuple[dict, list[tuple[float, dict]]]:
+    """(the non-DoRA tensors, scaled by scale_state_dict; [(block weight, the tensors of the DoRA
+    modules of that weight)] without weight 0). A DoRA module's change is linear in no one
+    tensor, but core applies a LoRA's strength to its whole change, so a loader loads each group
+    at strength x its block weight."""
+    from .lycoris import group
+
+    weights = parse(spec, family)
+    modules = group(tensors, "block weights")
+    mult = module_multipliers(modules, weights, family)
+    dora = {n for n, parts in modules.items() if "dora_scale" in parts}
+    by_weight: dict[float, dict] = {}
+    for key, value in tensors.items():
+        name = key.split(".", 1)[0]
+        if name in dora and mult[name] != 0:
+            by_weight.setdefault(mult[name], {})[key] = value
+    rest = {k: v for k, v in tensors.items() if k.split(".", 1)[0] not in dora}
+    return (scale_state_dict(rest, weights, family) if rest else {}), sorted(by_weight.items())
+
+
 def scale_state_dict(tensors: dict[str, torch.Tensor], spec, family: str) -> dict[str, torch.Tensor]:
     """The same on a raw state dict (e.g. for comfy.lora.load_lora) of kohya LoRA or LyCORIS
     LoHa/LoKr modules: the tensor each difference is linear in is scaled, modules of weight 0
@@ -150,7 +170,8 @@ def scale_state_dict(tensors: dict[str, torch.Tensor], spec, family: str) -> dic
     modules = group(tensors, "block weights")
     dora = [n for n, parts in modules.items() if "dora_scale" in parts]
     if dora:
-        raise ValueError(f"block weights cannot scale DoRA modules (dora_scale is not linear in the difference): {dora[:3]}")
+        raise ValueError(f"block weights cannot scale DoRA modules (dora_scale is not linear in the difference; "
+                         f"split_dora loads them at a strength per block): {dora[:3]}")
     mult = module_multipliers(modules, weights, family)
     out = {}
     for key, value in tensors.items():
