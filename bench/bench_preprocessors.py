@@ -12,7 +12,8 @@ check that both give the same depth map.
     .venv/bin/python bench/bench_preprocessors.py --real-size-depth   # Depth Anything V2 Small at full size
     .venv/bin/python bench/bench_preprocessors.py --smoke    # seconds: 2 small images, tiny depth model
 
-Then each learned detector (HED, PiDiNet, M-LSD, OpenPose body, realistic and anime lineart) against
+Then each learned detector (HED, PiDiNet, M-LSD, OpenPose body, MiDaS, BAE normals, realistic and
+anime lineart) against
 controlnet_aux's (pip install controlnet-aux) on the same random weights: per-image
 milliseconds, batch 8 at 512 px by default (controlnet_aux takes one picture at a time).
 
@@ -207,6 +208,24 @@ def _reference_detectors(root: Path, device, anime: bool, pose: bool):
                         lambda sd: {k.split(".", 1)[1]: v for k, v in sd.items()})
         yield "OpenPose body", functools.partial(openpose.openpose, openpose.load_openpose(path)), \
             OpenposeDetector(Body(path).to(device))
+        # MiDaS DPT-Hybrid as its original .pt, BAE normals as scannet.pt ({"model": DataParallel names})
+        import types
+
+        from controlnet_aux.midas import MidasDetector
+        from controlnet_aux.midas.midas.dpt_depth import DPTDepthModel
+        from controlnet_aux.normalbae import NormalBaeDetector
+        from controlnet_aux.normalbae.nets.NNET import NNET
+
+        from lllite_kit.preprocessors import midas, normal_bae
+
+        path, net = saved(DPTDepthModel(path=None, backbone="vitb_rn50_384", non_negative=True),
+                          "dpt_hybrid-midas-501f0c75.pt")
+        yield "MiDaS DPT-Hybrid", functools.partial(midas.midas_depth, midas.load_midas(path)), MidasDetector(net)
+        bae = NNET(types.SimpleNamespace(mode="client", architecture="BN", pretrained="scannet", sampling_ratio=0.4,
+                                         importance_ratio=0.7))
+        path, net = saved(bae, "scannet.pt", lambda sd: {"model": {f"module.{k}": v for k, v in sd.items()}})
+        yield "BAE normals", functools.partial(normal_bae.normal_bae, normal_bae.load_normal_bae(path)), \
+            NormalBaeDetector(net)
     path, net = saved(Generator(3, 1, 3), "sk_model.pth")
     yield "Realistic lineart", functools.partial(lineart_realistic.lineart_realistic,
                                                  lineart_realistic.load_lineart(path)), cna.LineartDetector(net, net)
@@ -232,7 +251,8 @@ def compare_learned(pictures: np.ndarray, device, rounds: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if size % 256:
             print(f"{'Anime lineart':<18} skipped: the picture side must be a multiple of 256 (its working multiple)")
-        # random body weights light up peaks everywhere, and grouping them takes seconds: not at smoke size
+        # OpenPose (random body weights light up peaks everywhere, and grouping them takes seconds),
+        # MiDaS and BAE (100-300 M parameters to build): not at smoke size
         for name, ours, reference in _reference_detectors(Path(tmp), device, anime=size % 256 == 0, pose=size >= 256):
             times = benchlib.interleaved(
                 {"ours": lambda: ours(frames, detect_resolution=size),
