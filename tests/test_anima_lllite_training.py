@@ -7,7 +7,7 @@ from anima_testing import context
 from lllite_kit.lllite.patch import apply_lllite
 from lllite_kit.lllite.weights import read_lllite
 from lllite_kit.training.anima.lllite_adapter import AnimaLLLiteAdapter
-from lllite_kit.training.anima.masks import random_masks
+from lllite_kit.training.anima.masks import random_mask, random_masks
 from lllite_kit.training.data.batch import Batch
 
 TOL = 1e-5
@@ -86,12 +86,27 @@ def _dit_with(adapter, model, x, guide01, mask):
         return _dit(model, x)
 
 
+def test_inpainting_masks_are_sd_scripts_kinds_in_its_proportions_and_sizes():
+    """sd-scripts' mask_generator.random_mask: cloud 40 % (a third united with a polygon or a
+    shape), polygon 35 %, shape 25 %; cloud coverage 10-30 %, shapes 10-60 % of the picture."""
+    g = torch.Generator().manual_seed(0)
+    drawn = [random_mask(48, 64, g) for _ in range(300)]
+    kinds = [k for _, k in drawn]
+    share = {k: sum(x.split("+")[0] == k for x in kinds) / len(kinds) for k in ("cloud", "polygon", "shape")}
+    assert abs(share["cloud"] - 0.40) < 0.08 and abs(share["polygon"] - 0.35) < 0.08 and abs(share["shape"] - 0.25) < 0.08
+    clouds = [k for k in kinds if k.startswith("cloud")]
+    assert abs(sum("+" in k for k in clouds) / len(clouds) - 0.33) < 0.12
+    coverage = {k: [m.float().mean().item() for m, x in drawn if x == k] for k in set(kinds)}
+    assert 0.09 <= min(coverage["cloud"]) and max(coverage["cloud"]) <= 0.32
+    assert 0.07 <= min(coverage["shape"]) and max(coverage["shape"]) <= 0.62  # ellipses: pi/4 of their box
+    assert min(coverage["polygon"]) > 0.01 and max(coverage["polygon"]) <= 0.9  # polygons may reach past the border
+    masks = random_masks(8, 48, 64, torch.Generator().manual_seed(1))
+    assert masks.shape == (8, 1, 48, 64) and masks.unique().tolist() == [0.0, 1.0]
+    assert (masks.mean(dim=(1, 2, 3)) > 0).all()  # every sample has a region to repaint, as in sd-scripts
+    assert torch.equal(masks, random_masks(8, 48, 64, torch.Generator().manual_seed(1)))  # the run's seed repeats them
+
+
 def test_batches_draw_inpainting_masks_from_the_run_generator(model):
-    masks = random_masks(64, 32, 48, torch.Generator().manual_seed(0))
-    covered = masks.mean(dim=(1, 2, 3))
-    assert masks.unique().tolist() == [0.0, 1.0]
-    assert 0 < (covered == 0).sum() < 20 and covered.max() <= 0.6 ** 2 + 1e-6
-    assert torch.equal(masks, random_masks(64, 32, 48, torch.Generator().manual_seed(0)))
 
     adapter = AnimaLLLiteAdapter(cond_emb_dim=8, network_dim=8, cond_dim=8, inpainting=True)
     adapter.attach(model.model.diffusion_model, {})
