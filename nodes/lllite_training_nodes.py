@@ -33,7 +33,7 @@ class TrainLLLite(io.ComfyNode):
             display_name="Train ControlNet-LLLite (LLLite Kit)",
             category=CATEGORY,
             is_output_node=True,
-            description="Trains a kohya-format ControlNet-LLLite (SDXL or SD1.5) into models/lllite, readable by Load "
+            description="Trains a kohya-format ControlNet-LLLite (SDXL, SD1.5, or Anima in kohya's v2 format) into models/lllite, readable by Load "
                         "ControlNet-LLLite and other packs' LLLite loaders. The dataset needs guide images. Held-out "
                         "images measure the control gap: the loss with the wrong guide minus the loss with the right "
                         "one, ~0 at the start and growing while the control is learned.",
