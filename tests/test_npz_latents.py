@@ -89,3 +89,35 @@ def test_npz_files_of_another_vae_are_not_used(tmp_path):
     data.prepare()
     assert data.npz_reused == 0 and encoder.images == 2
     assert torch.allclose(_latents_of(data, "b.png"), _raw(images[1]) * SCALE / 1.03, atol=1e-6)
+
+
+def test_metadata_of_prepare_buckets_latents_trains_at_its_train_resolution_and_reuses_its_npz(tmp_path):
+    """What sd-scripts' finetune scripts leave: merge_captions_to_metadata.py's caption + tags,
+    prepare_buckets_latents.py's train_resolution per entry and <train_data_dir>/<key>.npz."""
+    import json
+
+    images = [write_image(tmp_path / "train" / f"{n}.png", 64, 32, seed=k) for k, n in enumerate("ab")]
+    meta = {p.stem: {"caption": f"a cat {p.stem}", "tags": "1girl, solo", "train_resolution": [64, 32]} for p in images}
+    for p in images:
+        _save_npz(p.with_suffix(".npz"), _raw(p), (64, 32))
+
+    def load(metadata, vae_id):
+        (tmp_path / "meta_lat.json").write_text(json.dumps(metadata, indent=2))
+        subset = SubsetConfig(metadata_file=tmp_path / "meta_lat.json", image_dir=tmp_path / "train")
+        encoder = CountingEncoder()
+        # a 32x32 square without buckets: only train_resolution can put the images at 64x32
+        data = TrainingData([DatasetConfig(subsets=[subset], resolution=(32, 32))], encode_latents=encoder,
+                            vae_id=vae_id, npz_latents=NPZ)
+        data.prepare()
+        return data, encoder
+
+    data, encoder = load(meta, f"{tmp_path}:1")  # a VAE id of its own: the memory cache must not answer
+    assert [e.placement.bucket for e in data._entries] == [(64, 32), (64, 32)]
+    assert [e.item.caption for e in data._entries] == ["a cat a, 1girl, solo", "a cat b, 1girl, solo"]
+    assert data.npz_reused == 1 and encoder.images == 1  # a encoded to check the VAE, b's .npz reused
+    assert torch.equal(_latents_of(data, "b.png"), _raw(images[1]) * SCALE)
+
+    del meta["b"]["train_resolution"]  # not on every entry: sd-scripts ignores it, the dataset buckets
+    data, encoder = load(meta, f"{tmp_path}:2")
+    assert [e.placement.bucket for e in data._entries] == [(32, 32), (32, 32)]
+    assert data.npz_reused == 0 and encoder.images == 2

@@ -26,6 +26,15 @@ class Placement:
     crop: tuple[int, int]
 
 
+def cover(size: tuple[int, int], bucket: tuple[int, int]) -> Placement:
+    """An image of (width, height) resized to cover `bucket` (the relatively shorter side
+    matched, aspect kept) and center-cropped to it."""
+    w, h = size
+    scale = bucket[1] / h if w / h > bucket[0] / bucket[1] else bucket[0] / w
+    resized = (int(w * scale + 0.5), int(h * scale + 0.5))
+    return Placement(bucket=bucket, resized=resized, crop=((resized[0] - bucket[0]) // 2, (resized[1] - bucket[1]) // 2))
+
+
 def make_bucket_resolutions(max_reso: tuple[int, int], min_size: int, max_size: int, steps: int) -> list[tuple[int, int]]:
     """sd-scripts' predefined buckets: the largest square plus, for every width from
     min_size to max_size, the tallest stepped height within the area (and its transpose)."""
@@ -60,17 +69,11 @@ class Bucketer:
         """Placement for an image of (width, height); a bucket side is 0 when the image is
         smaller than one step and upscaling is off (the caller reports those files)."""
         w, h = size
-        aspect = w / h
-        if self.no_upscale:
-            resized = self._no_upscale_size(w, h) if w * h > self.max_area else (w, h)
-            bucket = (resized[0] - resized[0] % self.steps, resized[1] - resized[1] % self.steps)
-        else:
-            bucket = min(self.resolutions, key=lambda r: abs(r[0] / r[1] - aspect))
-            # Scale so the image covers the bucket: match the side that is relatively shorter.
-            scale = bucket[1] / h if aspect > bucket[0] / bucket[1] else bucket[0] / w
-            resized = (int(w * scale + 0.5), int(h * scale + 0.5))
-        crop = ((resized[0] - bucket[0]) // 2, (resized[1] - bucket[1]) // 2)
-        return Placement(bucket=bucket, resized=resized, crop=crop)
+        if not self.no_upscale:
+            return cover(size, min(self.resolutions, key=lambda r: abs(r[0] / r[1] - w / h)))
+        resized = self._no_upscale_size(w, h) if w * h > self.max_area else (w, h)
+        bucket = (resized[0] - resized[0] % self.steps, resized[1] - resized[1] % self.steps)
+        return Placement(bucket=bucket, resized=resized, crop=((resized[0] - bucket[0]) // 2, (resized[1] - bucket[1]) // 2))
 
     def _no_upscale_size(self, w: int, h: int) -> tuple[int, int]:
         """Shrink to the target area keeping the aspect; round whichever side keeps the

@@ -26,6 +26,8 @@ class ImageItem:
     mask: its loss mask (a mask_dir file, or an in-graph (1, H, W) tensor in [0, 1]), same
         pixel size, or None.
     size: (width, height) in pixels.
+    bucket: the (width, height) it trains at when its source fixes one (a metadata file's
+        `train_resolution`, as prepare_buckets_latents.py writes it); None: the dataset's bucketing.
     """
 
     name: str
@@ -34,6 +36,7 @@ class ImageItem:
     caption: str | None = None
     guide: ImageSource | None = None
     mask: ImageSource | None = None
+    bucket: tuple[int, int] | None = None
 
 
 def item_path(item: ImageItem) -> Path | str:

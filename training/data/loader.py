@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from .augment import color_augment, hflip
 from ..distributed import shard
 from .batch import Batch
-from .buckets import Bucketer, Placement, resize_and_crop
+from .buckets import Bucketer, Placement, cover, resize_and_crop
 from .captions import base_caption, process_caption, tags_of
 from .config import DatasetConfig, SubsetConfig, check_dataset
 from .errors import DatasetError, DatasetProblems, Problem
@@ -177,7 +177,7 @@ class TrainingData:
             bucketer = Bucketer(ds)
             for j, subset in enumerate(ds.subsets, 1):
                 for item in _items_of(subset, f"dataset #{d + 1} subset #{j}", problems):
-                    placement = bucketer.place(item.size)
+                    placement = cover(item.size, item.bucket) if item.bucket else bucketer.place(item.size)
                     if min(placement.bucket) <= 0:
                         problems.add(TOO_SMALL, item_path(item), f"{item.size[0]}x{item.size[1]}, bucket_reso_steps {ds.bucket_reso_steps} px")
                         continue
