@@ -8,7 +8,7 @@ from .. import fsdp
 from ..data.batch import Batch
 from ..distributed import current
 from .blocks import sdxl_block_index
-from .checkpoint import ARCHITECTURE, checkpoint_state_dict, save_checkpoint_file
+from .checkpoint import ARCHITECTURE, V_ARCHITECTURE, checkpoint_state_dict, save_checkpoint_file
 
 
 class FullModelAdapter:
@@ -82,7 +82,8 @@ class FullModelAdapter:
                 p.copy_(sd[k].to(p.dtype))
 
     def metadata(self) -> dict[str, str]:
-        return {"modelspec.architecture": ARCHITECTURE[self.family]}
+        v_prediction = getattr(self.patcher.model.model_type, "name", "") == "V_PREDICTION"
+        return {"modelspec.architecture": (V_ARCHITECTURE.get(self.family) if v_prediction else None) or ARCHITECTURE[self.family]}
 
     def save(self, path: str, dtype: torch.dtype, metadata: dict[str, str]) -> None:
         sd = checkpoint_state_dict(self.patcher, self.clip, self.vae)

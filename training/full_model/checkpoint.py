@@ -6,7 +6,8 @@ import torch
 
 from ...files.atomic import write_atomic
 
-ARCHITECTURE = {"sdxl": "stable-diffusion-xl-v1-base", "sd15": "stable-diffusion-v1"}
+ARCHITECTURE = {"sdxl": "stable-diffusion-xl-v1-base", "sd15": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512"}
+V_ARCHITECTURE = {"sd2": "stable-diffusion-v2-768-v"}  # sd-scripts' model spec names v-prediction SD2 apart
 
 
 def checkpoint_state_dict(patcher, clip, vae) -> dict[str, torch.Tensor]:

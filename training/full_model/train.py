@@ -57,7 +57,7 @@ def kept_weights(*modules: torch.nn.Module) -> Iterator[None]:
 def _refuse(cfg: TrainConfig, family: str, options: FullModelOptions) -> None:
     problems = []
     if family not in ARCHITECTURE:
-        problems.append(f"full-model training supports SD1.x and SDXL models; this one is {family}")
+        problems.append(f"full-model training supports SD1.x, SD2.x and SDXL models; this one is {family}")
     if cfg.fp8:
         problems.append("fp8_base stores the frozen U-Net in 8 bits; a full fine-tune trains those weights: remove it")
     if options.block_lr is not None and family != "sdxl":
@@ -67,6 +67,8 @@ def _refuse(cfg: TrainConfig, family: str, options: FullModelOptions) -> None:
     if cfg.full_bf16 and cfg.sample_prompts and (cfg.sample_every_n_steps or cfg.sample_every_n_epochs):
         problems.append("full_bf16 with sample images is not implemented for full-model training: ComfyUI's sampler "
                         "runs the model in its own dtype, not bf16 weights. Sample from the saved checkpoint instead")
+    if options.save_lora_dim and family == "sd2":
+        problems.append("save_lora_dim: the LoRA tools have no SD2.x layer names; extract from the saved checkpoint elsewhere")
     if options.save_lora_dim < 0:
         problems.append("save_lora_dim must be >= 0")
     if options.fsdp:

@@ -69,6 +69,7 @@ _BASE_MODEL = {
     # as sd-scripts' sai_model_spec.py sets them for LoRAs.
     "sdxl": ("sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora", "https://github.com/Stability-AI/generative-models"),
     "sd15": ("sd_v1", "stable-diffusion-v1/lora", "diffusers"),
+    "sd2": ("sd_v2", "stable-diffusion-v2-512/lora", "diffusers"),  # Textual Inversion and full-model files
     "anima": ("anima", "anima-preview/lora", "https://huggingface.co/circlestone-labs/Anima"),
 }
 
@@ -175,7 +176,7 @@ def base_model_metadata(family: str) -> dict[str, str]:
     version, architecture, implementation = _BASE_MODEL[family]
     return {
         "ss_base_model_version": version,
-        "ss_v2": "False",
+        "ss_v2": str(family == "sd2"),
         "modelspec.sai_model_spec": SAI_MODEL_SPEC,
         "modelspec.architecture": architecture,
         "modelspec.implementation": implementation,

@@ -66,8 +66,8 @@ def train_textual_inversion(cfg: TrainConfig, model, clip, vae, datasets: Sequen
     embeddings folder) as <output_name>.safetensors (and the step/epoch saves with their states).
     Sample prompts may use the token string or `embedding:<output_name>`."""
     family = trainable_family(model)
-    if family not in ("sd15", "sdxl"):
-        raise ValueError(f"Textual Inversion training supports SD1.x and SDXL models; this one is {family}")
+    if family not in ("sd15", "sd2", "sdxl"):
+        raise ValueError(f"Textual Inversion training supports SD1.x, SD2.x and SDXL models; this one is {family}")
     with torch.inference_mode(False):  # parameters made in a graph must not be inference tensors
         adapter = TextualInversionAdapter(start_vectors(clip, options, cfg.seed), family, options.token_string)
     name = cfg.output_name
