@@ -221,7 +221,7 @@ class LookAtDataset(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="LLLiteKit_LookAtDataset", display_name="Look at Dataset (LLLite Kit)", category=CATEGORY,
-            description="A contact sheet of a folder (each image with its caption), a report (images per subset "
+            description="A contact sheet of a folder (each image with its size, training bucket and caption), a report (images per subset "
                         "with repeats, unreadable images, missing or empty captions, images below the training area, "
                         "near-duplicates) and histograms: images x repeats per subset, image size, aspect ratio, "
                         "training bucket, caption length, tag frequency.",
@@ -247,7 +247,7 @@ class LookAtDataset(io.ComfyNode):
         images, subsets = dataset_images(folder)
         report = inspect(images, caption_extension, (resolution, resolution) if resolution else None, subsets=subsets)
         shown = type(report)(report.entries[:max_images])
-        sheet = _image_tensor(contact_sheet(shown, columns, thumb_size))
+        sheet = _image_tensor(contact_sheet(shown, columns, thumb_size, resolution=resolution or None))
         counts = histograms(report, resolution or None)
         text = f"{report.text()}\n\n{counts.text()}"
         return io.NodeOutput(sheet, text, histogram_image(counts), ui=ui.PreviewText(text))

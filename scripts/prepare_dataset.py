@@ -221,7 +221,7 @@ def run(args) -> str:
     report = inspect(images, args.caption_extension, (args.resolution, args.resolution) if args.resolution else None,
                      subsets=subsets)
     if args.sheet:
-        sheet = contact_sheet(report, args.columns, args.thumb_size)
+        sheet = contact_sheet(report, args.columns, args.thumb_size, resolution=args.resolution or None)
         write_atomic(Path(args.sheet), lambda tmp: sheet.save(tmp, format="PNG"), "image")
     counts = histograms(report, args.resolution or None)
     if args.histograms:

@@ -14,8 +14,9 @@ from lllite_kit.training.data.config import SubsetConfig
 from lllite_kit.training.data.metadata import scan_metadata
 from lllite_kit.training.data_prep import cleaning, resize
 from lllite_kit.training.data_prep.files import list_images, write_beside
-from lllite_kit.training.data_prep.look import (Entry, Report, Subset, contact_sheet, dataset_images, histogram_image,
-                                                histograms, inspect)
+from lllite_kit.training.data.buckets import Bucketer
+from lllite_kit.training.data_prep.look import (Entry, Report, Subset, bucket_dataset, cell_header, contact_sheet,
+                                                dataset_images, histogram_image, histograms, inspect)
 from lllite_kit.training.data_prep.metadata import merge_metadata
 
 # Inputs and outputs of sd-scripts' own clean_tags / clean_caption (finetune/
@@ -167,8 +168,12 @@ def test_inspect_reports_problems_and_draws_a_sheet(tmp_path):
     assert [(x.name, y.name) for x, y, _ in report.near_duplicates] == [("a.png", "b.png")]
     text = report.text()
     assert "4 images, 3 readable" in text and "a.png ~ b.png" in text
-    sheet = contact_sheet(report, columns=2, thumb=64)
+    sheet = contact_sheet(report, columns=2, thumb=64, resolution=64)
     assert sheet.width == 128 and sheet.height > 128
+    # the bucket enable_bucket would give at resolution 64 (64x64 steps; a 40x30 picture -> 64x64 too)
+    assert cell_header(report.entries[0], Bucketer(bucket_dataset(64))) == "a.png 64x64 -> 64x64"
+    assert cell_header(Entry(Path("w.png"), (300, 100), None), Bucketer(bucket_dataset(128))) == "w.png 300x100 -> 192x64"
+    assert cell_header(report.entries[3]) == "d.jpg UNREADABLE" and cell_header(report.entries[2]) == "c.png 32x32"
     # a's thumbnail is drawn red at its cell's centre
     assert sheet.getpixel((32, 32))[0] > 200 and sheet.getpixel((32, 32))[1] < 40
 

@@ -197,8 +197,22 @@ def histogram_image(h: Histograms, width: int = 640) -> torch.Tensor:
     return torch.cat(charts, dim=1) if charts else bar_chart({"(no images)": 0.0}, "histograms", width)
 
 
-def contact_sheet(report: Report, columns: int = 4, thumb: int = 256, caption_lines: int = 4) -> Image.Image:
-    """Thumbnails (aspect kept, on grey) with file name, size and the caption's first lines."""
+def cell_header(entry: Entry, bucketer: Bucketer | None = None) -> str:
+    """A contact-sheet cell's first line: name, size and (with a bucketer) the training bucket."""
+    if not entry.size:
+        return f"{entry.path.name} UNREADABLE"
+    w, h = entry.size
+    if bucketer is None:
+        return f"{entry.path.name} {w}x{h}"
+    bw, bh = bucketer.place(entry.size).bucket
+    return f"{entry.path.name} {w}x{h} -> {bw}x{bh}"
+
+
+def contact_sheet(report: Report, columns: int = 4, thumb: int = 256, caption_lines: int = 4,
+                  resolution: int | None = None) -> Image.Image:
+    """Thumbnails (aspect kept, on grey) with file name, size, the training bucket (with
+    `resolution`, as bucket_dataset places it) and the caption's first lines."""
+    bucketer = Bucketer(bucket_dataset(resolution)) if resolution else None
     font = ImageFont.load_default(size=max(10, thumb // 18))
     line_h = font.getbbox("Ag")[3] + 2
     chars = max(8, int(thumb / (font.getlength("a") or 6)))
@@ -216,8 +230,7 @@ def contact_sheet(report: Report, columns: int = 4, thumb: int = 256, caption_li
                 scale = (thumb - 4) / max(im.size)  # small pictures enlarged too: the sheet is for looking
                 im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.LANCZOS)
                 sheet.paste(im, (x + (thumb - im.width) // 2, y + (thumb - im.height) // 2))
-        header = f"{e.path.name} {e.size[0]}x{e.size[1]}" if e.size else f"{e.path.name} UNREADABLE"
-        draw.text((x + 2, y + thumb), header[:chars], fill=(255, 220, 120), font=font)
+        draw.text((x + 2, y + thumb), cell_header(e, bucketer)[:chars], fill=(255, 220, 120), font=font)
         text = "(no caption)" if e.caption is None else (e.caption or "(empty caption)")
         for j, line in enumerate(textwrap.wrap(text, chars)[:caption_lines]):
             draw.text((x + 2, y + thumb + line_h * (j + 1)), line, fill=(230, 230, 230), font=font)
