@@ -123,6 +123,52 @@ def test_timm_path_equals_onnxruntime_on_the_same_network(taggers, tmp_path):
     assert Tagger(random_folder).tag(images, options).tags == Tagger(onnx_folder).tag(images, options).tags
 
 
+# The other v3 families as their config.json names them for timm, built tiny: the folder's
+# config.json -> timm model -> strict load of model.safetensors works for each
+FAMILIES = {
+    "wd-swinv2-tagger-v3": ("swinv2_base_window8_256", {"img_size": 32, "window_size": 4, "embed_dim": 16,
+                                                        "depths": [1, 1], "num_heads": [1, 2]}),
+    "wd-convnext-tagger-v3": ("convnext_base", {"depths": [1, 1, 1, 1], "dims": [8, 8, 16, 16]}),
+    "wd-eva02-large-tagger-v3": ("eva02_large_patch14_448", {"img_size": 32, "patch_size": 8, "embed_dim": 32,
+                                                             "depth": 1, "num_heads": 2}),
+}
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_swinv2_convnext_eva02_folders_run_through_timm(name, tmp_path):
+    import safetensors.torch
+
+    arch, args = FAMILIES[name]
+    folder = tiny_tagger(tmp_path / name, fixed=False)  # the CSV; network and config replaced below
+    torch.manual_seed(0)
+    net = timm.create_model(arch, pretrained=False, num_classes=len(TAGS), **args).eval()
+    safetensors.torch.save_file({k: v.contiguous() for k, v in net.state_dict().items()}, folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps({
+        "architecture": arch, "num_classes": len(TAGS), "model_args": args,
+        "pretrained_cfg": {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3}}))
+    images = [Image.fromarray(np.random.default_rng(i).integers(0, 256, (32, 24 + 4 * i, 3), dtype=np.uint8))
+              for i in range(2)]
+    batch = np.stack([prepare(im, 32) for im in images])
+    with torch.no_grad():
+        expected = torch.sigmoid(net((torch.from_numpy(batch).permute(0, 3, 1, 2) / 255.0 - 0.5) / 0.5)).numpy()
+    tagger = Tagger(folder)
+    assert tagger.size == 32 and np.abs(tagger.probabilities(batch) - expected).max() < 1e-6
+    assert len(tagger.tag(images, TagOptions(general_threshold=0.0, character_threshold=0.0)).tags[0]) == 6  # 6 non-rating tags
+
+
+def test_v2_onnx_folder_without_onnxruntime_says_what_to_install(taggers, tmp_path, monkeypatch):
+    import sys
+
+    folder = tmp_path / "wd-v1-4-vit-tagger-v2"
+    folder.mkdir()
+    (folder / "selected_tags.csv").write_bytes((taggers / "random-tagger" / "selected_tags.csv").read_bytes())
+    (folder / "model.onnx").write_bytes(b"onnx")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+    with pytest.raises(ModelFileMissing, match=r"only model.onnx \(a v2 tagger\), which needs onnxruntime: install it.*"
+                                               r"wd-vit-tagger-v3\), which runs without it"):
+        Tagger(folder)
+
+
 def test_missing_files_name_the_folder_and_url(taggers, tmp_path):
     with pytest.raises(ModelFileMissing, match=r"wd-eva02-large-tagger-v3.*https://huggingface.co/SmilingWolf/wd-eva02-large-tagger-v3"):
         load_tagger("wd-eva02-large-tagger-v3", [str(taggers)])
