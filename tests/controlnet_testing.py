@@ -95,10 +95,10 @@ def write_controlnet(path: Path, model, seed: int = 1, zero_conv_scale: float = 
     return path
 
 
-def core_and_training_predictions(model, adapter, control_name: str, family: str, seed: int = 4):
+def core_and_training_predictions(model, adapter, control_name: str, family: str, seed: int = 4, strength: float = 1.0):
     """The file `control_name` (models/controlnet) loaded by core's ControlNetLoader and applied by
-    its ControlNetApplyAdvanced in one sampler step, and the same U-Net call with `adapter`'s
-    training-time hook and the same guide: (core's ControlNet object, bare output, core's, ours)."""
+    its ControlNetApplyAdvanced at `strength` in one sampler step, and the same U-Net call with
+    `adapter`'s training-time hook and the same guide: (core's ControlNet object, bare output, core's, ours)."""
     import nodes  # here: benches and the workflow fixtures import this module without ComfyUI's node set
     from lllite_testing import conditioning, sample
 
@@ -106,7 +106,7 @@ def core_and_training_predictions(model, adapter, control_name: str, family: str
     assert isinstance(control, comfy.controlnet.ControlNet)
     image = torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(seed))
     positive, negative = conditioning(family)
-    pos, neg = nodes.ControlNetApplyAdvanced().apply_controlnet(positive, negative, control, image, 1.0, 0.0, 1.0)
+    pos, neg = nodes.ControlNetApplyAdvanced().apply_controlnet(positive, negative, control, image, strength, 0.0, 1.0)
     dm = model.model.diffusion_model
     calls = []
 
