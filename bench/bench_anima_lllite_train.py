@@ -84,18 +84,7 @@ def _run_lllite(opts, tm, batch, context, steps, precision) -> str:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--full-anima", action="store_true", help="full-size Anima DiT (2048 wide, 28 blocks; GPU)")
-    p.add_argument("--smoke", action="store_true", help="smallest settings, each variant once in this process (a few seconds)")
-    p.add_argument("--resolution", type=int, help="image side in pixels; default 256, 1024 with --full-anima")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--bf16", action="store_true", help="bf16 weights and autocast (LLLite weights stay fp32)")
-    p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--cond-emb-dim", type=int, default=32)
-    p.add_argument("--network-dim", type=int, default=64)
-    p.add_argument("--steps", type=int, default=6)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=1, help="each round runs lllite, bare, bare, lllite")
-    p.add_argument("--variant", choices=["lllite", "bare"], help=argparse.SUPPRESS)
+    benchlib.lllite_train_options(p, "--full-anima", "full-size Anima DiT (2048 wide, 28 blocks; GPU)")
     opts = p.parse_args()
     if opts.smoke:
         # cond_emb_dim 16: the tower's GroupNorms need 2+ values per group at batch 1 (8 channels give 1)
@@ -108,26 +97,9 @@ def main():
         benchlib.print_result(worker(opts))
         return
 
-    base = [sys.executable, __file__, "--resolution", str(opts.resolution), "--batch", str(opts.batch),
-            "--cond-emb-dim", str(opts.cond_emb_dim), "--network-dim", str(opts.network_dim),
-            "--steps", str(opts.steps), "--warmup", str(opts.warmup)]
-    base += [flag for flag, on in (("--full-anima", opts.full_anima), ("--bf16", opts.bf16),
-                                   ("--gradient-checkpointing", opts.gradient_checkpointing)) if on]
-    results = benchlib.run_variants(base, ["lllite", "bare"], opts.rounds, worker, opts, separate=not opts.smoke)
-    info = {v: rs[0]["info"] for v, rs in results.items()}
-
-    benchlib.bootstrap()
-    print(f"\nmachine: {benchlib.machine()}")
+    results = benchlib.run_lllite_train_variants(__file__, opts, worker, "--full-anima")
     model = "full-size Anima DiT" if opts.full_anima else "tiny Anima DiT (tests/tiny_nodes)"
-    print(f"setting: {model}, {opts.resolution}x{opts.resolution} px, batch {opts.batch}, cond_emb_dim {opts.cond_emb_dim} / "
-          f"network_dim {opts.network_dim}, {'bf16' if opts.bf16 else 'fp32'}, gradient checkpointing "
-          f"{'on' if opts.gradient_checkpointing else 'off'}, AdamW, {opts.steps} timed steps x {len(results['bare'])} runs each")
-    med = {v: benchlib.median([t for r in rs for t in r["times"]]) for v, rs in results.items()}
-    peak = {v: benchlib.median([r["peak"] for r in rs]) for v, rs in results.items()}
-    for v, label in (("lllite", "LLLite training step"), ("bare", "bare DiT fwd+bwd")):
-        print(f"{label:<21} step {med[v] * 1000:9.1f} ms   peak {peak[v] / 2**20:9.1f} MiB   [{info[v]}]")
-    print()
-    benchlib.ratio("LLLite / bare step time", med["lllite"] / med["bare"])
+    med, peak = benchlib.report_lllite_train(results, opts, model, "bare DiT fwd+bwd")
     import torch
 
     if torch.cuda.is_available():  # on a CPU peak is RSS growth, too coarse for a ratio

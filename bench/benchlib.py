@@ -2,6 +2,7 @@
 timing (warm-up, device sync, interleaved medians, sampler step times), the apply benchmarks'
 options and report, peak memory, the machine report, the one-process-per-run driver and the
 ratio lines the smoke test looks for."""
+import argparse
 import json
 import os
 import platform
@@ -308,3 +309,49 @@ class OneBatch:
 
     def batches(self, epoch, start=0):
         yield from ([self.batch] if start == 0 else [])
+
+
+def lllite_train_options(parser, full_flag: str, full_help: str) -> None:
+    """The options the LLLite training benches share; `full_flag` picks the full-size model."""
+    parser.add_argument(full_flag, action="store_true", help=full_help)
+    parser.add_argument("--smoke", action="store_true",
+                        help="smallest settings, each variant once in this process (a few seconds)")
+    parser.add_argument("--resolution", type=int, help=f"image side in pixels; default 256, 1024 with {full_flag}")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--bf16", action="store_true", help="bf16 weights and autocast (LLLite weights stay fp32)")
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--cond-emb-dim", type=int, default=32)
+    parser.add_argument("--network-dim", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=1, help="each round runs lllite, bare, bare, lllite")
+    parser.add_argument("--variant", choices=["lllite", "bare"], help=argparse.SUPPRESS)
+
+
+def run_lllite_train_variants(script: str, opts, worker, full_flag: str) -> dict:
+    """Each variant (LLLite step, bare forward+backward) in its own process, A B B A."""
+    base = [sys.executable, script, "--resolution", str(opts.resolution), "--batch", str(opts.batch),
+            "--cond-emb-dim", str(opts.cond_emb_dim), "--network-dim", str(opts.network_dim),
+            "--steps", str(opts.steps), "--warmup", str(opts.warmup)]
+    full = getattr(opts, full_flag.lstrip("-").replace("-", "_"))
+    base += [flag for flag, on in ((full_flag, full), ("--bf16", opts.bf16),
+                                   ("--gradient-checkpointing", opts.gradient_checkpointing)) if on]
+    return run_variants(base, ["lllite", "bare"], opts.rounds, worker, opts, separate=not opts.smoke)
+
+
+def report_lllite_train(results: dict, opts, model: str, bare_label: str) -> tuple[dict, dict]:
+    """Prints the setting, each variant's median step and peak, and the step-time ratio;
+    returns the medians and peaks by variant."""
+    info = {v: rs[0]["info"] for v, rs in results.items()}
+    bootstrap()
+    print(f"\nmachine: {machine()}")
+    print(f"setting: {model}, {opts.resolution}x{opts.resolution} px, batch {opts.batch}, cond_emb_dim {opts.cond_emb_dim} / "
+          f"network_dim {opts.network_dim}, {'bf16' if opts.bf16 else 'fp32'}, gradient checkpointing "
+          f"{'on' if opts.gradient_checkpointing else 'off'}, AdamW, {opts.steps} timed steps x {len(results['bare'])} runs each")
+    med = {v: median([t for r in rs for t in r["times"]]) for v, rs in results.items()}
+    peak = {v: median([r["peak"] for r in rs]) for v, rs in results.items()}
+    for v, label in (("lllite", "LLLite training step"), ("bare", bare_label)):
+        print(f"{label:<21} step {med[v] * 1000:9.1f} ms   peak {peak[v] / 2**20:9.1f} MiB   [{info[v]}]")
+    print()
+    ratio("LLLite / bare step time", med["lllite"] / med["bare"])
+    return med, peak
