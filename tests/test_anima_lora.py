@@ -81,8 +81,10 @@ def test_saved_file_loads_in_core_with_every_key(anima, train_te, comfy_dirs, ca
 
 
 def test_engine_trains_an_anima_lora_that_core_loads(anima, comfy_dirs, caplog):
-    """Two steps on the one engine (Anima's flow schedule, Qwen3 + llm_adapter context); the
-    file loads in core's LoraLoader with every key and reproduces the trained prediction."""
+    """Two steps on the one engine (Anima's flow schedule, Qwen3 + llm_adapter context), the
+    DiT and the Qwen3 encoder trained as sd-scripts does without network_train_unet_only; the
+    file loads in core's LoraLoader with every key and reproduces the trained prediction and
+    the trained encoder's output."""
     import shutil
 
     from lllite_kit.training.anima.model import trainable_anima
@@ -101,20 +103,23 @@ def test_engine_trains_an_anima_lora_that_core_loads(anima, comfy_dirs, caplog):
 
     data = TrainingData([dataset], encode_latents=latents, vae_id="avg-pool-8x16", seed=0, size_multiple=32)
     cfg = TrainConfig(max_train_steps=2, learning_rate=5e-2, seed=0, save_precision="float", output_name="anima_lora")
-    adapter = LoRAAdapter(LoRAConfig(dim=4, alpha=4.0, train_text_encoder=False), model.model.model_config)
+    adapter = LoRAAdapter(LoRAConfig(dim=4, alpha=4.0, train_text_encoder=True), model.model.model_config)
+    bare_te = _encode(clip)
     with torch.inference_mode(False), trainable_anima(model) as tm:
-        result = TrainingEngine(cfg, tm, AnimaTextConditioner(clip, tm.diffusion_model), adapter, data,
-                                comfy_dirs / "anima_lora_run", lambda facts: {}).run()
-        adapter.attach(tm.diffusion_model, {})
+        text = AnimaTextConditioner(clip, tm.diffusion_model, trainable=True)
+        result = TrainingEngine(cfg, tm, text, adapter, data, comfy_dirs / "anima_lora_run", lambda facts: {}).run()
+        adapter.attach(tm.diffusion_model, text.modules())
         adapter.train(False)
         try:
             trained = _predict(tm.diffusion_model)
+            trained_te = _encode(text.clip)
         finally:
             adapter.detach()
     assert len(result.losses) == 2 and all(torch.isfinite(torch.tensor(result.losses)))
     shutil.copy(result.final_path, comfy_dirs / "models" / "loras" / "anima_engine.safetensors")
     comfy.model_management.unload_all_models()  # the training clone holds the model loaded
-    model_lora, _ = load_in_core(model, clip, "anima_engine.safetensors", list(adapter.modules), caplog)
+    model_lora, clip_lora = load_in_core(model, clip, "anima_engine.safetensors", list(adapter.modules), caplog)
+    assert any(n.startswith("lora_te_layers_") for n in adapter.modules)
     model_lora.patch_model()
     try:
         loaded = _predict(model.model.diffusion_model)
@@ -123,3 +128,6 @@ def test_engine_trains_an_anima_lora_that_core_loads(anima, comfy_dirs, caplog):
     bare = _predict(model.model.diffusion_model)
     assert ((loaded - trained).abs().max() / trained.abs().max()).item() < 1e-5
     assert (trained - bare).abs().max() > 0  # the two steps changed the model
+    loaded_te = _encode(clip_lora)
+    assert ((loaded_te - trained_te).abs().max() / trained_te.abs().max()).item() < 1e-5
+    assert (trained_te - bare_te).abs().max() > 1e-4 * bare_te.abs().max()  # and the Qwen3 encoder

@@ -113,9 +113,6 @@ def run_training(cfg: TrainConfig, model, clip, vae, datasets: Sequence[DatasetC
     group = current()  # under torchrun: this process's part of a data-parallel run
     with torch.inference_mode(False):
         anima = is_anima(model)  # the DiT family: its own schedule, text and model call (training/anima/)
-        if anima and trains_text_encoders:
-            raise ValueError("Anima: training the Qwen3 text encoder is not supported yet; train the DiT only "
-                             "(network_train_unet_only = true)")
         family = "anima" if anima else trainable_family(model)
         cfg.check_model_family(family)
         check_options(cfg, datasets, model.model.model_config.unet_config)
@@ -135,7 +132,7 @@ def run_training(cfg: TrainConfig, model, clip, vae, datasets: Sequence[DatasetC
         if cfg.cache_latents:
             unload_from_device(vae.patcher)
 
-        text = AnimaTextConditioner(clip, model.model.diffusion_model) if anima else TextConditioner(
+        text = AnimaTextConditioner(clip, model.model.diffusion_model, trains_text_encoders) if anima else TextConditioner(
             clip, family, trainable=trains_text_encoders, clip_skip=cfg.clip_skip,
             max_tokens=cfg.max_token_length or 75, caption_weights=cfg.weighted_captions, **(text_options or {}))
         first = data.datasets[0]
