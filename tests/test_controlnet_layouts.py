@@ -2,7 +2,7 @@
 sdxl_train_control_net.py writes: diffusers ControlNetModel names) is the SDXL default where core
 reads it back, and a file in it loads in core's ControlNetLoader as the very same network;
 lllyasviel's layout is used (auto) or asked for where core's diffusers detection would not know
-the model."""
+the model; a real SD1.5 file in it has every tensor A1111's sd-webui-controlnet loads."""
 import pytest
 import torch
 from safetensors import safe_open
@@ -77,3 +77,38 @@ def test_an_sd_scripts_layout_file_loads_in_core_as_the_same_network(comfy_dirs)
     loaded = nodes.ControlNetLoader().load_controlnet(path.name)[0].control_model.state_dict()
     assert set(loaded) == set(ours)
     assert all(torch.equal(loaded[k].to(v.dtype), v) for k, v in ours.items())
+
+
+# lllyasviel's v1-inference.yaml (the SD1.5 U-Net), and sd-webui-controlnet's controlnet_default_config
+# (scripts/controlnet_model_guess.py), both in ldm's form (attention_resolutions, per-level depth)
+SD15_YAML = {"image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 320, "attention_resolutions": [4, 2, 1],
+             "num_res_blocks": 2, "channel_mult": [1, 2, 4, 4], "num_heads": 8, "use_spatial_transformer": True,
+             "transformer_depth": 1, "context_dim": 768, "use_checkpoint": False, "legacy": False}
+A1111_SD15 = {"adm_in_channels": None, "in_channels": 4, "model_channels": 320, "num_res_blocks": 2,
+              "attention_resolutions": [1, 2, 4], "transformer_depth": [1, 1, 1, 0], "channel_mult": [1, 2, 4, 4],
+              "transformer_depth_middle": 1, "use_linear_in_transformer": False, "context_dim": 768, "num_heads": 8}
+
+
+def test_an_sd15_file_is_what_a1111s_sd_webui_controlnet_loads():
+    """sd-webui-controlnet's build_model_by_guess on our SD1.5 file: it strips `control_model.`,
+    takes the SD1.5 config (input_hint_block.0.weight, no label_emb.0.0.bias), reads hint channels
+    and context_dim from two tensors, and loads with strict=False (a missing tensor would stay
+    random): every tensor of its ControlNet must be in the file with its shape, nothing else."""
+    config = comfy.model_detection.convert_config(SD15_YAML)
+    with torch.device("meta"):
+        ours = new_controlnet(config, "meta").state_dict()
+    names = file_names(LLLYASVIEL, ours, config)
+    assert resolve_layout(AUTO, "sd15", None, config) == LLLYASVIEL
+    assert all(n.startswith("control_model.") for n in names.values())
+    sd = {names[k].replace("control_model.", ""): tuple(v.shape) for k, v in ours.items()}
+    assert "input_hint_block.0.weight" in sd and "label_emb.0.0.bias" not in sd  # its SD1.5 branch
+    hint_channels, context_dim = sd["input_hint_block.0.weight"][1], sd["input_blocks.5.1.transformer_blocks.0.attn2.to_k.weight"][1]
+    assert (hint_channels, context_dim) == (3, 768)
+    a1111 = comfy.model_detection.convert_config({**A1111_SD15, "hint_channels": hint_channels, "context_dim": context_dim,
+                                                  "image_size": 32, "use_spatial_transformer": True, "legacy": False})
+    with torch.device("meta"):
+        theirs = comfy.cldm.cldm.ControlNet(**a1111, device="meta", operations=comfy.ops.disable_weight_init).state_dict()
+    assert {k: tuple(v.shape) for k, v in theirs.items()} == sd
+    # lllyasviel's control_sd15_*.pth tensors, as A1111 reads them
+    assert sd["input_hint_block.14.weight"] == (320, 256, 3, 3) and sd["zero_convs.11.0.weight"] == (1280, 1280, 1, 1)
+    assert sd["input_blocks.1.1.proj_in.weight"] == (320, 320, 1, 1) and sd["middle_block_out.0.weight"] == (1280, 1280, 1, 1)
