@@ -36,9 +36,19 @@ seed = 7
     return config
 
 
+def _train_here(config, dataset_config, output_name: str, tiny) -> None:
+    """The unsharded single-process run, in this process (what fsdp_worker.py does without torchrun)."""
+    from lllite_kit.training import session
+    from lllite_kit.training.config import load_config
+    from lllite_kit.training.full_model import FullModelOptions, train_full_model
+
+    cfg = load_config(config, dataset_config=str(dataset_config), output_name=output_name)
+    model, clip, vae = tiny.build_checkpoint("sd15", 0)
+    train_full_model(cfg, model, clip, vae, session.datasets_from_config(cfg), FullModelOptions(), output_dir=cfg.output_dir)
+
+
 def _train(args, processes: int):
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-                if processes > 1 else [sys.executable])
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
     env = {"COMFYUI_DIR": str(COMFYUI_DIR), "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GLOO_SOCKET_IFNAME": "lo",
            "OMP_NUM_THREADS": "1"}
     run = subprocess.run([*launcher, str(WORKER), *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
@@ -47,16 +57,16 @@ def _train(args, processes: int):
 
 
 @pytest.mark.slow
-def test_fsdp_two_processes_equal_one_and_each_holds_half(tmp_path):
+def test_fsdp_two_processes_equal_one_and_each_holds_half(tmp_path, tiny):
     out = tmp_path / "out"
     config = _config(tmp_path, out)
-    _train(["--config_file", config, "--dataset_config", _dataset(tmp_path, 2), "--output_name", "one"], 1)
+    _train_here(config, _dataset(tmp_path, 2), "one", tiny)
     log = _train(["--config_file", config, "--dataset_config", _dataset(tmp_path, 1), "--output_name", "two",
                   "--fsdp"], 2)
 
     one = safetensors.torch.load_file(out / "one.safetensors")
     two = safetensors.torch.load_file(out / "two.safetensors")
-    base = tiny_unet()
+    base = {k: v.float() for k, v in tiny.build_model("sd15", 0).model.diffusion_model.state_dict().items()}
     unet = [k for k in one if k.startswith("model.diffusion_model.")]
     assert one.keys() == two.keys() and len(unet) == len(base)
     diff = max((one[k] - two[k]).abs().max().item() for k in unet)
@@ -70,13 +80,6 @@ def test_fsdp_two_processes_equal_one_and_each_holds_half(tmp_path):
     for param_mib, full_mib, percent, state_mib in ranks.values():
         assert 45 < percent < 55 and state_mib == pytest.approx(param_mib, rel=0.01)  # the momentum of its shard
     assert sum(r[0] for r in ranks.values()) == pytest.approx(ranks[0][1], rel=0.02)  # the shards make the whole
-
-
-def tiny_unet():
-    sys.path.insert(0, str(REPO / "tests" / "tiny_nodes"))
-    import tiny_models
-
-    return {k: v.float() for k, v in tiny_models.build_model("sd15", 0).model.diffusion_model.state_dict().items()}
 
 
 def test_fsdp_refuses_what_a_sharded_run_cannot_do_and_is_a_no_op_alone():
