@@ -53,13 +53,7 @@ def worker(opts) -> dict:
     with benchlib.Peak() as peak, benchlib.StepClock() as clock:
         with torch.inference_mode(False), trainable_anima(model, precision, opts.gradient_checkpointing) as tm:
             if opts.variant == "bare":
-                for _ in range(steps):
-                    x = latents.to(tm.device).requires_grad_(True)
-                    t = torch.randint(0, 1000, (b,), generator=g).to(tm.device)
-                    loss = (tm.predict(x, t, context.repeat(b, 1, 1)) - x.detach()).square().mean()
-                    loss.backward()
-                    clock.stamp()
-                info = "no adapter: gradients to the input only"
+                info = benchlib.bare_steps(tm, latents, context, None, steps, g, clock)
             else:
                 info = _run_lllite(opts, tm, batch, context, steps, precision)
     comfy.model_management.soft_empty_cache()

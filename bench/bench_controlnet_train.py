@@ -23,38 +23,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
 
-# comfy.supported_models.SD15's U-Net at full size (the published SD1.5 checkpoint's layout)
-SD15_FULL_UNET = {
-    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
-    "adm_in_channels": None, "in_channels": 4, "model_channels": 320, "num_res_blocks": [2, 2, 2, 2],
-    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "channel_mult": [1, 2, 4, 4], "transformer_depth_middle": 1,
-    "use_linear_in_transformer": False, "context_dim": 768, "num_heads": 8, "num_head_channels": -1,
-    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "use_temporal_attention": False,
-    "use_temporal_resblock": False,
-}
-
-
-def build_full_sd15(dtype_name: str = "bf16", seed: int = 0, **_loader_options):
-    """Full-size SD1.5 U-Net with random weights in a ModelPatcher (as benchlib.build_full_sdxl)."""
-    import torch
-
-    import comfy.model_management
-    import comfy.model_patcher
-    import comfy.supported_models
-
-    dtype, device = benchlib.torch_dtype(dtype_name), comfy.model_management.get_torch_device()
-    config = comfy.supported_models.SD15(dict(SD15_FULL_UNET, dtype=dtype))
-    config.set_inference_dtype(dtype, None)
-    model = config.get_model({}, device=device)
-    g = torch.Generator(device=device).manual_seed(seed)
-    with torch.no_grad():
-        for p in model.diffusion_model.parameters():
-            p.normal_(0.0, 0.02, generator=g)
-    patcher = comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))
-    patcher.cached_patcher_init = (build_full_sd15, (dtype_name, seed))
-    return patcher
-
-
 def _model(opts):
     """(MODEL, context width, pooled width or None)."""
     import torch
@@ -63,7 +31,7 @@ def _model(opts):
     if opts.full == "sdxl":
         return benchlib.build_full_sdxl(dtype_name), benchlib.SDXL_FULL_CONTEXT_DIM, benchlib.SDXL_FULL_POOLED_DIM
     if opts.full == "sd15":
-        return build_full_sd15(dtype_name), 768, None
+        return benchlib.build_full_sd15(dtype_name), 768, None
     sys.path.insert(0, str(benchlib.REPO / "tests"))
     import tiny_models
     from controlnet_testing import build_model  # heads as core's ControlNet loader reads them back
@@ -97,13 +65,7 @@ def worker(opts) -> dict:
             if opts.variant == "bare":
                 y = None if pooled is None else tm.adm(pooled.repeat(b, 1), batch.original_sizes, batch.crop_top_left,
                                                         batch.target_sizes)
-                for _ in range(steps):
-                    x = latents.to(tm.device).requires_grad_(True)
-                    t = torch.randint(0, 1000, (b,), generator=g).to(tm.device)
-                    loss = (tm.predict(x, t, context.repeat(b, 1, 1), y) - x.detach()).square().mean()
-                    loss.backward()
-                    clock.stamp()
-                info = "no adapter: gradients to the input only"
+                info = benchlib.bare_steps(tm, latents, context, y, steps, g, clock)
             else:
                 info = _run_controlnet(opts, tm, batch, context, pooled, steps)
     comfy.model_management.soft_empty_cache()

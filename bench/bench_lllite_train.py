@@ -53,13 +53,7 @@ def worker(opts) -> dict:
         with torch.inference_mode(False), trainable_model(model, "bf16" if opts.bf16 else "no", opts.gradient_checkpointing) as tm:
             if opts.variant == "bare":
                 y = tm.adm(pooled.repeat(b, 1), batch.original_sizes, batch.crop_top_left, batch.target_sizes)
-                for _ in range(steps):
-                    x = latents.to(tm.device).requires_grad_(True)
-                    t = torch.randint(0, 1000, (b,), generator=g).to(tm.device)
-                    loss = (tm.predict(x, t, context.repeat(b, 1, 1), y) - x.detach()).square().mean()
-                    loss.backward()
-                    clock.stamp()
-                info = "no adapter: gradients to the input only"
+                info = benchlib.bare_steps(tm, latents, context, y, steps, g, clock)
             else:
                 info = _run_lllite(opts, tm, batch, context, pooled, steps)
     comfy.model_management.soft_empty_cache()

@@ -25,6 +25,15 @@ SDXL_FULL_UNET = {
     "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10], "use_temporal_attention": False, "use_temporal_resblock": False,
 }
 SDXL_FULL_CONTEXT_DIM, SDXL_FULL_POOLED_DIM = 2048, 1280
+# comfy.supported_models.SD15's U-Net at full size (the published SD1.5 checkpoint's layout)
+SD15_FULL_UNET = {
+    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
+    "adm_in_channels": None, "in_channels": 4, "model_channels": 320, "num_res_blocks": [2, 2, 2, 2],
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "channel_mult": [1, 2, 4, 4], "transformer_depth_middle": 1,
+    "use_linear_in_transformer": False, "context_dim": 768, "num_heads": 8, "num_head_channels": -1,
+    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "use_temporal_attention": False,
+    "use_temporal_resblock": False,
+}
 DTYPE_NAMES = ("fp32", "fp16", "bf16")
 # Ratio lines start with this word, so tests/test_bench_smoke.py can find them.
 RATIO_PREFIX = "ratio"
@@ -68,6 +77,15 @@ def build_full_sdxl(dtype_name: str = "bf16", seed: int = 0, **_loader_options):
     in a ModelPatcher like a loaded checkpoint's. cached_patcher_init lets core's trainer
     rebuild it, as it does with a loaded checkpoint (passing loader options such as
     disable_dynamic, which a plain model ignores)."""
+    return _build_full("SDXL", SDXL_FULL_UNET, build_full_sdxl, dtype_name, seed)
+
+
+def build_full_sd15(dtype_name: str = "bf16", seed: int = 0, **_loader_options):
+    """Full-size SD1.5 U-Net with random weights in a ModelPatcher (as build_full_sdxl)."""
+    return _build_full("SD15", SD15_FULL_UNET, build_full_sd15, dtype_name, seed)
+
+
+def _build_full(config_name: str, unet: dict, rebuild, dtype_name: str, seed: int):
     import torch
 
     import comfy.model_management
@@ -75,7 +93,7 @@ def build_full_sdxl(dtype_name: str = "bf16", seed: int = 0, **_loader_options):
     import comfy.supported_models
 
     dtype, device = torch_dtype(dtype_name), comfy.model_management.get_torch_device()
-    config = comfy.supported_models.SDXL(dict(SDXL_FULL_UNET, dtype=dtype))
+    config = getattr(comfy.supported_models, config_name)(dict(unet, dtype=dtype))
     config.set_inference_dtype(dtype, None)
     model = config.get_model({}, device=device)
     g = torch.Generator(device=device).manual_seed(seed)
@@ -83,8 +101,24 @@ def build_full_sdxl(dtype_name: str = "bf16", seed: int = 0, **_loader_options):
         for p in model.diffusion_model.parameters():
             p.normal_(0.0, 0.02, generator=g)
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))
-    patcher.cached_patcher_init = (build_full_sdxl, (dtype_name, seed))
+    patcher.cached_patcher_init = (rebuild, (dtype_name, seed))
     return patcher
+
+
+def bare_steps(tm, latents, context, y, steps: int, generator, clock) -> str:
+    """The floor any adapter trainer sits on: forward + backward of the frozen model with
+    gradients to the input only (the backward pass has to cross the whole model)."""
+    import torch
+
+    b = latents.shape[0]
+    for _ in range(steps):
+        x = latents.to(tm.device).requires_grad_(True)
+        t = torch.randint(0, 1000, (b,), generator=generator).to(tm.device)
+        conditioning = (context.repeat(b, 1, 1),) if y is None else (context.repeat(b, 1, 1), y)
+        loss = (tm.predict(x, t, *conditioning) - x.detach()).square().mean()
+        loss.backward()
+        clock.stamp()
+    return "no adapter: gradients to the input only"
 
 
 # -- timing ---------------------------------------------------------------------------------
