@@ -1,7 +1,7 @@
 """BLIP and GIT captioning from tiny random models saved in the published folder layout
 (config.json + model.safetensors + processor + BERT vocab): the captions equal a direct
 transformers generate call with the same options, batching, progress and Cancel, files
-written beside images without overwriting, and missing folders/files named with the URL."""
+written beside images without overwriting, linked images captioned with nothing written, and missing folders/files named with the URL."""
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +136,21 @@ def test_caption_node_writes_beside_images_and_keeps_existing(graph, captioners,
     assert (folder / "p0.caption").read_text() == expected[0] + "\n"
     assert (folder / "p1.caption").read_text() == "mine\n"  # an existing caption is kept
     assert steps[-1] == (3, 3)  # ComfyUI's progress bar reached the end
+
+
+def test_git_node_captions_linked_images_and_writes_nothing(graph, captioners, comfy_dirs):
+    inputs = dict(model="git-base", images=["1", 0], decoding="greedy", num_beams=1, top_p=0.9, max_length=8,
+                  min_length=2, seed=42, batch_size=2, blip_prompt="a picture of ", git_remove_words=True,
+                  write_files=True, caption_extension=".caption", if_exists="overwrite")
+    graph.run({"1": {"class_type": "EmptyImage", "inputs": dict(width=40, height=24, batch_size=3, color=0x3366CC)},
+               "2": {"class_type": "LLLiteKit_CaptionImages", "inputs": inputs}})
+    captions, folder, lines = graph.node_outputs("2")
+    expected = Captioner(captioners / "git-base").caption(
+        [Image.new("RGB", (40, 24), (0x33, 0x66, 0xCC))] * 3,
+        CaptionOptions(decoding="greedy", max_length=8, min_length=2, batch_size=2, remove_words=True))
+    assert captions == expected and lines == ["\n".join(expected)]
+    assert folder == [""]  # no folder: nothing was written, whatever write_files says
+    assert not list(Path(comfy_dirs).rglob("*.caption"))
 
 
 def test_command_line_caption(captioners, tmp_path, capsys):
