@@ -95,3 +95,36 @@ def test_node_inverts_the_input_and_applies_to_both_conditionings(setup):
     plain = ApplyControlNet.execute(positive, negative, setup["control"], image, 0.8, 0.1, 0.9, BALANCED, False, "").args[0]
     assert type(plain[0][1]["control"]) is type(core_pos[0][1]["control"])
     assert torch.equal(plain[0][1]["control"].cond_hint_original, core_pos[0][1]["control"].cond_hint_original)
+
+
+
+def test_sampling_with_cfg_batched_and_unbatched_gives_the_same(setup, monkeypatch):
+    """Whole sampling runs with ControlNet is more important (the mode that treats cond and
+    uncond rows apart): cond and uncond in one U-Net call per step (core's default with free
+    memory) or one call each (core's choice when memory is short, forced here through the free
+    memory it reads) give the same latent."""
+    import comfy.model_patcher
+    from lllite_testing import sample
+
+    positive, negative = conditioning("sd15")
+    pos, neg = ApplyControlNet.execute(positive, negative, setup["control"], setup["image"].movedim(1, -1), 0.9, 0.0, 1.0,
+                                       CONTROL, False, "").args
+    calls = []
+    handle = setup["model"].model.diffusion_model.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
+
+    def run(positive=pos, negative=neg):
+        calls.clear()
+        return sample(setup["model"], torch.zeros(1, 4, 4, 4), steps=2, family="sd15", positive=positive, negative=negative)
+
+    try:
+        batched = run()
+        assert calls == [2, 2]
+        monkeypatch.setattr(comfy.model_patcher.ModelPatcher, "get_free_memory", lambda self, device=None: 0)
+        unbatched = run()
+        assert calls == [1, 1, 1, 1]
+        monkeypatch.undo()
+        bare = run(positive, negative)
+    finally:
+        handle.remove()
+    assert torch.allclose(batched, unbatched, rtol=1e-5, atol=1e-5 * batched.abs().max().item()), (batched - unbatched).abs().max()
+    assert (batched - bare).abs().max() > 1e-3  # the control acts
