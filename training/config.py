@@ -89,6 +89,10 @@ class TrainConfig:
     timestep_sampling: str | None = None
     sigmoid_scale: float = 1.0
     discrete_flow_shift: float = 1.0
+    weighting_scheme: str = "uniform"  # sd-scripts': loss weights (sigma_sqrt, cosmap) or "sigma" density (logit_normal, mode)
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    mode_scale: float = 1.29
     loss_type: str = "l2"  # "l2" | "l1" | "huber" | "smooth_l1"
     huber_schedule: str = "snr"  # "snr" | "exponential" | "constant"
     huber_c: float = 0.1
@@ -216,14 +220,17 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: sdxl = true, but the model is {names.get(family, family)} model. The model "
                              "family comes from the checkpoint: load an SDXL checkpoint, or remove sdxl.")
         flow = {"timestep_sampling": self.timestep_sampling, "sigmoid_scale": self.sigmoid_scale,
-                "discrete_flow_shift": self.discrete_flow_shift}
+                "discrete_flow_shift": self.discrete_flow_shift, "weighting_scheme": self.weighting_scheme,
+                "logit_mean": self.logit_mean, "logit_std": self.logit_std, "mode_scale": self.mode_scale}
         if family == "anima":
             from .anima.timesteps import check
 
-            check(self.timestep_sampling or "sigmoid", self.min_timestep, self.max_timestep)
-        elif flow != {"timestep_sampling": None, "sigmoid_scale": 1.0, "discrete_flow_shift": 1.0}:
-            raise ValueError(f"TrainConfig: timestep_sampling / sigmoid_scale / discrete_flow_shift are for flow-matching "
-                             f"models (Anima); the model is {names.get(family, family)} model: remove them")
+            check(self.timestep_sampling or "sigmoid", self.min_timestep, self.max_timestep, self.weighting_scheme)
+        elif flow != {"timestep_sampling": None, "sigmoid_scale": 1.0, "discrete_flow_shift": 1.0,
+                      "weighting_scheme": "uniform", "logit_mean": 0.0, "logit_std": 1.0, "mode_scale": 1.29}:
+            raise ValueError(f"TrainConfig: timestep_sampling / sigmoid_scale / discrete_flow_shift / weighting_scheme / "
+                             f"logit_mean / logit_std / mode_scale are for flow-matching models (Anima); the model is "
+                             f"{names.get(family, family)} model: remove them")
 
     def warmup_steps(self, total_steps: int) -> int:
         w = self.lr_warmup_steps

@@ -221,6 +221,9 @@ class TrainingEngine:
         if cfg.prior_loss_weight != 1.0 and any(batch.is_reg):
             w = torch.tensor([cfg.prior_loss_weight if r else 1.0 for r in batch.is_reg], device=loss.device)
             loss = loss * w
+        weigh = getattr(schedule, "loss_weight", None)  # a schedule with its own loss weighting (Anima's weighting_scheme)
+        if weigh is not None:
+            loss = loss * weigh(t, cfg).to(loss.device)
         if cfg.min_snr_gamma:
             loss = loss * min_snr_weight(t, schedule.alphas_cumprod, cfg.min_snr_gamma, schedule.v_prediction).to(loss.device)
         # data-parallel: sum over this rank's part of the global batch, scaled so that the mean

@@ -154,7 +154,8 @@ def run_training(cfg: TrainConfig, model, clip, vae, datasets: Sequence[DatasetC
         facts.update(sd_model_name=model_name, sd_model_file=model_file(model), vae_file=vae_file(vae))
 
         # Anima: the timestep keys sd-scripts' anima_train_network.py records
-        flow_meta = flow_metadata(cfg.timestep_sampling, cfg.sigmoid_scale, cfg.discrete_flow_shift) if anima else {}
+        flow_meta = flow_metadata(cfg.timestep_sampling, cfg.sigmoid_scale, cfg.discrete_flow_shift, cfg.weighting_scheme,
+                                  cfg.logit_mean, cfg.logit_std, cfg.mode_scale) if anima else {}
 
         def metadata(f: dict) -> dict[str, str]:
             return {**make_metadata(f), **data_meta, **flow_meta}

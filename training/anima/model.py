@@ -18,7 +18,7 @@ import comfy.model_management
 import comfy.model_sampling
 
 from ..comfy_bridge.model import PatchedModel, UnsupportedModel, _compute_dtype, make_autograd_safe, set_gradient_checkpointing
-from .timesteps import draw_noise_levels, nearest_timesteps
+from .timesteps import draw_noise_levels, loss_weighting, nearest_timesteps
 
 DIT_BLOCKS = (comfy.ldm.cosmos.predict2.Block,)  # what gradient checkpointing recomputes
 DEFAULT_SAMPLING = "sigmoid"  # sd-scripts' default for Anima (with sigmoid_scale 1, discrete_flow_shift 1)
@@ -73,8 +73,13 @@ class FlowSchedule:
         """The engine's timesteps for one step, drawn as sd-scripts draws Anima's (timesteps.py:
         cfg.timestep_sampling, default "sigmoid"; sigmoid_scale; discrete_flow_shift)."""
         levels = draw_noise_levels(n, cfg.timestep_sampling or DEFAULT_SAMPLING, cfg.sigmoid_scale, cfg.discrete_flow_shift,
-                                   generator, cfg.min_timestep, cfg.max_timestep)
+                                   generator, cfg.min_timestep, cfg.max_timestep, cfg.weighting_scheme, cfg.logit_mean,
+                                   cfg.logit_std, cfg.mode_scale)
         return nearest_timesteps(levels, self.sigmas).to(device)
+
+    def loss_weight(self, timesteps: torch.Tensor, cfg) -> torch.Tensor:
+        """Per-sample loss weights of cfg.weighting_scheme at the trained noise levels (timesteps.py)."""
+        return loss_weighting(cfg.weighting_scheme, self.sigmas[timesteps.cpu()])
 
     def sigma(self, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return self.sigmas.to(like.device)[timesteps.cpu()].to(like.device).view(-1, *([1] * (like.ndim - 1)))
