@@ -1,7 +1,7 @@
 """Full fine-tuning sharded with FSDP (torch.distributed.fsdp.fully_shard, "FSDP2") under torchrun.
 
 Each rank keeps 1/world of every U-Net weight, of its gradient and of its optimizer state; a
-block's full weights are all-gathered just for its forward and backward, and gradients are
+layer's full weights are all-gathered just for its forward and backward, and gradients are
 reduce-scattered (averaged) by FSDP itself, so the engine's own gradient averaging
 (distributed.Group.average_gradients) skips these weights. Every layer of the U-Net's
 input_blocks / middle_block / output_blocks is one FSDP unit, the rest of the U-Net the root's.
@@ -9,7 +9,7 @@ Text encoders stay whole on every rank (ComfyUI reads their embedding weights ou
 
 Saving: every rank joins in gathering the full weights (full_weights), rank 0 writes them.
 At the end (release) the trained weights are gathered back into plain parameters, so the model
-is as after an unsharded run. Works on CUDA (nccl) and on CPU (gloo).
+is as after an unsharded run. Tested on CPU (gloo); on GPUs (nccl) the same calls, not yet run there.
 """
 from __future__ import annotations
 
@@ -49,6 +49,8 @@ class Sharding:
 
         self.unet, self.group = unet, group
         self.full_bytes = sum(p.numel() * p.element_size() for p in unet.parameters())
+        if group.device.type == "cuda":  # the peak reported is the sharded training's, not the whole model's load
+            torch.cuda.reset_peak_memory_stats(group.device)
         mesh = init_device_mesh(group.device.type, (group.world,))
         for unit in _units(unet):
             fully_shard(unit, mesh=mesh)
@@ -67,12 +69,15 @@ class Sharding:
 
     @contextmanager
     def full_weights(self):
-        """Within the block the U-Net holds its full weights as plain tensors on every rank (a
-        collective: every rank must enter), the shards come back afterwards."""
+        """Within the block process 0's U-Net holds its full weights as plain CPU tensors (what
+        it writes), the shards come back afterwards. A collective: every rank must enter; weights
+        are gathered one at a time, so a GPU holds one full weight beyond its shards."""
         shards = [(m, name, m._parameters[name]) for m, name in self._owners]
         with torch.no_grad():
             for m, name, p in shards:
-                m._parameters[name] = torch.nn.Parameter(p.full_tensor(), requires_grad=False)
+                full = p.full_tensor().to("cpu")
+                if self.group.is_main:
+                    m._parameters[name] = torch.nn.Parameter(full, requires_grad=False)
         try:
             yield
         finally:
@@ -101,7 +106,7 @@ class Sharding:
         cuda = self.group.device.type == "cuda"
         mine = {"rank": self.group.rank, "param_bytes": param_bytes, "optimizer_state_bytes": state_bytes,
                 "full_param_bytes": self.full_bytes,
-                "max_memory_allocated": torch.cuda.max_memory_allocated(self.group.device) if cuda else None}
+                "max_memory_allocated": torch.cuda.max_memory_allocated(self.group.device) if cuda else None}  # since shard()
         everyone: list = [None] * self.group.world
         dist.all_gather_object(everyone, mine)
         if self.group.is_main:
