@@ -139,9 +139,13 @@ class TrainControlNet(io.ComfyNode):
         cfg, out_dir = plan_run(cfg, controlnet_dir(), if_exists, dataset)
         progress = NodeProgress(cls.hidden.unique_id, cfg.max_train_steps)
 
+        seen = []
+
         def evaluated(step, result):
-            progress.text(f"step {step}: {gap_text(result)}")
-            progress.suffix = f"  {gap_text(result)}"
+            seen.append((step, result))
+            text = evaluation_text(seen)
+            progress.text(f"step {step}: {text}")
+            progress.suffix = f"  {text}"
 
         guide = None if sample_guide is None else image_to_bchw(sample_guide[:1]).cpu() * 2 - 1
         result = train_controlnet(
@@ -166,6 +170,13 @@ def gap_rose_at(evaluations, share: float = 0.05) -> int:
         if r["control_gap"] > share * r["heldout_correct"]:
             return step
     return -1
+
+
+def evaluation_text(evaluations) -> str:
+    """The latest control gap for the progress text, and from the evaluation where it first rose
+    clearly on, that step (so the rise shows while training goes on, not only at the end)."""
+    rose = gap_rose_at(evaluations)
+    return gap_text(evaluations[-1][1]) + (f"; the control gap rose clearly at step {rose}" if rose >= 0 else "")
 
 
 class ApplyControlNet(io.ComfyNode):

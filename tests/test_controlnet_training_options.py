@@ -109,3 +109,18 @@ def test_cancel_and_nan_stop_the_run_and_give_the_model_back(tiny, tmp_path):
     bad[:, :, :4, :4] = float("nan")  # the ControlNet turns a NaN guide into a NaN loss
     with pytest.raises(TrainingDiverged, match="loss is nan at step 1"):
         _train(tiny, tmp_path / "nan", [_dataset(images, bad)])
+
+
+def test_the_step_where_the_gap_rose_is_reported_from_that_evaluation_on():
+    from lllite_kit.nodes.controlnet_nodes import evaluation_text, gap_rose_at
+
+    def gap(g, loss=0.4):
+        return {"control_gap": g, "heldout_correct": loss, "heldout_shuffled": loss + g}
+
+    seen = [(0, gap(0.0)), (10, gap(0.019))]  # 4.75 % of the held-out loss: not yet
+    assert gap_rose_at(seen) == -1 and "rose" not in evaluation_text(seen)
+    seen.append((20, gap(0.03)))
+    assert gap_rose_at(seen) == 20 and evaluation_text(seen).endswith("; the control gap rose clearly at step 20")
+    seen.append((30, gap(0.001)))  # a later dip does not move the step
+    assert gap_rose_at(seen) == 20 and evaluation_text(seen).startswith("control gap +0.001 ")
+    assert evaluation_text(seen).endswith("at step 20")
