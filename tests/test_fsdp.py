@@ -90,6 +90,7 @@ def test_fsdp_refuses_what_a_sharded_run_cannot_do_and_is_a_no_op_alone():
     from lllite_kit.training.fsdp import problems, shard
 
     assert problems(TrainConfig(save_state=False)) == []
-    found = problems(TrainConfig(save_state=True, sample_prompts="a photo", sample_every_n_steps=1))
-    assert len(found) == 2 and "save_state = false" in found[0] and "sample from the saved checkpoint" in found[1]
+    found = problems(TrainConfig(save_state=True, sample_prompts="a photo", sample_every_n_steps=1), True)
+    assert len(found) == 3 and "text encoders" in found[0] and "save_state = false" in found[1]
+    assert "sample from the saved checkpoint" in found[2]
     assert shard(torch.nn.Linear(2, 2), SINGLE) is None

@@ -5,7 +5,8 @@ layer's full weights are all-gathered just for its forward and backward, and gra
 reduce-scattered (averaged) by FSDP itself, so the engine's own gradient averaging
 (distributed.Group.average_gradients) skips these weights. Every layer of the U-Net's
 input_blocks / middle_block / output_blocks is one FSDP unit, the rest of the U-Net the root's.
-Text encoders stay whole on every rank (ComfyUI reads their embedding weights outside forward).
+Text encoders are not trained in a sharded run (refused: gradient clipping and the optimizer's
+foreach steps cannot mix sharded and whole weights).
 
 Saving: every rank joins in gathering the full weights (full_weights), rank 0 writes them.
 At the end (release) the trained weights are gathered back into plain parameters, so the model
@@ -130,9 +131,12 @@ class Sharding:
         return report
 
 
-def problems(cfg) -> list[str]:
+def problems(cfg, trains_text_encoders: bool = False) -> list[str]:
     """Options a sharded run cannot honour (TrainConfig), in the words of full_model's refusal."""
     out = []
+    if trains_text_encoders:
+        out.append("fsdp shards the U-Net only, and torch cannot clip or step sharded and whole weights together: "
+                   "train the text encoders in an unsharded run")
     if cfg.save_state or cfg.save_state_on_train_end or cfg.resume:
         out.append("fsdp: resumable states of a sharded run are not implemented (each rank holds a part of the optimizer "
                    "state): set save_state = false and drop resume")

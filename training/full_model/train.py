@@ -72,7 +72,7 @@ def _refuse(cfg: TrainConfig, family: str, options: FullModelOptions) -> None:
     if options.save_lora_dim < 0:
         problems.append("save_lora_dim must be >= 0")
     if options.fsdp:
-        problems += fsdp_problems(cfg)
+        problems += fsdp_problems(cfg, options.train_text_encoder)
     if problems:
         raise ValueError("These options cannot train as expected:\n" + "\n".join(f"- {p}" for p in problems))
 
