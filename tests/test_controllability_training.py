@@ -115,3 +115,12 @@ def test_training_node_form_turns_it_on(graph, comfy_dirs, tiny):
 
     with pytest.raises(GraphError, match="controllability_weights"):
         graph.run(_folder_graph("sdxl", "training/lllite_canny/canny", **{**options, "controllability_map": "hed"}))
+
+
+def test_other_trainers_refuse_the_option_by_name(tmp_path):
+    """LoRA, Textual Inversion and full-model runs have no held-out guides to sample: the option
+    is refused before any work, not ignored."""
+    from lllite_kit.training.session import run_training
+
+    with pytest.raises(ValueError, match="controllability_map = 'canny': .* LLLite, ControlNet and distillation"):
+        run_training(TrainConfig(controllability_map="canny"), None, None, None, [], None, None, output_dir=tmp_path)

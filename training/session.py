@@ -110,6 +110,9 @@ def run_training(cfg: TrainConfig, model, clip, vae, datasets: Sequence[DatasetC
     evaluation hook (data_options holdout=N sets the held-out images). sample_guide: the guide
     image ((1, 3, H, W) in [-1, 1]) of every sample of a guided adapter (LLLite). text_options:
     more TextConditioner arguments (Textual Inversion's embeddings and caption rewrite)."""
+    if (cfg.controllability_map or "off") != "off" and evaluation is None:  # no silent option
+        raise ValueError(f"controllability_map = {cfg.controllability_map!r}: the controllability check runs in "
+                         "LLLite, ControlNet and distillation training only")
     group = current()  # under torchrun: this process's part of a data-parallel run
     with torch.inference_mode(False):
         anima = is_anima(model)  # the DiT family: its own schedule, text and model call (training/anima/)
