@@ -124,3 +124,31 @@ def test_the_step_where_the_gap_rose_is_reported_from_that_evaluation_on():
     seen.append((30, gap(0.001)))  # a later dip does not move the step
     assert gap_rose_at(seen) == 20 and evaluation_text(seen).startswith("control gap +0.001 ")
     assert evaluation_text(seen).endswith("at step 20")
+
+
+def test_sd_unlocked_u_net_file_loads_in_cores_diffusion_model_loader(tiny, tmp_path):
+    """sd_locked=False's second file, <name>_unet.safetensors, is a whole U-Net that core's
+    Load Diffusion Model (comfy.sd.load_diffusion_model) detects as SD1.5 and loads with the
+    trained decoder and the base's encoder, beside a ControlNet file core loads too."""
+    import comfy.controlnet
+    import comfy.sd
+    import comfy.supported_models
+    from checkpoint_files import detectable_sd15
+
+    base = detectable_sd15(tiny)  # SD1.5 widths (core detects the family from them), one level
+    original = {k: v.clone() for k, v in base.diffusion_model.state_dict().items()}
+    adapter = ControlNetAdapter(base.model_config.unet_config, "sd15", sd_locked=False)
+    adapter.attach(base.diffusion_model, {})
+    with torch.no_grad():
+        for p in adapter._decoder.values():
+            p.add_(0.01)  # as training moves it
+    trained = {k: v.clone() for k, v in base.diffusion_model.state_dict().items()}
+    adapter.save(str(tmp_path / "cn.safetensors"), torch.float32, {})
+    adapter.detach()
+    loaded = comfy.sd.load_diffusion_model(str(tmp_path / "cn_unet.safetensors"))
+    assert type(loaded.model.model_config) is comfy.supported_models.SD15
+    sd = loaded.model.diffusion_model.state_dict()
+    assert set(sd) == set(trained) and all(torch.equal(sd[k], v.to(sd[k].dtype)) for k, v in trained.items())
+    assert not torch.equal(trained["out.2.weight"], original["out.2.weight"])
+    assert torch.equal(trained["input_blocks.1.0.in_layers.2.weight"], original["input_blocks.1.0.in_layers.2.weight"])
+    assert isinstance(comfy.controlnet.load_controlnet(str(tmp_path / "cn.safetensors")), comfy.controlnet.ControlNet)
