@@ -93,6 +93,10 @@ def data_facts(data: TrainingData) -> tuple[dict, dict[str, str]]:
     return facts, meta
 
 
+# sd-scripts' Anima latent caches hold the VAE's latents already normalised ((z - mean) / std),
+# which is what ComfyUI's Wan21 latent format makes of them: taken as they are
+ANIMA_NPZ = SdScriptsLatents("_anima.npz", lambda latents: latents, multi_resolution=True)
+
 AdapterFactory = Callable[[TrainingModel], object]
 MetadataMaker = Callable[[dict], dict[str, str]]
 # (model, text, adapter, data) -> the engine's evaluate hook (step -> metrics), e.g. control_gap.ControlGap
@@ -125,8 +129,8 @@ def run_training(cfg: TrainConfig, model, clip, vae, datasets: Sequence[DatasetC
         encode = latent_encoder(vae, latent_format, cfg.no_half_vae)
         data = TrainingData(datasets, encode_latents=frame_latents(encode) if anima else encode, vae_id=vae_id,
                             seed=cfg.seed, cache_latents=cfg.cache_latents, masked_loss=cfg.masked_loss,
-                            npz_latents=None if anima else SdScriptsLatents(f"_{'sdxl' if family == 'sdxl' else 'sd'}.npz",
-                                                                            latent_format.process_in),
+                            npz_latents=ANIMA_NPZ if anima else SdScriptsLatents(f"_{'sdxl' if family == 'sdxl' else 'sd'}.npz",
+                                                                                 latent_format.process_in),
                             cache_dir=latent_cache_dir if cfg.cache_latents_to_disk else None,
                             shard=(group.rank, group.world), **(data_options or {}))
         check_batches(data)

@@ -33,35 +33,41 @@ AGREEMENT = 0.2
 
 @dataclass(frozen=True)
 class SdScriptsLatents:
-    """suffix: "_sd.npz" (SD1.x/2.x) or "_sdxl.npz"; process_in: raw VAE latents -> what the
-    model trains on (the latent format's scaling, as the engine's own encoder applies)."""
+    """suffix: "_sd.npz" (SD1.x/2.x), "_sdxl.npz" or "_anima.npz"; process_in: raw VAE latents ->
+    what the model trains on (the latent format's scaling, as the engine's own encoder applies).
+    multi_resolution: sd-scripts' Anima layout (AnimaLatentsCachingStrategy): only the suffixed
+    name, and every key suffixed with the latent size `_<h>x<w>` (one file holds several buckets)."""
 
     suffix: str
     process_in: Callable[[torch.Tensor], torch.Tensor]
+    multi_resolution: bool = False
 
     def paths(self, image: Path, size: tuple[int, int]) -> list[Path]:
-        return [image.with_suffix(".npz"), image.with_name(f"{image.stem}_{size[0]:04d}x{size[1]:04d}{self.suffix}")]
+        named = image.with_name(f"{image.stem}_{size[0]:04d}x{size[1]:04d}{self.suffix}")
+        return [named] if self.multi_resolution else [image.with_suffix(".npz"), named]
 
     def load(self, image: Path, size: tuple[int, int], placement: Placement, flip: bool) -> torch.Tensor | None:
         """The entry's latents for this placement and flip, scaled for the model; None when no
         file matches."""
+        bw, bh = placement.bucket
+        reso = f"_{bh // 8}x{bw // 8}" if self.multi_resolution else ""
         for path in self.paths(image, size):
-            found = _read(path, image, size, placement, "latents_flipped" if flip else "latents")
+            found = _read(path, image, size, placement, "latents_flipped" if flip else "latents", reso)
             if found is not None:
                 return self.process_in(torch.from_numpy(found).float().unsqueeze(0))[0]
         return None
 
 
-def _read(path: Path, image: Path, size: tuple[int, int], placement: Placement, key: str) -> np.ndarray | None:
+def _read(path: Path, image: Path, size: tuple[int, int], placement: Placement, key: str, reso: str = "") -> np.ndarray | None:
     try:
         if not path.is_file() or path.stat().st_mtime < image.stat().st_mtime:
             return None  # none, or older than the image: it was made from another picture
         with np.load(path, allow_pickle=False) as npz:
-            if not {"latents", "original_size", "crop_ltrb", key} <= set(npz.files):
+            if not {"latents" + reso, "original_size" + reso, "crop_ltrb" + reso, key + reso} <= set(npz.files):
                 return None
             bw, bh = placement.bucket
-            latents = npz[key]
-            if tuple(npz["original_size"].tolist()) != tuple(size) or latents.ndim != 3 or latents.shape[1:] != (bh // 8, bw // 8):
+            latents = npz[key + reso]
+            if tuple(npz["original_size" + reso].tolist()) != tuple(size) or latents.ndim != 3 or latents.shape[1:] != (bh // 8, bw // 8):
                 return None
             return latents.astype(np.float32)
     except (OSError, ValueError) as e:  # unreadable or not an npz: encode instead
