@@ -1,4 +1,4 @@
-"""tool_transfer_control on tiny SD1.5 models: A to A is the identity, A to B to A returns the
+"""tool_transfer_control on tiny SD1.5 and SDXL models: A to A is the identity, A to B to A returns the
 original, only the copied tensors move (by exactly B - A), the node's file loads in core, and
 a base of another family is refused."""
 import pytest
@@ -45,3 +45,20 @@ def test_node_writes_a_file_core_loads_and_refuses_another_family(bases, comfy_d
     assert all(torch.equal(written[k], expected[k]) for k in expected)
     with pytest.raises(ControlNetError, match="another family"):
         TransferControlNet.execute("cn_a.safetensors", a, tiny.build_model("sdxl", seed=0), "cn_bad", "float")
+
+
+def test_sdxl_transfer_moves_label_emb_and_loads_in_core(comfy_dirs):
+    a, b = build_model("sdxl", seed=0), build_model("sdxl", seed=1)
+    cn = controlnet_from_unet(a.model.diffusion_model, a.model.model_config.unet_config)
+    perturb(cn, seed=9)
+    control = {k: v.detach().clone() for k, v in cn.state_dict().items()}
+    save_tensors(str(comfy_dirs / "models" / "controlnet" / "cn_xl_a.safetensors"), control, torch.float32, {})
+    loaded, name = TransferControlNet.execute("cn_xl_a.safetensors", a, b, "cn_xl_on_b", "float").args
+    assert isinstance(loaded, comfy.controlnet.ControlNet)
+    written = read_controlnet(str(comfy_dirs / "models" / "controlnet" / name))
+    sa, sb = a.model.diffusion_model.state_dict(), b.model.diffusion_model.state_dict()
+    key = "label_emb.0.0.weight"  # SDXL's size/crop embedding is copied from the U-Net, so it moves too
+    assert torch.allclose(written[key] - control[key], sb[key] - sa[key], atol=1e-6)
+    assert torch.equal(written["zero_convs.0.0.weight"], control["zero_convs.0.0.weight"])
+    back = transfer_control(written, sb, sa)
+    assert all(torch.allclose(back[k], control[k], atol=1e-6) for k in control)
