@@ -48,7 +48,7 @@ class Sharding:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
-        self.unet, self.group = unet, group
+        self.group = group
         self.full_bytes = sum(p.numel() * p.element_size() for p in unet.parameters())
         if group.device.type == "cuda":  # the peak reported is the sharded training's, not the whole model's load
             torch.cuda.reset_peak_memory_stats(group.device)
@@ -118,17 +118,16 @@ class Sharding:
                          100 * r["param_bytes"] / r["full_param_bytes"], r["optimizer_state_bytes"] / 2**20, peak)
         return everyone
 
-    def release(self) -> list[dict]:
+    def release(self) -> None:
         """The memory report, then the trained weights gathered back into the U-Net as plain,
         frozen parameters (collectives: every rank calls it)."""
         self._hook.remove()
-        report = self.report()
+        self.report()
         with torch.no_grad():
             for m, name in self._owners:
                 p = m._parameters[name]
                 m._parameters[name] = torch.nn.Parameter(p.full_tensor() if isinstance(p, DTensor) else p.detach(),
                                                          requires_grad=False)
-        return report
 
 
 def problems(cfg, trains_text_encoders: bool = False) -> list[str]:
