@@ -128,3 +128,18 @@ def test_sampling_with_cfg_batched_and_unbatched_gives_the_same(setup, monkeypat
         handle.remove()
     assert torch.allclose(batched, unbatched, rtol=1e-5, atol=1e-5 * batched.abs().max().item()), (batched - unbatched).abs().max()
     assert (batched - bare).abs().max() > 1e-3  # the control acts
+
+
+def test_block_weights_replace_the_modes_scales_one_per_output(setup):
+    from lllite_kit.training.controlnet.control_modes import parse_block_weights
+    from lllite_kit.training.controlnet.network import ControlNetError
+
+    core = _control(setup, setup["control"])  # weight 0.7: block weights multiply core's strength
+    weights = parse_block_weights(", ".join(str(0.1 * i) for i in range(13)))
+    shaped = _control(setup, with_control_mode(setup["control"], PROMPT, weights))  # A1111: advanced weighting wins
+    for w, c, s in zip(weights, core["output"] + core["middle"], shaped["output"] + shaped["middle"]):
+        assert torch.allclose(s, c * w, rtol=1e-6, atol=0)
+    with pytest.raises(ControlNetError, match=r"13 outputs .*give 13 block weights, got 10"):
+        _control(setup, with_control_mode(setup["control"], BALANCED, [1.0] * 10))
+    with pytest.raises(ControlNetError, match="numbers separated by commas"):
+        parse_block_weights("1, x")
