@@ -85,7 +85,7 @@ TRAINER_OPTIONS = {
     "full": ("full_model:FullModelOptions",
              {"train_text_encoder": "train_text_encoder", "learning_rate_te": "learning_rate_te1",
               "learning_rate_te1": "learning_rate_te1", "learning_rate_te2": "learning_rate_te2", "block_lr": "block_lr",
-              "save_lora_dim": "save_lora_dim"}),
+              "save_lora_dim": "save_lora_dim", "fsdp": "fsdp"}),
 }
 OUTPUT_FOLDERS = {"ti": "embeddings", "full": "checkpoints"}  # ComfyUI's folder a trainer's files go to by default
 

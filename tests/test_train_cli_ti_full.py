@@ -69,6 +69,7 @@ def test_full_options_from_the_config_file(tmp_path, comfy_dirs, tiny_checkpoint
 def test_trainer_options_are_mapped_and_checked():
     options, rest = cli.trainer_options("full", {"learning_rate_te": 1e-6, "train_text_encoder": True, "seed": 3})
     assert (options[0].learning_rate_te1, options[0].train_text_encoder, rest) == (1e-6, True, {"seed": 3})
+    assert cli.trainer_options("full", {"fsdp": True})[0][0].fsdp  # sharded under torchrun (docs/distributed.md)
     options, _ = cli.trainer_options("ti", {"token_string": "x", "use_style_template": True, "weights": "a.safetensors"})
     assert (options[0].templates, options[0].start_from) == ("style", "a.safetensors")
     assert cli.trainer_options("lora", {"seed": 3}) == ([], {"seed": 3})
