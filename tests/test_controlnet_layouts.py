@@ -15,7 +15,7 @@ from controlnet_testing import build_model
 from lllite_kit.training.controlnet.layouts import (AUTO, LLLYASVIEL, SD_SCRIPTS, core_reads_sd_scripts, file_names,
                                                      resolve_layout)
 from lllite_kit.training.controlnet.network import ControlNetError, controlnet_config, new_controlnet
-from lllite_kit.training.controlnet.weights import save_controlnet
+from lllite_kit.training.controlnet.weights import read_controlnet, save_controlnet
 
 _SDXL = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
          "num_classes": "sequential", "adm_in_channels": 2816, "in_channels": 4, "model_channels": 320,
@@ -77,6 +77,8 @@ def test_an_sd_scripts_layout_file_loads_in_core_as_the_same_network(comfy_dirs)
     loaded = nodes.ControlNetLoader().load_controlnet(path.name)[0].control_model.state_dict()
     assert set(loaded) == set(ours)
     assert all(torch.equal(loaded[k].to(v.dtype), v) for k, v in ours.items())
+    start = read_controlnet(str(path))  # what Train ControlNet's start_from reads to continue training
+    assert set(start) == set(ours) and all(torch.equal(start[k].to(v.dtype), v) for k, v in ours.items())
 
 
 # lllyasviel's v1-inference.yaml (the SD1.5 U-Net), and sd-webui-controlnet's controlnet_default_config
