@@ -142,6 +142,7 @@ def test_git_node_captions_linked_images_and_writes_nothing(graph, captioners, c
     inputs = dict(model="git-base", images=["1", 0], decoding="greedy", num_beams=1, top_p=0.9, max_length=8,
                   min_length=2, seed=42, batch_size=2, blip_prompt="a picture of ", git_remove_words=True,
                   write_files=True, caption_extension=".caption", if_exists="overwrite")
+    before = sorted(Path(comfy_dirs).rglob("*.caption"))
     graph.run({"1": {"class_type": "EmptyImage", "inputs": dict(width=40, height=24, batch_size=3, color=0x3366CC)},
                "2": {"class_type": "LLLiteKit_CaptionImages", "inputs": inputs}})
     captions, folder, lines = graph.node_outputs("2")
@@ -150,7 +151,7 @@ def test_git_node_captions_linked_images_and_writes_nothing(graph, captioners, c
         CaptionOptions(decoding="greedy", max_length=8, min_length=2, batch_size=2, remove_words=True))
     assert captions == expected and lines == ["\n".join(expected)]
     assert folder == [""]  # no folder: nothing was written, whatever write_files says
-    assert not list(Path(comfy_dirs).rglob("*.caption"))
+    assert sorted(Path(comfy_dirs).rglob("*.caption")) == before
 
 
 def test_command_line_caption(captioners, tmp_path, capsys):
