@@ -258,3 +258,27 @@ def test_train_lora_node_masks_from_alpha_or_conditioning_dir_and_refuses_masked
     assert losses()[0] > 0
     with pytest.raises(GraphError, match="Subsets without loss masks"):
         graph.run(_lora_graph("masked_loss = true"))
+
+
+def test_train_lllite_node_with_black_alpha_masks_trains_on_a_loss_of_0(graph, comfy_dirs):
+    """The LLLite trainer reads masks through the same data path and engine as LoRA."""
+    from test_lllite_training_graph import TRAIN
+
+    root = comfy_dirs / "input" / "masked_lllite"
+    for name, seed in (("a", 1), ("b", 2)):
+        rgb = np.random.default_rng(seed).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        (root / "train" / "1_ring").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.dstack([rgb, np.zeros((64, 64), np.uint8)]), "RGBA").save(root / "train" / "1_ring" / f"{name}.png")
+        (root / "cond" / "1_ring").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(255 - rgb).save(root / "cond" / "1_ring" / f"{name}.png")
+    prompt = _lora_graph("", "masked_lllite/cond")
+    prompt["2"]["inputs"]["train_dir"] = "masked_lllite/train"
+    prompt["3"] = {"class_type": "LLLiteKit_TrainLLLite", "inputs": {
+        "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "dataset": ["2", 0],
+        **TRAIN, "output_name": "masked_lllite", "max_train_steps": 1, "heldout_images": 0, "save_every_n_steps": 0,
+        "extra_options": "alpha_mask = true"}}
+    prompt["4"] = {"class_type": "PreviewImage", "inputs": {"images": ["3", 2]}}
+    graph.server.messages.clear()
+    graph.run(prompt)
+    texts = [d["text"] for e, d in graph.server.messages if e == "progress_text" and d["node"] == "3"]
+    assert [float(t.split()[-1]) for t in texts if t.startswith("step ")] == [0.0]
