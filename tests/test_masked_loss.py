@@ -1,7 +1,8 @@
 """Masked loss (sd-scripts' --masked_loss / alpha_mask): masks from the alpha channel, a
 mask_dir or (without guided training) conditioning_data_dir, cropped and flipped like their
 image, area-downsampled to the latent size, and the per-pixel loss multiplied by them before
-the mean, as sd-scripts' apply_masked_loss does."""
+the mean, as sd-scripts' apply_masked_loss does; the LoRA, LLLite and ControlNet trainers all
+train on a loss of exactly 0 under black masks."""
 import dataclasses
 
 import numpy as np
@@ -282,3 +283,33 @@ def test_train_lllite_node_with_black_alpha_masks_trains_on_a_loss_of_0(graph, c
     graph.run(prompt)
     texts = [d["text"] for e, d in graph.server.messages if e == "progress_text" and d["node"] == "3"]
     assert [float(t.split()[-1]) for t in texts if t.startswith("step ")] == [0.0]
+
+
+def test_controlnet_training_with_black_masks_trains_on_a_loss_of_0(tiny, tmp_path):
+    """ControlNet too: the same TrainingData masks through the same engine loss."""
+    from controlnet_testing import build_model
+    from lllite_kit.training.comfy_bridge import TextConditioner, trainable_model
+    from lllite_kit.training.config import TrainConfig
+    from lllite_kit.training.controlnet.adapter import ControlNetAdapter
+    from lllite_kit.training.engine import TrainingEngine
+    from test_lllite_training import fill_task, pooled_latents
+    from training_helpers import no_metadata
+
+    images, guides = fill_task(2)
+    losses = []
+    for mask_value in (0.0, 1.0):
+        items = items_from_tensors(images, "a filled circle", guides, masks=torch.full((2, 64, 64), mask_value))
+        data = TrainingData([DatasetConfig(subsets=[SubsetConfig(items=items)], resolution=(64, 64), batch_size=2)],
+                            encode_latents=pooled_latents, vae_id="avg-pool-8", seed=0, size_multiple=64,
+                            require_guides=True, masked_loss=True)
+        model, clip = build_model("sd15", seed=0), tiny.build_clip("sd15", seed=0)
+        cfg = TrainConfig(max_train_steps=1, learning_rate=1e-3, seed=0, output_name="masked_cn", save_state=False,
+                          save_precision="float", masked_loss=True)
+        with torch.inference_mode(False):
+            text = TextConditioner(clip, "sd15")
+            text.precompute(data.fixed_captions())
+            with trainable_model(model) as tm:
+                adapter = ControlNetAdapter(model.model.model_config.unet_config, "sd15")
+                result = TrainingEngine(cfg, tm, text, adapter, data, tmp_path / str(mask_value), no_metadata).run()
+        losses.append(result.losses[0])
+    assert losses[0] == 0.0 and losses[1] > 0  # black masks: nothing to learn; white: the plain loss
