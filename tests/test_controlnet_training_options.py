@@ -3,7 +3,7 @@ them (train_controlnet: VAE-encoded, cached latents and text): control_strength 
 strength (the file, applied by core at that strength, predicts what training predicted);
 guide_dropout blacks out guides while training only; only_mid_control leaves the zero
 convolutions at zero; an sd-scripts subset with conditioning_data_dir trains with AdamW8bit,
-min-SNR, noise offset, checkpointing, accumulation and a scheduler; Cancel and a NaN loss stop
+full_bf16, min-SNR, noise offset, checkpointing, accumulation and a scheduler; Cancel and a NaN loss stop
 the run with the model given back."""
 import pytest
 import safetensors.torch
@@ -63,8 +63,8 @@ def test_guide_dropout_blacks_out_guides_in_training_only():
 
 def test_sd_scripts_subset_with_engine_options_and_only_mid_control(tiny, tmp_path):
     """A conditioning_data_dir subset; AdamW8bit (8-bit states in the saved training state),
-    min-SNR, noise offset, gradient checkpointing, accumulation 2, cosine schedule; latents and
-    text cached before training. only_mid_control: the skip zero convolutions get no gradient
+    full_bf16 (bf16 weights), min-SNR, noise offset, gradient checkpointing, accumulation 2,
+    cosine schedule; latents and text cached before training. only_mid_control: the skip zero convolutions get no gradient
     and stay exactly zero, the middle one learns."""
     pytest.importorskip("bitsandbytes")
     from PIL import Image
@@ -80,13 +80,15 @@ def test_sd_scripts_subset_with_engine_options_and_only_mid_control(tiny, tmp_pa
     phases = []
     result, _ = _train(tiny, tmp_path / "out", [dataset], TrainHooks(phase=phases.append), only_mid_control=True,
                        optimizer_type="AdamW8bit", min_snr_gamma=5.0, noise_offset=0.1, gradient_checkpointing=True,
-                       gradient_accumulation_steps=2, lr_scheduler="cosine")
-    assert len(result.losses) == 2 and all(torch.isfinite(torch.tensor(result.losses)))
+                       gradient_accumulation_steps=2, lr_scheduler="cosine", mixed_precision="bf16", full_bf16=True,
+                       max_train_steps=1)
+    assert len(result.losses) == 1 and all(torch.isfinite(torch.tensor(result.losses)))
     assert any(p.startswith("caching latents") for p in phases) and any(p.startswith("caching text") for p in phases)
     state = load_state(state_path_for(result.final_path))
     quantised = [s["__bnb_optimizer_quant_state__"] for s in state["optimizer"]["state"].values()
                  if "__bnb_optimizer_quant_state__" in s]
     assert quantised and quantised[0]["state1"].dtype == torch.uint8  # bitsandbytes' 8-bit AdamW states
+    assert state["adapter"]["middle_block_out.0.weight"].dtype == torch.bfloat16  # full_bf16: the trained weights too
     sd = safetensors.torch.load_file(str(result.final_path))
     zero_convs = [v for k, v in sd.items() if k.startswith("control_model.zero_convs.")]
     assert zero_convs and not any(v.any() for v in zero_convs)
