@@ -92,9 +92,9 @@ def test_pck():
     result = guide + torch.tensor([[[0.0, 3.0], [4.0, 0.0], [10.0, 0.0], [0.0, 0.0]]])
     visible = torch.tensor([[True, True, True, False]])
     # alpha 0.05 of 100 px = 5 px: keypoints 0 and 1 are within it, 2 is not, 3 is not visible in the guide
-    assert metrics.pck(result, guide, torch.ones(1, 4, dtype=torch.bool), visible, 100).item() == pytest.approx(2 / 3)
+    assert metrics.pck(result, guide, torch.ones(1, 4, dtype=torch.bool), visible, 100, 0.05).item() == pytest.approx(2 / 3)
     hidden = torch.tensor([[False, True, True, True]])  # the result does not show keypoint 0
-    assert metrics.pck(result, guide, hidden, visible, 100).item() == pytest.approx(1 / 3)
+    assert metrics.pck(result, guide, hidden, visible, 100, 0.05).item() == pytest.approx(1 / 3)
 
 
 def test_mean_iou_and_colour_labels():

@@ -103,10 +103,13 @@ def normal_errors(result: torch.Tensor, guide: torch.Tensor) -> dict[str, torch.
 
 
 def pck(result: torch.Tensor, guide: torch.Tensor, result_visible: torch.Tensor, guide_visible: torch.Tensor,
-        size: float, alpha: float = 0.05) -> torch.Tensor:
-    """Percentage of correct keypoints per image: keypoints (B, K, 2) in pixels, visibility
+        size, alpha: float = 0.1) -> torch.Tensor:
+    """Percentage of correct keypoints per row: keypoints (B, K, 2) in pixels, visibility
     (B, K) bool. Of the guide's visible keypoints, the share the result also shows within
-    alpha * size pixels (size: the image's longer side). No visible guide keypoint: 1."""
+    alpha * size pixels; size (pixels): one number, one per row (B,) or one per keypoint
+    (B, K), e.g. the longer side of the person's bounding box. No visible guide keypoint: 1."""
+    size = torch.as_tensor(size, dtype=torch.float32)
+    size = size[:, None] if size.dim() == 1 else size
     dist = (result.float() - guide.float()).norm(dim=-1)
     ok = guide_visible & result_visible & (dist <= alpha * size)
     n = guide_visible.sum(1).float()
