@@ -1,5 +1,6 @@
 """ControlNet training on the one engine (tiny SD1.5, the Fill50K-like synthetic task of the
-LLLite tests): the control gap is exactly 0 at the start (zero convolutions) and grows, the
+LLLite tests): the control gap is exactly 0 at the start (zero convolutions) and clearly positive
+after 20 steps (filled-disk guides), the
 saved file is what core loads, a resumed run ends where the uninterrupted one does, and
 sd_locked=False trains and saves the decoder while the graph's model keeps its weights; SDXL
 trains end to end and its file, loaded and applied by core, predicts what training predicted;
@@ -26,15 +27,23 @@ from lllite_kit.training.session import data_facts
 from lllite_kit.training.state import state_path_for
 from test_lllite_training import fill_task, pooled_latents
 
-STEPS = 8
+STEPS = 20
 
 
-def _run(tiny, out, steps=STEPS, holdout=4, images=8, family="sd15", **kw):
-    cfg_keys = {k: kw.pop(k) for k in ("resume", "save_every_n_steps", "save_last_n_steps", "output_name", "mixed_precision")
-                if k in kw}
+def filled_guides(images: torch.Tensor) -> torch.Tensor:
+    """fill_task's disks as guides: each disk filled with its colour on black (the picture with
+    its grey background blacked out), a guide the picture's latent follows pixel for pixel."""
+    return torch.where(images == 0.5, 0.0, images)
+
+
+def _run(tiny, out, steps=STEPS, holdout=4, images=8, family="sd15", filled=False, batch_size=2, **kw):
+    cfg_keys = {k: kw.pop(k) for k in ("resume", "save_every_n_steps", "save_last_n_steps", "output_name", "mixed_precision",
+                                       "min_timestep") if k in kw}
     images, guides = fill_task(images)
+    if filled:
+        guides = filled_guides(images)
     dataset = DatasetConfig(subsets=[SubsetConfig(items=items_from_tensors(images, "a filled circle", guides))],
-                            resolution=(64, 64), batch_size=2)
+                            resolution=(64, 64), batch_size=batch_size)
     data = TrainingData([dataset], encode_latents=pooled_latents, vae_id="avg-pool-8", seed=0, size_multiple=64,
                         require_guides=True, holdout=holdout)
     model, clip = build_model(family, seed=0), tiny.build_clip(family, seed=0)
@@ -57,7 +66,12 @@ def _run(tiny, out, steps=STEPS, holdout=4, images=8, family="sd15", **kw):
 
 @pytest.fixture(scope="module")
 def trained(tiny, tmp_path_factory):
-    return _run(tiny, tmp_path_factory.mktemp("cn_train"), images=12)
+    """The gap rises within STEPS only with what makes the guide worth learning at once: the filled
+    disk as guide (an outline's signal fades in the hint encoder: no rise in 20 steps), high noise
+    (t >= 900: the noisy latent hides the disk, only the guide shows it) and batch 8 (steadier
+    gradients for the product of the zero-initialised last hint convolution and zero convolutions;
+    batch 2 has the gap at 0.0 % of the loss at step 20). docs/controlnet.md has the curve."""
+    return _run(tiny, tmp_path_factory.mktemp("cn_train"), images=36, filled=True, batch_size=8, min_timestep=900)
 
 
 def test_control_gap_is_exactly_zero_at_start_and_positive_after_training(trained):
@@ -66,7 +80,7 @@ def test_control_gap_is_exactly_zero_at_start_and_positive_after_training(traine
     assert (s0, s1) == (0, STEPS)
     assert start["control_gap"] == 0.0  # zero convolutions: the guide changes nothing yet
     assert end["heldout_correct"] < start["heldout_correct"]
-    assert end["control_gap"] > 0.0, end
+    assert end["control_gap"] > 0.05 * end["heldout_correct"], end  # clearly: the node's gap_rose_at_step threshold
     assert adapter.control.zero_convs[0][0].weight.abs().max() > 0  # the zero convolutions learned
 
 
