@@ -170,10 +170,11 @@ def compare_depth(pictures: np.ndarray, device, real_size: bool, rounds: int) ->
         sys.exit("our depth map differs from transformers' beyond the tolerance")
 
 
-def _reference_detectors(root: Path, device, anime: bool, pose: bool):
+def _reference_detectors(root: Path, device, anime: bool, pose: bool, only: set[str] | None = None):
     """(name, our detector on a batch, controlnet_aux's detector on one uint8 picture) for
-    each learned detector both have, on one set of random weights saved in the published
-    layout (ours reads the file; the reference gets the same module)."""
+    each learned detector both have (those named in `only`, lower case, when given), on one
+    set of random weights saved in the published layout (ours reads the file; the reference
+    gets the same module)."""
     import functools
 
     import controlnet_aux as cna
@@ -185,20 +186,26 @@ def _reference_detectors(root: Path, device, anime: bool, pose: bool):
 
     from lllite_kit.preprocessors import hed, lineart_anime, lineart_realistic, mlsd, pidinet as ours_pidinet
 
+    def want(name):
+        return only is None or name.lower() in only
+
     def saved(net, name, wrap=lambda sd: sd):
         torch.manual_seed(0)
         torch.save(wrap(net.state_dict()), root / name)
         return str(root / name), net.float().eval().to(device)
 
     norm = functools.partial(torch.nn.InstanceNorm2d, affine=False, track_running_stats=False)
-    path, net = saved(ControlNetHED_Apache2(), "ControlNetHED.pth")
-    yield "HED", functools.partial(hed.hed_edges, hed.load_hed(path)), cna.HEDdetector(net)
-    path, net = saved(pidinet(), "table5_pidinet.pth", lambda sd: {"state_dict": sd})
-    yield "PiDiNet", functools.partial(ours_pidinet.pidinet_edges, ours_pidinet.load_pidinet(path)), \
-        cna.PidiNetDetector(net)
-    path, net = saved(MobileV2_MLSD_Large(), "mlsd_large_512_fp32.pth")
-    yield "M-LSD", functools.partial(mlsd.mlsd_lines, mlsd.load_mlsd(path)), cna.MLSDdetector(net)
-    if pose:  # the public file has flat layer names (controlnet_aux's transfer() nests them)
+    if want("HED"):
+        path, net = saved(ControlNetHED_Apache2(), "ControlNetHED.pth")
+        yield "HED", functools.partial(hed.hed_edges, hed.load_hed(path)), cna.HEDdetector(net)
+    if want("PiDiNet"):
+        path, net = saved(pidinet(), "table5_pidinet.pth", lambda sd: {"state_dict": sd})
+        yield "PiDiNet", functools.partial(ours_pidinet.pidinet_edges, ours_pidinet.load_pidinet(path)), \
+            cna.PidiNetDetector(net)
+    if want("M-LSD"):
+        path, net = saved(MobileV2_MLSD_Large(), "mlsd_large_512_fp32.pth")
+        yield "M-LSD", functools.partial(mlsd.mlsd_lines, mlsd.load_mlsd(path)), cna.MLSDdetector(net)
+    if pose and want("OpenPose body"):  # the public file has flat layer names (controlnet_aux's transfer() nests them)
         from controlnet_aux.open_pose import Body, OpenposeDetector
         from controlnet_aux.open_pose.model import bodypose_model
 
@@ -208,6 +215,7 @@ def _reference_detectors(root: Path, device, anime: bool, pose: bool):
                         lambda sd: {k.split(".", 1)[1]: v for k, v in sd.items()})
         yield "OpenPose body", functools.partial(openpose.openpose, openpose.load_openpose(path)), \
             OpenposeDetector(Body(path).to(device))
+    if pose and (want("MiDaS DPT-Hybrid") or want("BAE normals")):
         # MiDaS DPT-Hybrid as its original .pt, BAE normals as scannet.pt ({"model": DataParallel names})
         import types
 
@@ -218,34 +226,38 @@ def _reference_detectors(root: Path, device, anime: bool, pose: bool):
 
         from lllite_kit.preprocessors import midas, normal_bae
 
-        path, net = saved(DPTDepthModel(path=None, backbone="vitb_rn50_384", non_negative=True),
-                          "dpt_hybrid-midas-501f0c75.pt")
-        yield "MiDaS DPT-Hybrid", functools.partial(midas.midas_depth, midas.load_midas(path)), MidasDetector(net)
-        bae = NNET(types.SimpleNamespace(mode="client", architecture="BN", pretrained="scannet", sampling_ratio=0.4,
-                                         importance_ratio=0.7))
-        path, net = saved(bae, "scannet.pt", lambda sd: {"model": {f"module.{k}": v for k, v in sd.items()}})
-        yield "BAE normals", functools.partial(normal_bae.normal_bae, normal_bae.load_normal_bae(path)), \
-            NormalBaeDetector(net)
-    path, net = saved(Generator(3, 1, 3), "sk_model.pth")
-    yield "Realistic lineart", functools.partial(lineart_realistic.lineart_realistic,
-                                                 lineart_realistic.load_lineart(path)), cna.LineartDetector(net, net)
-    if not anime:
+        if want("MiDaS DPT-Hybrid"):
+            path, net = saved(DPTDepthModel(path=None, backbone="vitb_rn50_384", non_negative=True),
+                              "dpt_hybrid-midas-501f0c75.pt")
+            yield "MiDaS DPT-Hybrid", functools.partial(midas.midas_depth, midas.load_midas(path)), MidasDetector(net)
+        if want("BAE normals"):
+            bae = NNET(types.SimpleNamespace(mode="client", architecture="BN", pretrained="scannet",
+                                             sampling_ratio=0.4, importance_ratio=0.7))
+            path, net = saved(bae, "scannet.pt", lambda sd: {"model": {f"module.{k}": v for k, v in sd.items()}})
+            yield "BAE normals", functools.partial(normal_bae.normal_bae, normal_bae.load_normal_bae(path)), \
+                NormalBaeDetector(net)
+    if want("Realistic lineart"):
+        path, net = saved(Generator(3, 1, 3), "sk_model.pth")
+        yield "Realistic lineart", functools.partial(lineart_realistic.lineart_realistic,
+                                                     lineart_realistic.load_lineart(path)), cna.LineartDetector(net, net)
+    if not anime or not want("Anime lineart"):
         return
     path, net = saved(UnetGenerator(3, 1, 8, 64, norm_layer=norm), "netG.pth")
     yield "Anime lineart", functools.partial(lineart_anime.lineart_anime, lineart_anime.load_lineart_anime(path)), \
         cna.LineartAnimeDetector(net)
 
 
-def compare_learned(pictures: np.ndarray, device, rounds: int) -> None:
+def compare_learned(pictures: np.ndarray, device, rounds: int, only: set[str] | None = None) -> None:
     """Ours on the batch vs controlnet_aux one picture at a time (its API), same weights,
-    detection at the pictures' size (a multiple of 64, so neither resizes)."""
+    detection at the pictures' size (a multiple of 64, so neither resizes); `only`: the
+    detectors to run (all when None)."""
     try:
         import controlnet_aux  # noqa: F401
     except ImportError:
         print("\nlearned detectors: controlnet_aux is not installed (pip install controlnet-aux): skipped")
         return
     n, size = len(pictures), pictures.shape[1]
-    frames = torch.from_numpy(pictures).to(device).movedim(-1, 1).float() / 255.0
+    frames = torch.from_numpy(pictures).to(device).movedim(-1, 1).float() / 255.0  # as the nodes pass IMAGE
     print(f"\nlearned detectors vs controlnet_aux: {n} images {size}x{size}, same random weights, fp32; "
           f"per-image ms")
     with tempfile.TemporaryDirectory() as tmp:
@@ -253,7 +265,8 @@ def compare_learned(pictures: np.ndarray, device, rounds: int) -> None:
             print(f"{'Anime lineart':<18} skipped: the picture side must be a multiple of 256 (its working multiple)")
         # OpenPose (random body weights light up peaks everywhere, and grouping them takes seconds),
         # MiDaS and BAE (100-300 M parameters to build): not at smoke size
-        for name, ours, reference in _reference_detectors(Path(tmp), device, anime=size % 256 == 0, pose=size >= 256):
+        for name, ours, reference in _reference_detectors(Path(tmp), device, anime=size % 256 == 0, pose=size >= 256,
+                                                          only=only):
             times = benchlib.interleaved(
                 {"ours": lambda: ours(frames, detect_resolution=size),
                  "reference": lambda: [reference(p, detect_resolution=size, image_resolution=size, output_type="np")
@@ -275,6 +288,8 @@ def main() -> None:
     p.add_argument("--learned-images", type=int, default=8, help="batch for the learned detectors vs controlnet_aux")
     p.add_argument("--learned-size", type=int, default=512, help="their picture side (a multiple of 64; 256 for anime lineart)")
     p.add_argument("--learned-rounds", type=int, default=1, help="A B B A rounds per learned detector")
+    p.add_argument("--only-learned", metavar="NAME[,NAME]", type=lambda s: {n.strip().lower() for n in s.split(",")},
+                   help="run only these learned detectors (e.g. 'BAE normals,HED'), skipping the classical and depth parts")
     p.add_argument("--smoke", action="store_true", help="smallest settings: 2 images of 560x560, one round (a few seconds)")
     opts = p.parse_args()
     if opts.size < 518:
@@ -294,6 +309,9 @@ def main() -> None:
 
     device = mm.get_torch_device()
     print(f"machine: {benchlib.machine()}, OpenCV {cv2.__version__}, device {device}")
+    if opts.only_learned:
+        compare_learned(_pictures(opts.learned_images, opts.learned_size), device, opts.learned_rounds, opts.only_learned)
+        return
     pictures = _pictures(opts.images, opts.size)
     batch = torch.from_numpy(pictures).to(device).movedim(-1, 1).float() / 255.0
     print(f"batch: {opts.images} x {opts.size}x{opts.size} RGB; ours runs the whole batch at once on {device.type}, "
