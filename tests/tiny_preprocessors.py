@@ -154,6 +154,18 @@ def write_lineart_manga(path: Path, seed: int = 0) -> Path:
     return path
 
 
+def write_normal_bae(path: Path, seed: int = 0) -> Path:
+    """scannet.pt's layout ({"model": DataParallel names}). BAE's EfficientNet-B5 has a fixed
+    size (the loader reads no widths), so this is the real-size network, stored in fp16 to
+    halve the bytes (the loader works in fp32 whatever the file holds)."""
+    from lllite_kit.preprocessors.normal_bae import NormalBae
+
+    _seeded(seed)
+    sd = NormalBae().state_dict()
+    torch.save({"model": {f"module.{k}": v.half() if v.is_floating_point() else v for k, v in sd.items()}}, path)
+    return path
+
+
 def write_upernet_folder(folder: Path, seed: int = 0, classes: int = 150, size: tuple[int, int] = (64, 96)) -> Path:
     """A tiny UperNet (ConvNeXt) saved as openmmlab/upernet-convnext-* are: model plus image
     processor settings (here sized `size`, so tests can skip its resampling)."""

@@ -67,7 +67,8 @@ def prepare_preprocessors_all(models_dir, input_dir, tiny):
     import tiny_preprocessors
 
     tiny_preprocessors.write_all(models_dir / "preprocessors")
-    return {node: {"detect_resolution": 64} for node in ("16", "18", "20", "22", "34")} | {"24": {"detect_resolution": 56}}
+    tiny_preprocessors.write_normal_bae(models_dir / "preprocessors" / "scannet.pt")  # real size: only here
+    return {node: {"detect_resolution": 64} for node in ("16", "18", "20", "22", "34", "36")} | {"24": {"detect_resolution": 56}}
 
 
 def prepare_lora_train(models_dir, input_dir, tiny):
