@@ -194,13 +194,20 @@ def test_absent_file_fails_validation_naming_file_folder_and_url(graph, comfy_di
     from nodes import NODE_CLASS_MAPPINGS
 
     spec = getattr(w, spec)
-    choices = NODE_CLASS_MAPPINGS[node].INPUT_TYPES()["required"]["weights"][1]["options"]
-    assert choices[0] == w.missing_label(spec.name)
-    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(comfy_dirs / "input" / "grey.png")
-    with pytest.raises(GraphError) as e:
-        graph.run({"1": {"class_type": "LoadImage", "inputs": {"image": "grey.png"}},
-                   "2": {"class_type": node, "inputs": {"image": ["1", 0], "weights": choices[0]}},
-                   "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}}})
+    path = comfy_dirs / "models" / "preprocessors" / spec.name
+    earlier = path.read_bytes() if path.exists() else None  # an example workflow's fixture may have put one there
+    try:
+        path.unlink(missing_ok=True)
+        choices = NODE_CLASS_MAPPINGS[node].INPUT_TYPES()["required"]["weights"][1]["options"]
+        assert choices[0] == w.missing_label(spec.name)
+        Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(comfy_dirs / "input" / "grey.png")
+        with pytest.raises(GraphError) as e:
+            graph.run({"1": {"class_type": "LoadImage", "inputs": {"image": "grey.png"}},
+                       "2": {"class_type": node, "inputs": {"image": ["1", 0], "weights": choices[0]}},
+                       "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}}})
+    finally:
+        if earlier is not None:
+            path.write_bytes(earlier)
     msg = str(e.value)
     assert msg.startswith("invalid graph")
     assert spec.name in msg and str(comfy_dirs / "models" / "preprocessors") in msg and spec.url in msg
