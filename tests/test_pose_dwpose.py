@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import tiny_pose
-from lllite_kit.preprocessors.pose import dwpose, onnx_torch
+from lllite_kit.preprocessors.pose import dwpose, onnx_rewrites, onnx_torch
 
 pytest.importorskip("onnxruntime")
 
@@ -37,6 +37,43 @@ def test_torch_runs_the_graphs_as_onnxruntime_does(runners):
         assert len(a) == len(b)
         for t, o in zip(b, a):
             assert t.shape == o.shape and (o - t).abs().max() <= 1e-5 * t.abs().max()
+
+
+def _kinds(net) -> list[str]:
+    return sorted(type(m).__name__ for m in net.modules() if not isinstance(m, torch.fx.GraphModule))
+
+
+def test_graph_rewrites_fuse_exactly_their_patterns_and_compute_as_onnxruntime(tmp_path):
+    """SiLU (Sigmoid x Mul, either order) is fused and the near misses are kept; on the CPU
+    five convolutions are packed with the lone activation after them fused in (the one with
+    asymmetric pads is not packed); outputs equal onnxruntime's to 1e-5 of their range on the
+    CPU path and on the plain graph (grad enabled), and the packed weights follow an in-place
+    weight edit."""
+    path = tiny_pose.write_rewrite_cases(tmp_path / "cases.onnx")
+    model = onnx_torch.OnnxModel(str(path), "cases").eval()
+    kinds = _kinds(model.net)
+    assert kinds.count("SiLU") == 2 and kinds.count("Sigmoid") == 1 and kinds.count("OnnxBinaryMathOperation") == 3
+    packed = [m for m in model.cpu_net().modules() if isinstance(m, onnx_rewrites.PackedConv2d)]
+    assert sorted((m.attr, m.scalars) for m in packed) == [("leaky_relu", [pytest.approx(0.1)]), ("none", []), ("relu", []),
+                                                          ("swish", []), ("swish", [])]
+    cpu_kinds = _kinds(model.cpu_net())
+    assert cpu_kinds.count("ReLU") == 1 and "LeakyReLU" not in cpu_kinds and "SiLU" not in cpu_kinds
+    x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    (ref,) = onnx_torch.OrtModel(str(path))(x)
+    with torch.no_grad():
+        (fast,) = model(x)
+    with torch.enable_grad():
+        (plain,) = model(x)
+    for out in (fast, plain):
+        assert out.shape == ref.shape == (1, 8, 7, 7) and (out - ref).abs().max() <= 1e-5 * ref.abs().max()
+    net = model.cpu_net()
+    with torch.no_grad():
+        next(m for m in model.net.modules() if isinstance(m, torch.nn.Conv2d)).weight.mul_(-2.0)
+        (edited,) = model(x)
+    with torch.enable_grad():
+        (edited_plain,) = model(x)
+    assert model.cpu_net() is not net and (edited - fast).abs().max() > 0.1 * ref.abs().max()
+    assert (edited - edited_plain).abs().max() <= 1e-5 * edited_plain.abs().max()
 
 
 def test_same_people_on_torch_and_onnxruntime(runners):

@@ -159,3 +159,43 @@ def write_dwpose(folder: Path, seed: int = 0) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     return {"detector": write_yolox(folder / "yolox_l.onnx", seed),
             "estimator": write_rtmpose(folder / "dw-ll_ucoco_384.onnx", seed + 1)}
+
+
+def write_rewrite_cases(path: Path, seed: int = 0) -> Path:
+    """A small graph of the patterns our graph rewrites match and of near misses they must
+    leave alone: SiLU exported as Sigmoid and Mul in both operand orders (fused), a Sigmoid
+    that feeds two Muls (kept), Mul(y, sigmoid(x)) with y != x (kept), convolutions followed
+    by Relu, LeakyRelu (depthwise) and SiLU (fused into the packed convolution), one whose
+    output feeds two nodes (not fused), and one with asymmetric pads (onnx2torch pads it
+    separately: not packed). (1, 4, 16, 16) -> (1, 8, 7, 7)."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(seed)
+    inits, nodes = {}, []
+
+    def conv(name, x, c_in, c_out, k, group=1, **attrs):
+        inits[name + "_w"] = rng.normal(0, (1.0 / (c_in // group * k * k)) ** 0.5, (c_out, c_in // group, k, k))
+        inits[name + "_b"] = rng.normal(0, 0.1, c_out)
+        nodes.append(helper.make_node("Conv", [x, name + "_w", name + "_b"], [name], kernel_shape=[k, k], group=group,
+                                      **attrs))
+        return name
+
+    def op(kind, inputs, name, **attrs):
+        nodes.append(helper.make_node(kind, inputs, [name], **attrs))
+        return name
+
+    c1 = conv("c1", "input", 4, 8, 3, pads=[1, 1, 1, 1])
+    m1 = op("Mul", [c1, op("Sigmoid", [c1], "s1")], "m1")  # SiLU, x * sigmoid(x)
+    c2 = conv("c2", m1, 8, 8, 3, pads=[1, 1, 1, 1], strides=[2, 2])
+    m2 = op("Mul", [op("Sigmoid", [c2], "s2"), c2], "m2")  # SiLU, sigmoid(x) * x
+    c3 = op("Relu", [conv("c3", m2, 8, 8, 1)], "r3")
+    c4 = op("LeakyRelu", [conv("c4", c3, 8, 8, 3, group=8, pads=[1, 1, 1, 1])], "l4", alpha=0.1)
+    c5 = conv("c5", c4, 8, 8, 3, pads=[0, 0, 1, 1])  # asymmetric pads: 8 x 8 -> 7 x 7
+    s5 = op("Sigmoid", [c5], "s5")  # feeds two Muls: no SiLU
+    m5 = op("Mul", [c5, s5], "m5")
+    c6 = conv("c6", m5, 8, 8, 3, pads=[1, 1, 1, 1])  # feeds Relu and Add: no fusion
+    a6 = op("Add", [op("Relu", [c6], "r6"), c6], "a6")
+    op("Mul", [a6, s5], "output")  # y * sigmoid(x), y != x: no SiLU
+    return _onnx_model(nodes, [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4, 16, 16])],
+                       [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 8, 7, 7])], inits, path)

@@ -4,14 +4,26 @@ The graph is read with the `onnx` package (protobuf: no code runs when a file is
 converted by onnx2torch, a maintained ONNX-to-PyTorch converter, into a torch.fx module
 whose parameters are the graph's initializers. We use a converter rather than a
 hand-written YOLOX/RTMPose because the files are what users have: the graph says exactly
-what to compute, so any export of these networks runs as exported. onnxruntime, when
-installed, can run the same file instead (optional accelerator)."""
+what to compute, so any export of these networks runs as exported. The converted graph is
+rewritten for speed where that provably computes the same (see .onnx_rewrites): SiLU fused
+everywhere, and for float32 CPU inference a copy with packed oneDNN convolutions, built on
+first use and rebuilt when the weights move or change. onnxruntime, when installed, can run
+the same file instead (optional accelerator)."""
 import importlib.util
 import os
 
 import torch
 
 from ..weights import WrongWeightLayout
+from .onnx_rewrites import cpu_graph, cpu_inference_available, fuse_silu
+
+
+def _drop_omitted_inputs(graph) -> None:
+    """Trailing optional inputs named "" (how exporters skip one, e.g. Clip's max after its
+    min) mean the same as leaving them off, the only form onnx2torch reads."""
+    for node in graph.graph.node:
+        while node.input and node.input[-1] == "":
+            node.input.pop()
 
 
 class OnnxModel(torch.nn.Module):
@@ -27,6 +39,7 @@ class OnnxModel(torch.nn.Module):
         except Exception as e:
             raise WrongWeightLayout(f"{os.path.basename(path)} could not be read as an ONNX graph "
                                     f"({architecture}): {e}") from e
+        _drop_omitted_inputs(graph)
         dims = graph.graph.input[0].type.tensor_type.shape.dim
         self.input_shape = tuple(d.dim_value or 1 for d in dims)
         try:
@@ -34,20 +47,41 @@ class OnnxModel(torch.nn.Module):
         except Exception as e:
             raise WrongWeightLayout(f"{os.path.basename(path)}: its graph could not be converted to torch "
                                     f"({architecture}): {e}") from e
+        fuse_silu(self.net)
+        self._cpu = (None, None)  # (weights' fingerprint, cpu_graph(self.net)); a tuple, so not a submodule
+
+    def cpu_net(self) -> torch.nn.Module:
+        """The graph float32 CPU inference runs: cpu_graph(self.net), rebuilt when the weights change."""
+        params = list(self.net.parameters())
+        key = tuple((p.device, p.dtype, p.data_ptr(), 0 if p.is_inference() else p._version) for p in params)
+        if self._cpu[0] != key:
+            self._cpu = (None, None)  # drop the old packed weights before packing new ones
+            self._cpu = (key, cpu_graph(self.net))
+        return self._cpu[1]
+
+    def _apply(self, fn, *args, **kwargs):
+        self._cpu = (None, None)  # moved or cast: the packed copy is stale, and its memory is freed
+        return super()._apply(fn, *args, **kwargs)
 
     def forward(self, x: torch.Tensor):
-        out = self.net(x)
+        fast = x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled() \
+            and cpu_inference_available()
+        out = (self.cpu_net() if fast else self.net)(x)
         return tuple(out) if isinstance(out, (list, tuple)) else (out,)
 
 
 class OrtModel:
-    """The same graph on onnxruntime (CPU, or CUDA when that build is installed)."""
+    """The same graph on onnxruntime (CPU, or CUDA when that build is installed); threads:
+    its CPU threads (default: onnxruntime's, one per core)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, threads: int | None = None):
         import onnxruntime as ort
 
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
-        self.session = ort.InferenceSession(path, providers=providers)
+        self.session = ort.InferenceSession(path, options, providers=providers)
         self.input_shape = tuple(d if isinstance(d, int) else 1 for d in self.session.get_inputs()[0].shape)
 
     def __call__(self, x: torch.Tensor):

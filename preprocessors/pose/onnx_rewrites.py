@@ -1,0 +1,122 @@
+"""Rewrites of an onnx2torch graph (torch.fx) that make it faster and compute the same.
+
+- `fuse_silu`: ONNX has no SiLU operator, so exports write x * sigmoid(x) as a Sigmoid and
+  a Mul; one SiLU module does it in one pass, without the intermediate tensor (any device).
+- `cpu_graph`: for float32 inference on the CPU, a copy of the graph whose 2-D convolutions
+  run oneDNN with their weights reordered once (eager torch reorders them on every call,
+  which dominates at the small feature maps of a pose crop, and sends single-threaded 1 x 1
+  convolutions to a slower im2col + GEMM path), each with the activation that is its only
+  consumer fused in, on channels-last activations (oneDNN's native order: no reorder per
+  call). The copy shares every other module and tensor with the original graph.
+
+Each rewrite matches its pattern exactly (operator, operands, single consumer) and leaves
+anything else as it is, so any graph onnx2torch produces stays correct."""
+import functools
+from collections import Counter
+
+import torch
+from torch import fx, nn
+
+# oneDNN post-op names for activations that follow a convolution: module type -> (attr, scalars)
+_FUSABLE = {
+    nn.ReLU: lambda m: ("relu", []),
+    nn.LeakyReLU: lambda m: ("leaky_relu", [m.negative_slope]),
+    nn.SiLU: lambda m: ("swish", []),
+    nn.Sigmoid: lambda m: ("sigmoid", []),
+    nn.Tanh: lambda m: ("tanh", []),
+    nn.Hardswish: lambda m: ("hardswish", []),
+}
+
+
+def _module(gm: fx.GraphModule, node: fx.Node):
+    return gm.get_submodule(node.target) if node.op == "call_module" else None
+
+
+def _is_plain_mul(gm: fx.GraphModule, node: fx.Node) -> bool:
+    from onnx2torch.node_converters.binary_math_operations import OnnxBinaryMathOperation
+
+    m = _module(gm, node)
+    return (isinstance(m, OnnxBinaryMathOperation) and m.math_op_function is torch.mul
+            and not (m.broadcast == 1 and m.axis is not None) and len(node.args) == 2 and not node.kwargs)
+
+
+def fuse_silu(gm: fx.GraphModule) -> int:
+    """x * sigmoid(x) (either operand order), where the sigmoid feeds only that product,
+    becomes SiLU(x). Returns how many were fused."""
+    fused = 0
+    for sig in list(gm.graph.nodes):
+        if not isinstance(_module(gm, sig), nn.Sigmoid) or len(sig.args) != 1 or sig.kwargs or len(sig.users) != 1:
+            continue
+        (mul,) = sig.users
+        x = sig.args[0]
+        if not _is_plain_mul(gm, mul) or set(mul.args) != {x, sig}:
+            continue
+        silu = f"{mul.target}_silu"
+        gm.add_submodule(silu, nn.SiLU())
+        with gm.graph.inserting_before(mul):
+            node = gm.graph.call_module(silu, (x,))
+        mul.replace_all_uses_with(node)
+        gm.graph.erase_node(mul)
+        gm.graph.erase_node(sig)
+        fused += 1
+    if fused:
+        gm.delete_all_unused_submodules()
+        gm.graph.lint()
+        gm.recompile()
+    return fused
+
+
+def cpu_inference_available() -> bool:
+    return torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled and \
+        hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+class PackedConv2d(nn.Module):
+    """A float32 CPU Conv2d through oneDNN, weights reordered for the input shape seen (once
+    per shape), an activation fused in; inference only (no autograd)."""
+
+    def __init__(self, conv: nn.Conv2d, attr: str = "none", scalars: list | None = None):
+        super().__init__()
+        self.conv, self.attr, self.scalars = conv, attr, scalars or []
+        self._packed, self._for_shape = None, None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.conv
+        x = x.contiguous(memory_format=torch.channels_last)
+        if self._for_shape != x.shape:
+            self._packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                c.weight.detach().to_mkldnn(), list(c.padding), list(c.stride), list(c.dilation), c.groups,
+                list(x.shape))
+            self._for_shape = x.shape
+        return torch.ops.mkldnn._convolution_pointwise(x, self._packed, c.bias, list(c.padding), list(c.stride),
+                                                      list(c.dilation), c.groups, self.attr, self.scalars, "")
+
+
+def _packable(m) -> bool:
+    return (type(m) is nn.Conv2d and isinstance(m.padding, tuple) and m.padding_mode == "zeros"
+            and m.weight.dtype == torch.float32 and m.weight.device.type == "cpu"
+            and (m.bias is None or m.bias.dtype == torch.float32))
+
+
+def cpu_graph(gm: fx.GraphModule) -> fx.GraphModule:
+    """A copy of gm for float32 CPU inference: convolutions packed, lone activations fused."""
+    graph = fx.Graph()
+    graph.output(graph.graph_copy(gm.graph, {}))
+    fetch = lambda target: functools.reduce(getattr, target.split("."), gm)  # noqa: E731
+    root = {n.target: fetch(n.target) for n in graph.nodes if n.op in ("call_module", "get_attr")}
+    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
+    for node in list(graph.nodes):
+        conv = root.get(node.target) if node.op == "call_module" else None
+        if not _packable(conv) or calls[node.target] != 1:
+            continue
+        attr, scalars = "none", []
+        if len(node.users) == 1:
+            (act,) = node.users
+            module = root.get(act.target) if act.op == "call_module" else None
+            if type(module) in _FUSABLE and act.args == (node,) and not act.kwargs and calls[act.target] == 1:
+                attr, scalars = _FUSABLE[type(module)](module)
+                act.replace_all_uses_with(node)
+                graph.erase_node(act)
+        root[node.target] = PackedConv2d(conv, attr, scalars)
+    graph.lint()
+    return fx.GraphModule(root, graph)
