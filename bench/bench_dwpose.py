@@ -135,10 +135,9 @@ def main() -> None:
         import onnxruntime as ort
     except ImportError:
         sys.exit("onnxruntime is not installed (pip install onnxruntime): nothing to compare against")
-    import onnx
     from onnx2torch import convert
 
-    from lllite_kit.preprocessors.pose.onnx_torch import OnnxModel, OrtModel
+    from lllite_kit.preprocessors.pose.onnx_torch import OnnxModel, OrtModel, read_graph
 
     print(f"machine: {benchlib.machine()}, onnxruntime {ort.__version__} (CPU), "
           f"{torch.get_num_threads()} CPU thread(s) on each side")
@@ -156,7 +155,7 @@ def main() -> None:
         threads = torch.get_num_threads()
         for kind in ("detector", "estimator"):
             ours, theirs = OnnxModel(str(files[kind]), kind).eval(), OrtModel(str(files[kind]), threads)
-            converted = convert(onnx.load(str(files[kind]))).eval()
+            converted = convert(read_graph(str(files[kind]), kind)).eval()
             x = torch.rand(*ours.input_shape) * (255 if kind == "detector" else 1)
             with torch.no_grad():
                 a, b = ours(x), theirs(x)

@@ -18,12 +18,21 @@ from ..weights import WrongWeightLayout
 from .onnx_rewrites import cpu_graph, cpu_inference_available, fuse_silu
 
 
-def _drop_omitted_inputs(graph) -> None:
-    """Trailing optional inputs named "" (how exporters skip one, e.g. Clip's max after its
-    min) mean the same as leaving them off, the only form onnx2torch reads."""
+def read_graph(path: str, architecture: str):
+    """The file's ONNX graph, as onnx2torch reads it: trailing optional inputs named ""
+    (how exporters skip one, e.g. Clip's max after its min) mean the same as leaving them
+    off, the only form onnx2torch accepts, so they are dropped."""
+    import onnx
+
+    try:
+        graph = onnx.load(path)
+    except Exception as e:
+        raise WrongWeightLayout(f"{os.path.basename(path)} could not be read as an ONNX graph "
+                                f"({architecture}): {e}") from e
     for node in graph.graph.node:
         while node.input and node.input[-1] == "":
             node.input.pop()
+    return graph
 
 
 class OnnxModel(torch.nn.Module):
@@ -31,15 +40,9 @@ class OnnxModel(torch.nn.Module):
 
     def __init__(self, path: str, architecture: str):
         super().__init__()
-        import onnx
         from onnx2torch import convert
 
-        try:
-            graph = onnx.load(path)
-        except Exception as e:
-            raise WrongWeightLayout(f"{os.path.basename(path)} could not be read as an ONNX graph "
-                                    f"({architecture}): {e}") from e
-        _drop_omitted_inputs(graph)
+        graph = read_graph(path, architecture)
         dims = graph.graph.input[0].type.tensor_type.shape.dim
         self.input_shape = tuple(d.dim_value or 1 for d in dims)
         try:
