@@ -173,7 +173,8 @@ def main() -> None:
             mt, mo, mc = (benchlib.median(times[k]) for k in ("torch", "onnxruntime", "as converted"))
             params = sum(v.numel() for v in ours.parameters()) / 1e6
             print(f"{kind:<10} {params:6.1f} M params  torch {mt * 1000:8.1f} ms   onnxruntime {mo * 1000:8.1f} ms   "
-                  f"(onnx2torch without our rewrites {mc * 1000:8.1f} ms)   outputs agree to {error:.1e} of their range")
+                  f"(onnx2torch without our rewrites {mc * 1000:8.1f} ms)   "
+                  f"outputs agree to {error:.1e} of their range")
             benchlib.ratio(f"DWPose {kind}: torch / onnxruntime time", mt / mo, "goal < 1")
 
 

@@ -45,19 +45,24 @@ def _kinds(net) -> list[str]:
 
 def test_graph_rewrites_fuse_exactly_their_patterns_and_compute_as_onnxruntime(tmp_path):
     """SiLU (Sigmoid x Mul, either order) is fused and the near misses are kept; on the CPU
-    five convolutions are packed with the lone activation after them fused in (the one with
-    asymmetric pads is not packed); outputs equal onnxruntime's to 1e-5 of their range on the
-    CPU path and on the plain graph (grad enabled), and the packed weights follow an in-place
-    weight edit."""
+    five convolutions are packed (not the one with asymmetric pads), a lone ReLU or LeakyReLU
+    after one fused in, a lone SiLU run in place (in the CPU copy only); outputs equal
+    onnxruntime's to 1e-5 of their range on the CPU path and on the plain graph (grad
+    enabled), and the packed weights follow an in-place weight edit."""
     path = tiny_pose.write_rewrite_cases(tmp_path / "cases.onnx")
     model = onnx_torch.OnnxModel(str(path), "cases").eval()
     kinds = _kinds(model.net)
     assert kinds.count("SiLU") == 2 and kinds.count("Sigmoid") == 1 and kinds.count("OnnxBinaryMathOperation") == 3
     packed = [m for m in model.cpu_net().modules() if isinstance(m, onnx_rewrites.PackedConv2d)]
-    assert sorted((m.attr, m.scalars) for m in packed) == [("leaky_relu", [pytest.approx(0.1)]), ("none", []), ("relu", []),
-                                                          ("swish", []), ("swish", [])]
-    cpu_kinds = _kinds(model.cpu_net())
-    assert cpu_kinds.count("ReLU") == 1 and "LeakyReLU" not in cpu_kinds and "SiLU" not in cpu_kinds
+    assert sorted((m.attr, m.scalars) for m in packed) == [("leaky_relu", [pytest.approx(0.1)]), ("none", []),
+                                                          ("none", []), ("none", []), ("relu", [])]
+    cpu = model.cpu_net()
+    cpu_kinds = _kinds(cpu)
+    assert cpu_kinds.count("ReLU") == 1 and "LeakyReLU" not in cpu_kinds and cpu_kinds.count("SiLU") == 2
+    silus = [(cpu.get_submodule(n.target).inplace, model.net.get_submodule(n.target).inplace)
+             for n in cpu.graph.nodes
+             if n.op == "call_module" and isinstance(cpu.get_submodule(n.target), torch.nn.SiLU)]
+    assert silus == [(True, False), (True, False)]  # in place on the copy only
     x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     (ref,) = onnx_torch.OrtModel(str(path))(x)
     with torch.no_grad():

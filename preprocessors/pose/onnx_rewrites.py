@@ -1,13 +1,14 @@
 """Rewrites of an onnx2torch graph (torch.fx) that make it faster and compute the same.
 
-- `fuse_silu`: ONNX has no SiLU operator, so exports write x * sigmoid(x) as a Sigmoid and
-  a Mul; one SiLU module does it in one pass, without the intermediate tensor (any device).
+- `fuse_silu`: exports write SiLU, x * sigmoid(x), as a Sigmoid and a Mul; one SiLU module
+  does it in one pass, without the intermediate tensor (any device).
 - `cpu_graph`: for float32 inference on the CPU, a copy of the graph whose 2-D convolutions
-  run oneDNN with their weights reordered once (eager torch reorders them on every call,
-  which dominates at the small feature maps of a pose crop, and sends single-threaded 1 x 1
-  convolutions to a slower im2col + GEMM path), each with the activation that is its only
-  consumer fused in, on channels-last activations (oneDNN's native order: no reorder per
-  call). The copy shares every other module and tensor with the original graph.
+  run oneDNN with their weights reordered once (eager torch reorders them on every call
+  and sends single-threaded 1 x 1 convolutions to a slower im2col + GEMM path: a fifth to
+  a quarter of a DWPose forward), on channels-last activations (oneDNN's
+  native order: no reorder per call); a ReLU or LeakyReLU that is a convolution's only
+  consumer is fused into it, a SiLU runs in place on its output. The copy shares every
+  other module and tensor with the original graph.
 
 Each rewrite matches its pattern exactly (operator, operands, single consumer) and leaves
 anything else as it is, so any graph onnx2torch produces stays correct."""
@@ -17,14 +18,12 @@ from collections import Counter
 import torch
 from torch import fx, nn
 
-# oneDNN post-op names for activations that follow a convolution: module type -> (attr, scalars)
+# Activations fused into a packed convolution as oneDNN post-ops: module type -> (attr, scalars).
+# SiLU is not among them: oneDNN's swish post-op measured slower in a whole forward (AVX2)
+# than torch's own SiLU run in place on the convolution's output, which cpu_graph does instead.
 _FUSABLE = {
     nn.ReLU: lambda m: ("relu", []),
     nn.LeakyReLU: lambda m: ("leaky_relu", [m.negative_slope]),
-    nn.SiLU: lambda m: ("swish", []),
-    nn.Sigmoid: lambda m: ("sigmoid", []),
-    nn.Tanh: lambda m: ("tanh", []),
-    nn.Hardswish: lambda m: ("hardswish", []),
 }
 
 
@@ -113,10 +112,13 @@ def cpu_graph(gm: fx.GraphModule) -> fx.GraphModule:
         if len(node.users) == 1:
             (act,) = node.users
             module = root.get(act.target) if act.op == "call_module" else None
-            if type(module) in _FUSABLE and act.args == (node,) and not act.kwargs and calls[act.target] == 1:
-                attr, scalars = _FUSABLE[type(module)](module)
-                act.replace_all_uses_with(node)
-                graph.erase_node(act)
+            if act.args == (node,) and not act.kwargs and calls[act.target] == 1:
+                if type(module) in _FUSABLE:
+                    attr, scalars = _FUSABLE[type(module)](module)
+                    act.replace_all_uses_with(node)
+                    graph.erase_node(act)
+                elif type(module) is nn.SiLU:  # the convolution's output is its alone: overwrite it
+                    root[act.target] = nn.SiLU(inplace=True)
         root[node.target] = PackedConv2d(conv, attr, scalars)
     graph.lint()
     return fx.GraphModule(root, graph)
