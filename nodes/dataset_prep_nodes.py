@@ -258,6 +258,17 @@ def _model_dirs(kind: str) -> list[str]:
     return folder_paths.get_folder_paths(kind)
 
 
+def _model_found(model: str | None, kind: str, required, known) -> bool | str:
+    """validate_inputs of a node reading a model folder: True, or the missing-file message."""
+    if model is None:
+        return True
+    try:
+        locate(model, _model_dirs(kind), required, known, kind)
+    except ModelFileMissing as e:
+        return str(e)
+    return True
+
+
 def _device_dtype():
     import comfy.model_management as mm
 
@@ -349,15 +360,8 @@ class CaptionImages(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, model=None) -> bool | str:
         from ..training.data_prep.captioner import REQUIRED_FILES
-        from ..training.data_prep.model_files import locate
 
-        if model is None:
-            return True
-        try:
-            locate(model, _model_dirs("captioners"), REQUIRED_FILES, CAPTIONERS, "captioners")
-        except ModelFileMissing as e:
-            return str(e)
-        return True
+        return _model_found(model, "captioners", REQUIRED_FILES, CAPTIONERS)
 
     @classmethod
     def execute(cls, model, decoding, num_beams, top_p, max_length, min_length, seed, batch_size, blip_prompt,
@@ -423,13 +427,7 @@ class TagImages(io.ComfyNode):
     def validate_inputs(cls, model=None) -> bool | str:
         from ..training.data_prep.tagger import REQUIRED_FILES
 
-        if model is None:
-            return True
-        try:
-            locate(model, _model_dirs("taggers"), REQUIRED_FILES, TAGGERS, "taggers")
-        except ModelFileMissing as e:
-            return str(e)
-        return True
+        return _model_found(model, "taggers", REQUIRED_FILES, TAGGERS)
 
     @classmethod
     def execute(cls, model, general_threshold, character_threshold, rating_tag, character_tags_first,
