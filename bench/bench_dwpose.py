@@ -19,8 +19,10 @@ on the real files may differ.
     .venv/bin/python bench/bench_dwpose.py            # stand-ins of realistic cost, CPU
     .venv/bin/python bench/bench_dwpose.py --smoke    # the tiny test graphs, seconds"""
 import argparse
+import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -139,8 +141,11 @@ def main() -> None:
 
     from lllite_kit.preprocessors.pose.onnx_torch import OnnxModel, OrtModel, read_graph
 
+    # PyTorch maps each tensor over glibc's 32 MB mmap threshold afresh (page faults on every
+    # forward at 640 x 640) unless THP_MEM_ALLOC_ENABLE=1 was set before it started
     print(f"machine: {benchlib.machine()}, onnxruntime {ort.__version__} (CPU), "
-          f"{torch.get_num_threads()} CPU thread(s) on each side")
+          f"{torch.get_num_threads()} CPU thread(s) on each side, "
+          f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}")
     with tempfile.TemporaryDirectory() as tmp:
         if opts.smoke:
             sys.path.insert(0, str(benchlib.REPO / "tests"))
@@ -168,15 +173,27 @@ def main() -> None:
                         net(x)
                 return forward
 
-            times = benchlib.interleaved({"torch": run(ours), "onnxruntime": lambda: theirs(x),
-                                          "as converted": run(converted)}, opts.rounds)
+            fns = {"torch": run(ours), "onnxruntime": lambda: theirs(x), "as converted": run(converted)}
+            cpu = {fn: [] for fn in fns.values()}
+
+            def measure(fn):
+                """Wall time; the process's CPU time too (one thread each side: the work done,
+                what other load on a shared machine changes least)."""
+                c = time.process_time()
+                wall = benchlib.timed(fn)
+                cpu[fn].append(time.process_time() - c)
+                return wall
+
+            times = benchlib.interleaved(fns, opts.rounds, measure=measure)
             mt, mo, mc = (benchlib.median(times[k]) for k in ("torch", "onnxruntime", "as converted"))
+            ct, co = (benchlib.median(cpu[fns[k]]) for k in ("torch", "onnxruntime"))
             params = sum(v.numel() for v in ours.parameters()) / 1e6
             print(f"{kind:<10} {params:6.1f} M params  torch {mt * 1000:8.1f} ms   onnxruntime {mo * 1000:8.1f} ms   "
                   f"(onnx2torch without our rewrites {mc * 1000:8.1f} ms)   "
+                  f"CPU time: torch {ct * 1000:8.1f} ms   onnxruntime {co * 1000:8.1f} ms   "
                   f"outputs agree to {error:.1e} of their range")
             benchlib.ratio(f"DWPose {kind}: torch / onnxruntime time", mt / mo, "goal < 1")
-
+            benchlib.ratio(f"DWPose {kind}: torch / onnxruntime CPU time", ct / co, "less sensitive to other load")
 
 if __name__ == "__main__":
     main()
