@@ -51,6 +51,8 @@ def fuse_silu(gm: fx.GraphModule) -> int:
         if not _is_plain_mul(gm, mul) or set(mul.args) != {x, sig}:
             continue
         silu = f"{mul.target}_silu"
+        if hasattr(gm, silu):  # a name the graph already uses (never in onnx2torch's naming)
+            continue
         gm.add_submodule(silu, nn.SiLU())
         with gm.graph.inserting_before(mul):
             node = gm.graph.call_module(silu, (x,))
@@ -98,11 +100,12 @@ def _packable(m) -> bool:
 
 
 def cpu_graph(gm: fx.GraphModule) -> fx.GraphModule:
-    """A copy of gm for float32 CPU inference: convolutions packed, lone activations fused."""
+    """A copy of gm for float32 CPU inference: 2-D convolutions packed, a ReLU or LeakyReLU
+    that is one's only consumer fused in, a SiLU that is one's only consumer run in place."""
     graph = fx.Graph()
     graph.output(graph.graph_copy(gm.graph, {}))
-    fetch = lambda target: functools.reduce(getattr, target.split("."), gm)  # noqa: E731
-    root = {n.target: fetch(n.target) for n in graph.nodes if n.op in ("call_module", "get_attr")}
+    root = {n.target: functools.reduce(getattr, n.target.split("."), gm)
+            for n in graph.nodes if n.op in ("call_module", "get_attr")}
     calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
     for node in list(graph.nodes):
         conv = root.get(node.target) if node.op == "call_module" else None
