@@ -167,7 +167,8 @@ def write_rewrite_cases(path: Path, seed: int = 0) -> Path:
     that feeds two Muls (kept), Mul(y, sigmoid(x)) with y != x (kept), convolutions followed
     by Relu, LeakyRelu (depthwise) and SiLU (fused into the packed convolution), one whose
     output feeds two nodes (not fused), and one with asymmetric pads (onnx2torch pads it
-    separately: not packed). (1, 4, 16, 16) -> (1, 8, 7, 7)."""
+    separately: not packed); it ends in a Clip whose max is skipped by an empty input name.
+    (1, 4, 16, 16) -> (1, 8, 7, 7)."""
     import numpy as np
     from onnx import TensorProto, helper
 
@@ -196,6 +197,8 @@ def write_rewrite_cases(path: Path, seed: int = 0) -> Path:
     m5 = op("Mul", [c5, s5], "m5")
     c6 = conv("c6", m5, 8, 8, 3, pads=[1, 1, 1, 1])  # feeds Relu and Add: no fusion
     a6 = op("Add", [op("Relu", [c6], "r6"), c6], "a6")
-    op("Mul", [a6, s5], "output")  # y * sigmoid(x), y != x: no SiLU
+    g = op("Mul", [a6, s5], "g")  # y * sigmoid(x), y != x: no SiLU
+    inits["clip_min"] = np.array(-0.05)
+    op("Clip", [g, "clip_min", ""], "output")  # max skipped by an empty name, as torch.onnx writes clamp(min=)
     return _onnx_model(nodes, [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4, 16, 16])],
                        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 8, 7, 7])], inits, path)
