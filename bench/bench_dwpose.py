@@ -5,16 +5,15 @@ converts it, without our rewrites. Only the network forwards are timed: box deco
 keypoint decoding and drawing are the same code on both backends.
 
 The published files (yolox_l.onnx, dw-ll_ucoco_384.onnx) cannot be downloaded here, so the
-graphs are stand-ins of realistic cost exported with torch.onnx at opset 11 (as the
-published files are) from timm's CSPDarknet-53 with SiLU activations (a CSP backbone like
-YOLOX-L's and RTMPose-L's, SiLU exported as Sigmoid and Mul as in those files), batch norms
-folded, with the published input and output layouts: the detector (1, 3, 640, 640) ->
-(1, 8400, 85) from 1 x 1 heads at strides 8/16/32 (YOLOX-L's neck and 3 x 3 head towers are
-left out), the estimator (1, 3, 384, 288) -> SimCC x (1, 133, 576) and y (1, 133, 768)
-through RTMPose's head (7 x 7 convolution to 133 keypoints, ScaleNorm, Linear, one gated
-attention unit with relu-squared attention, the two classifiers). The real backbones differ
-in their blocks (CSPNeXt's 5 x 5 depthwise convolutions, channel attention), so the ratios
-on the real files may differ.
+graphs are stand-ins exported with torch.onnx at opset 11 (as the published files are) from
+the published architectures, written out here with random weights and batch norms folded:
+YOLOX-L (Focus stem, CSPDarknet with 3/9/9/3 bottlenecks and SPP, PAFPN, decoupled heads;
+(1, 3, 640, 640) -> (1, 8400, 85)) and RTMPose-L (CSPNeXt-L: 3 x 3 convolution, 5 x 5
+depthwise and 1 x 1 per block, channel attention, SPP; RTMCC head: 7 x 7 convolution to 133
+keypoints, ScaleNorm, Linear, a gated attention unit, SimCC classifiers; (1, 3, 384, 288)
+-> x (1, 133, 576), y (1, 133, 768)). SiLU is exported as Sigmoid and Mul, as in those files.
+Layer for layer the cost is the published networks'; what an exporter adds around them
+(mmdeploy's extra nodes) is not modelled.
 
     .venv/bin/python bench/bench_dwpose.py            # stand-ins of realistic cost, CPU
     .venv/bin/python bench/bench_dwpose.py --smoke    # the tiny test graphs, seconds"""
@@ -34,24 +33,89 @@ DETECTOR_INPUT, ESTIMATOR_INPUT = (1, 3, 640, 640), (1, 3, 384, 288)
 OPSET = 11
 
 
-def _backbone(out_indices: tuple):
-    import timm
+def _conv(cin: int, cout: int, k: int = 1, stride: int = 1, groups: int = 1) -> torch.nn.Sequential:
+    """Convolution, batch norm (folded at export), SiLU: YOLOX's BaseConv, mmcv's ConvModule."""
+    return torch.nn.Sequential(torch.nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+                               torch.nn.BatchNorm2d(cout), torch.nn.SiLU())
 
-    return timm.create_model("cspdarknet53", pretrained=False, features_only=True, out_indices=out_indices,
-                             act_layer="silu")
+
+class _CSPLayer(torch.nn.Module):
+    """YOLOX's CSPLayer (bottleneck: 1 x 1, 3 x 3) or, with cspnext, mmdet's CSPNeXt layer
+    (block: 3 x 3, depthwise 5 x 5, pointwise 1 x 1; channel attention before the last conv)."""
+
+    def __init__(self, cin: int, cout: int, n: int, shortcut: bool, cspnext: bool = False):
+        super().__init__()
+        mid = cout // 2
+        self.main, self.short, self.final = _conv(cin, mid), _conv(cin, mid), _conv(2 * mid, cout)
+        block = (lambda: torch.nn.Sequential(_conv(mid, mid, 3), _conv(mid, mid, 5, groups=mid), _conv(mid, mid))) \
+            if cspnext else (lambda: torch.nn.Sequential(_conv(mid, mid), _conv(mid, mid, 3)))
+        self.blocks, self.shortcut = torch.nn.ModuleList(block() for _ in range(n)), shortcut
+        self.attention = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Conv2d(2 * mid, 2 * mid, 1),
+                                             torch.nn.Hardsigmoid()) if cspnext else None
+
+    def forward(self, x):
+        y = self.main(x)
+        for b in self.blocks:
+            y = y + b(y) if self.shortcut else b(y)
+        y = torch.cat([y, self.short(x)], 1)
+        return self.final(y * self.attention(y) if self.attention is not None else y)
+
+
+class _SPP(torch.nn.Module):
+    """SPP bottleneck (YOLOX: max pools 5, 9, 13 side by side; CSPNeXt: the same)."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.reduce, self.expand = _conv(c, c // 2), _conv(c // 2 * 4, c)
+        self.pools = torch.nn.ModuleList(torch.nn.MaxPool2d(k, 1, k // 2) for k in (5, 9, 13))
+
+    def forward(self, x):
+        x = self.reduce(x)
+        return self.expand(torch.cat([x] + [p(x) for p in self.pools], 1))
+
+
+def _stage(cin: int, cout: int, n: int, shortcut: bool = True, spp: bool = False, cspnext: bool = False):
+    return torch.nn.Sequential(_conv(cin, cout, 3, 2), *([_SPP(cout)] if spp else []),
+                               _CSPLayer(cout, cout, n, shortcut, cspnext))
 
 
 class _Detector(torch.nn.Module):
-    """Backbone features at strides 8, 16, 32 -> 85 channels each (4 box, 1 object, 80
-    classes), flattened and concatenated to YOLOX's (1, 8400, 85)."""
+    """YOLOX-L (depth 1.0, width 1.0): Focus stem, CSPDarknet (3, 9, 9, 3 blocks; SPP),
+    PAFPN, decoupled heads at strides 8/16/32 -> (1, 8400, 85) = box, objectness, 80 classes."""
 
     def __init__(self):
         super().__init__()
-        self.backbone = _backbone((3, 4, 5))
-        self.heads = torch.nn.ModuleList(torch.nn.Conv2d(c, 85, 1) for c in self.backbone.feature_info.channels())
+        self.stem = _conv(12, 64, 3)
+        self.dark = torch.nn.ModuleList([_stage(64, 128, 3), _stage(128, 256, 9), _stage(256, 512, 9),
+                                         _stage(512, 1024, 3, shortcut=False, spp=True)])
+        self.lateral0, self.c3_p4 = _conv(1024, 512), _CSPLayer(1024, 512, 3, False)
+        self.reduce1, self.c3_p3 = _conv(512, 256), _CSPLayer(512, 256, 3, False)
+        self.down2, self.c3_n3 = _conv(256, 256, 3, 2), _CSPLayer(512, 512, 3, False)
+        self.down1, self.c3_n4 = _conv(512, 512, 3, 2), _CSPLayer(1024, 1024, 3, False)
+        self.stems = torch.nn.ModuleList(_conv(c, 256) for c in (256, 512, 1024))
+        self.cls = torch.nn.ModuleList(torch.nn.Sequential(_conv(256, 256, 3), _conv(256, 256, 3)) for _ in range(3))
+        self.reg = torch.nn.ModuleList(torch.nn.Sequential(_conv(256, 256, 3), _conv(256, 256, 3)) for _ in range(3))
+        self.cls_pred = torch.nn.ModuleList(torch.nn.Conv2d(256, 80, 1) for _ in range(3))
+        self.reg_pred = torch.nn.ModuleList(torch.nn.Conv2d(256, 4, 1) for _ in range(3))
+        self.obj_pred = torch.nn.ModuleList(torch.nn.Conv2d(256, 1, 1) for _ in range(3))
 
     def forward(self, x):
-        maps = [head(f) for head, f in zip(self.heads, self.backbone(x))]
+        x = self.stem(torch.cat([x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]], 1))
+        x = self.dark[0](x)
+        c3 = self.dark[1](x)
+        c4 = self.dark[2](c3)
+        c5 = self.dark[3](c4)
+        up = lambda t: torch.nn.functional.interpolate(t, scale_factor=2.0, mode="nearest")  # noqa: E731
+        p5 = self.lateral0(c5)
+        p4 = self.reduce1(self.c3_p4(torch.cat([up(p5), c4], 1)))
+        out8 = self.c3_p3(torch.cat([up(p4), c3], 1))
+        out16 = self.c3_n3(torch.cat([self.down2(out8), p4], 1))
+        out32 = self.c3_n4(torch.cat([self.down1(out16), p5], 1))
+        maps = []
+        for i, f in enumerate((out8, out16, out32)):
+            f = self.stems[i](f)
+            c, r = self.cls[i](f), self.reg[i](f)
+            maps.append(torch.cat([self.reg_pred[i](r), self.obj_pred[i](r).sigmoid(), self.cls_pred[i](c).sigmoid()], 1))
         return torch.cat([m.flatten(2) for m in maps], 2).transpose(1, 2)
 
 
@@ -87,18 +151,22 @@ class _GatedAttention(torch.nn.Module):
 
 
 class _Estimator(torch.nn.Module):
-    """Stride-32 features (12 x 9) -> RTMPose's RTMCC head -> SimCC x (576 bins), y (768 bins)."""
+    """RTMPose-L: CSPNeXt-L (stem of three 3 x 3 convolutions; 3, 6, 6, 3 blocks; SPP) to
+    stride-32 features (12 x 9) -> RTMPose's RTMCC head -> SimCC x (576 bins), y (768 bins)."""
 
     def __init__(self):
         super().__init__()
-        self.backbone = _backbone((5,))
-        self.keypoints = torch.nn.Conv2d(self.backbone.feature_info.channels()[-1], 133, 7, padding=3)
+        self.backbone = torch.nn.Sequential(
+            _conv(3, 32, 3, 2), _conv(32, 32, 3), _conv(32, 64, 3),
+            _stage(64, 128, 3, cspnext=True), _stage(128, 256, 6, cspnext=True), _stage(256, 512, 6, cspnext=True),
+            _stage(512, 1024, 3, shortcut=False, spp=True, cspnext=True))
+        self.keypoints = torch.nn.Conv2d(1024, 133, 7, padding=3)
         self.mlp = torch.nn.Sequential(_ScaleNorm(108), torch.nn.Linear(108, 256, bias=False))
         self.gau = _GatedAttention()
         self.x, self.y = torch.nn.Linear(256, 576, bias=False), torch.nn.Linear(256, 768, bias=False)
 
     def forward(self, x):
-        k = self.gau(self.mlp(self.keypoints(self.backbone(x)[-1]).flatten(2)))
+        k = self.gau(self.mlp(self.keypoints(self.backbone(x)).flatten(2)))
         return self.x(k), self.y(k)
 
 
@@ -155,7 +223,7 @@ def main() -> None:
             print("graphs: the tiny test graphs (smoke)")
         else:
             files = stand_in_files(Path(tmp))
-            print(f"graphs: stand-ins (timm CSPDarknet-53 with SiLU; RTMPose's head on the estimator), opset {OPSET}, "
+            print(f"graphs: stand-ins (YOLOX-L, RTMPose-L with random weights), opset {OPSET}, "
                   "with the published input/output layouts")
         threads = torch.get_num_threads()
         for kind in ("detector", "estimator"):
