@@ -18,7 +18,6 @@ Layer for layer the cost is the published networks'; what an exporter adds aroun
     .venv/bin/python bench/bench_dwpose.py            # stand-ins of realistic cost, CPU
     .venv/bin/python bench/bench_dwpose.py --smoke    # the tiny test graphs, seconds"""
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -209,11 +208,8 @@ def main() -> None:
 
     from lllite_kit.preprocessors.pose.onnx_torch import OnnxModel, OrtModel, read_graph
 
-    # PyTorch maps each tensor over glibc's 32 MB mmap threshold afresh (page faults on every
-    # forward at 640 x 640) unless THP_MEM_ALLOC_ENABLE=1 was set before it started
     print(f"machine: {benchlib.machine()}, onnxruntime {ort.__version__} (CPU), "
-          f"{torch.get_num_threads()} CPU thread(s) on each side, "
-          f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}")
+          f"{torch.get_num_threads()} CPU thread(s) on each side")
     with tempfile.TemporaryDirectory() as tmp:
         if opts.smoke:
             sys.path.insert(0, str(benchlib.REPO / "tests"))
@@ -226,6 +222,7 @@ def main() -> None:
             print(f"graphs: stand-ins (YOLOX-L, RTMPose-L with random weights), opset {OPSET}, "
                   "with the published input/output layouts")
         threads = torch.get_num_threads()
+        medians = {}  # kind -> (torch, onnxruntime) median wall time
         for kind in ("detector", "estimator"):
             ours, theirs = OnnxModel(str(files[kind]), kind).eval(), OrtModel(str(files[kind]), threads)
             converted = convert(read_graph(str(files[kind]), kind)).eval()
@@ -262,6 +259,13 @@ def main() -> None:
                   f"outputs agree to {error:.1e} of their range")
             benchlib.ratio(f"DWPose {kind}: torch / onnxruntime time", mt / mo, "goal < 1")
             benchlib.ratio(f"DWPose {kind}: torch / onnxruntime CPU time", ct / co, "less sensitive to other load")
+            medians[kind] = (mt, mo)
+        # a picture costs one detector forward and one estimator forward per person found
+        (dt, do), (et, eo) = medians["detector"], medians["estimator"]
+        for people in (1, 2, 4):
+            benchlib.ratio(f"DWPose per picture with {people} person(s): torch / onnxruntime time",
+                           (dt + people * et) / (do + people * eo), "goal < 1")
+
 
 if __name__ == "__main__":
     main()
