@@ -2,7 +2,9 @@
 against onnxruntime (the optional accelerator) running the same files with the same number
 of CPU threads, in the same process, interleaved, medians; also the graph as onnx2torch
 converts it, without our rewrites. Only the network forwards are timed: box decoding,
-keypoint decoding and drawing are the same code on both backends.
+keypoint decoding and drawing are the same code on both backends. From the two medians it
+also gives the ratio for a picture with 1, 2 and 4 people (one detector forward, then one
+estimator forward per person).
 
 The published files (yolox_l.onnx, dw-ll_ucoco_384.onnx) cannot be downloaded here, so the
 graphs are stand-ins exported with torch.onnx at opset 11 (as the published files are) from
