@@ -2,9 +2,12 @@
 against onnxruntime (the optional accelerator) running the same files with the same number
 of CPU threads, in the same process, interleaved, medians; also the graph as onnx2torch
 converts it, without our rewrites. Only the network forwards are timed: box decoding,
-keypoint decoding and drawing are the same code on both backends. From the two medians it
-also gives the ratio for a picture with 1, 2 and 4 people (one detector forward, then one
-estimator forward per person).
+keypoint decoding and drawing are the same code on both backends. A picture costs one
+detector forward and one estimator crop per person; the node gives all the crops to
+`run_batched`, which runs them together where the file allows (the torch graph checks that
+each crop gets its own answer; onnxruntime refuses a batch its file fixes at 1) and else
+one by one. So the estimator is also timed on 2 and 4 crops through `run_batched` on each
+side, and the per-picture ratios for 1, 2 and 4 people add those to the detector's time.
 
 The published files (yolox_l.onnx, dw-ll_ucoco_384.onnx) cannot be downloaded here, so the
 graphs are stand-ins exported with torch.onnx at opset 11 (as the published files are) from
@@ -208,7 +211,7 @@ def main() -> None:
         sys.exit("onnxruntime is not installed (pip install onnxruntime): nothing to compare against")
     from onnx2torch import convert
 
-    from lllite_kit.preprocessors.pose.onnx_torch import OnnxModel, OrtModel, read_graph
+    from lllite_kit.preprocessors.pose.onnx_torch import OnnxModel, OrtModel, read_graph, run_batched
 
     print(f"machine: {benchlib.machine()}, onnxruntime {ort.__version__} (CPU), "
           f"{torch.get_num_threads()} CPU thread(s) on each side")
@@ -224,23 +227,28 @@ def main() -> None:
             print(f"graphs: stand-ins (YOLOX-L, RTMPose-L with random weights), opset {OPSET}, "
                   "with the published input/output layouts")
         threads = torch.get_num_threads()
-        medians = {}  # kind -> (torch, onnxruntime) median wall time
+        medians = {}  # (kind, crops) -> (torch, onnxruntime) median wall time
         for kind in ("detector", "estimator"):
             ours, theirs = OnnxModel(str(files[kind]), kind).eval(), OrtModel(str(files[kind]), threads)
             converted = convert(read_graph(str(files[kind]), kind)).eval()
             x = torch.rand(*ours.input_shape) * (255 if kind == "detector" else 1)
+            crops = {n: torch.rand(n, *ours.input_shape[1:]) for n in ((2, 4) if kind == "estimator" else ())}
             with torch.no_grad():
                 a, b = ours(x), theirs(x)
+                for c in crops.values():  # run_batched's one check per model happens here, untimed
+                    run_batched(ours, c), run_batched(theirs, c)
             error = max(float((o - t).abs().nan_to_num(0).max() / t.abs().nan_to_num(0).max().clamp(min=1e-12))
                         for o, t in zip(a, b))
 
-            def run(net):
+            def run(net, inputs=x, batched=False):
                 def forward():
                     with torch.no_grad():
-                        net(x)
+                        run_batched(net, inputs) if batched else net(inputs)
                 return forward
 
-            fns = {"torch": run(ours), "onnxruntime": lambda: theirs(x), "as converted": run(converted)}
+            fns = {("torch", 1): run(ours), ("onnxruntime", 1): run(theirs), ("as converted", 1): run(converted)}
+            for n, c in crops.items():
+                fns.update({("torch", n): run(ours, c, True), ("onnxruntime", n): run(theirs, c, True)})
             cpu = {fn: [] for fn in fns.values()}
 
             def measure(fn):
@@ -252,8 +260,8 @@ def main() -> None:
                 return wall
 
             times = benchlib.interleaved(fns, opts.rounds, measure=measure)
-            mt, mo, mc = (benchlib.median(times[k]) for k in ("torch", "onnxruntime", "as converted"))
-            ct, co = (benchlib.median(cpu[fns[k]]) for k in ("torch", "onnxruntime"))
+            mt, mo, mc = (benchlib.median(times[k, 1]) for k in ("torch", "onnxruntime", "as converted"))
+            ct, co = (benchlib.median(cpu[fns[k, 1]]) for k in ("torch", "onnxruntime"))
             params = sum(v.numel() for v in ours.parameters()) / 1e6
             print(f"{kind:<10} {params:6.1f} M params  torch {mt * 1000:8.1f} ms   onnxruntime {mo * 1000:8.1f} ms   "
                   f"(onnx2torch without our rewrites {mc * 1000:8.1f} ms)   "
@@ -261,12 +269,17 @@ def main() -> None:
                   f"outputs agree to {error:.1e} of their range")
             benchlib.ratio(f"DWPose {kind}: torch / onnxruntime time", mt / mo, "goal < 1")
             benchlib.ratio(f"DWPose {kind}: torch / onnxruntime CPU time", ct / co, "less sensitive to other load")
-            medians[kind] = (mt, mo)
-        # a picture costs one detector forward and one estimator forward per person found
-        (dt, do), (et, eo) = medians["detector"], medians["estimator"]
+            medians[kind, 1] = (mt, mo)
+            for n in crops:
+                medians[kind, n] = tuple(benchlib.median(times[side, n]) for side in ("torch", "onnxruntime"))
+                print(f"{kind:<10} {n} crops: torch {medians[kind, n][0] * 1000:8.1f} ms "
+                      f"({'together' if ours.batches else 'one by one'})   onnxruntime "
+                      f"{medians[kind, n][1] * 1000:8.1f} ms ({'together' if theirs.batches else 'one by one'})")
+        (dt, do) = medians["detector", 1]
         for people in (1, 2, 4):
+            et, eo = medians["estimator", people]
             benchlib.ratio(f"DWPose per picture with {people} person(s): torch / onnxruntime time",
-                           (dt + people * et) / (do + people * eo), "goal < 1")
+                           (dt + et) / (do + eo), "goal < 1")
 
 
 if __name__ == "__main__":

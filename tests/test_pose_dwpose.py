@@ -97,6 +97,53 @@ def test_same_people_on_torch_and_onnxruntime(runners):
                 assert (p is None) == (q is None) and (p is None or np.allclose(p, q, atol=1e-6)), part
 
 
+@pytest.mark.parametrize("batch, together", [("fixed", False), ("free", True), ("mixing", False)])
+def test_crops_share_a_run_only_where_each_gets_its_own_answer(tmp_path, batch, together):
+    """run_batched on both runtimes: several crops per run where the graph allows it
+    (checked once, before the first batch), one by one where its batch is fixed at 1 or where
+    a larger batch would mix the crops; either way each crop's outputs equal its outputs
+    alone (1e-5 of their range). The packed CPU convolution weights are not reordered again
+    when only the batch changes."""
+    path = tiny_pose.write_rtmpose(tmp_path / f"{batch}.onnx", batch=batch)
+    x = torch.randn(3, 3, 384, 288, generator=torch.Generator().manual_seed(0))
+    ours = onnx_torch.OnnxModel(str(path), "estimator").eval()
+    sizes = []
+    ours.register_forward_hook(lambda module, args, out: sizes.append(args[0].shape[0]))
+    for model in (ours, onnx_torch.OrtModel(str(path))):
+        with torch.no_grad():
+            out = onnx_torch.run_batched(model, x, most=2)
+            alone = [model(x[i:i + 1]) for i in range(3)]
+        assert model.batches is together
+        for o, parts in zip(out, zip(*alone)):
+            ref = torch.cat(parts)
+            assert o.shape == ref.shape and o.shape[0] == 3 and (o - ref).abs().max() <= 1e-5 * ref.abs().max()
+    if together:
+        sizes.clear()
+        packed = [m for m in ours.cpu_net().modules() if isinstance(m, onnx_rewrites.PackedConv2d)]
+        weights = [m._packed for m in packed]
+        with torch.no_grad():
+            onnx_torch.run_batched(ours, torch.cat([x, x[:1]]), most=2)
+            ours(x[:1])
+        assert sizes == [2, 2, 1] and len(packed) == 1 and all(m._packed is w for m, w in zip(packed, weights))
+
+
+def test_pictures_with_several_people_give_each_person_its_keypoints(runners):
+    """Crops of several pictures in one estimator call: each picture gets its own people,
+    equal to running the pictures one at a time."""
+    (det, est), _ = runners
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 255, (3, 96, 128, 3), dtype=np.uint8)
+    boxes = [np.array([[10.0, 20.0, 50.0, 90.0], [60.0, 5.0, 120.0, 95.0]]), np.zeros((0, 4)),
+             np.array([[0.0, 0.0, 128.0, 96.0]])]
+    with torch.no_grad():
+        together = dwpose.estimate_keypoints(est, images, boxes, (288, 384), "cpu")
+        alone = [dwpose.estimate_keypoints(est, image[None], [b], (288, 384), "cpu")[0] for image, b in zip(images, boxes)]
+    assert [len(k) for k, _ in together] == [2, 0, 1]
+    for (k, s), (ka, sa) in zip(together, alone):
+        assert np.allclose(k, ka) and np.allclose(s, sa)
+    assert not np.allclose(together[0][0][0], together[0][0][1])
+
+
 def _simcc_at(x_index: int, y_index: int, score: float = 1.0):
     sx, sy = torch.zeros(1, 133, 576), torch.zeros(1, 133, 768)
     sx[..., x_index], sy[..., y_index] = score, score
@@ -110,9 +157,9 @@ def test_simcc_decoding_maps_the_crop_back_to_the_box():
     box = np.array([[10.0, 20.0, 50.0, 100.0]])
     for (ix, iy), expected in (((288, 384), (30.0, 60.0)), ((0, 0), (-7.5, 10.0)), ((576 - 1, 768 - 1),
                                                                                     (67.5 - 75 / 576, 110 - 100 / 768))):
-        kp, scores = dwpose.estimate_keypoints(_simcc_at(ix, iy), image, box, (288, 384), "cpu")
+        ((kp, scores),) = dwpose.estimate_keypoints(_simcc_at(ix, iy), image[None], [box], (288, 384), "cpu")
         assert kp.shape == (1, 133, 2) and np.allclose(kp[0], expected, atol=1e-4) and (scores == 1.0).all()
-    kp, _ = dwpose.estimate_keypoints(_simcc_at(5, 5, score=0.0), image, box, (288, 384), "cpu")
+    ((kp, _),) = dwpose.estimate_keypoints(_simcc_at(5, 5, score=0.0), image[None], [box], (288, 384), "cpu")
     assert np.allclose(kp[0, 0], np.array([-1, -1]) / 2 / np.array([288, 384]) * [75, 100] + [30, 60] - [37.5, 50])
 
 

@@ -129,20 +129,25 @@ def write_yolox(path: Path, seed: int = 0, width: int = 8) -> Path:
                        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 8400, 85])], inits, path)
 
 
-def write_rtmpose(path: Path, seed: int = 0) -> Path:
+def write_rtmpose(path: Path, seed: int = 0, batch: str = "fixed") -> Path:
     """An RTMPose-shaped graph: (1, 3, 384, 288) -> simcc_x (1, 133, 576), simcc_y (1, 133, 768),
-    through Conv, Relu, Reshape, an RMS ScaleNorm (Pow, ReduceMean, Sqrt, Div, Mul) and MatMul."""
+    through Conv, Relu, Reshape, an RMS ScaleNorm (Pow, ReduceMean, Sqrt, Div, Mul) and MatMul.
+    batch: "fixed" (1 in the input and in the reshape, as a batch-1 export writes it), "free"
+    (a named batch dimension, -1 in the reshape) or "mixing" (a named batch dimension, but a
+    transpose before the reshape that equals the fixed graph at batch 1 and mixes the
+    inputs of a larger batch)."""
     import numpy as np
     from onnx import TensorProto, helper
 
     rng = np.random.default_rng(seed)
     inits = {"c_w": rng.normal(0, 0.02, (133, 3, 32, 32)), "c_b": rng.normal(0, 0.1, 133),
-             "shape": np.array([1, 133, 108], dtype=np.int64), "two": np.array(2.0, dtype=np.float32),
+             "shape": np.array([1 if batch == "fixed" else -1, 133, 108], dtype=np.int64), "two": np.array(2.0, dtype=np.float32),
              "gain": rng.normal(1, 0.1, 108), "wx": rng.normal(0, 0.3, (108, 576)),
              "wy": rng.normal(0, 0.3, (108, 768))}
     nodes = [helper.make_node("Conv", ["input", "c_w", "c_b"], ["c"], kernel_shape=[32, 32], strides=[32, 32]),
              helper.make_node("Relu", ["c"], ["r"]),
-             helper.make_node("Reshape", ["r", "shape"], ["f"]),
+             *([helper.make_node("Transpose", ["r"], ["rt"], perm=[1, 0, 2, 3])] if batch == "mixing" else []),
+             helper.make_node("Reshape", ["rt" if batch == "mixing" else "r", "shape"], ["f"]),
              helper.make_node("Pow", ["f", "two"], ["sq"]),
              helper.make_node("ReduceMean", ["sq"], ["ms"], axes=[-1], keepdims=1),
              helper.make_node("Sqrt", ["ms"], ["rms"]),
@@ -150,9 +155,10 @@ def write_rtmpose(path: Path, seed: int = 0) -> Path:
              helper.make_node("Mul", ["n", "gain"], ["g"]),
              helper.make_node("MatMul", ["g", "wx"], ["simcc_x"]),
              helper.make_node("MatMul", ["g", "wy"], ["simcc_y"])]
-    return _onnx_model(nodes, [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 384, 288])],
-                       [helper.make_tensor_value_info("simcc_x", TensorProto.FLOAT, [1, 133, 576]),
-                        helper.make_tensor_value_info("simcc_y", TensorProto.FLOAT, [1, 133, 768])], inits, path)
+    n = 1 if batch == "fixed" else "batch"
+    return _onnx_model(nodes, [helper.make_tensor_value_info("input", TensorProto.FLOAT, [n, 3, 384, 288])],
+                       [helper.make_tensor_value_info("simcc_x", TensorProto.FLOAT, [n, 133, 576]),
+                        helper.make_tensor_value_info("simcc_y", TensorProto.FLOAT, [n, 133, 768])], inits, path)
 
 
 def write_dwpose(folder: Path, seed: int = 0) -> dict[str, Path]:

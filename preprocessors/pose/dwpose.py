@@ -101,21 +101,26 @@ def box_to_crop(box: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.
     return center, scale, cv2.getAffineTransform(np.float32(src), np.float32(dst))
 
 
-def estimate_keypoints(run: Runner, image: np.ndarray, boxes: np.ndarray, size: tuple[int, int],
-                       device) -> tuple[np.ndarray, np.ndarray]:
-    """Per box: (133, 2) keypoints in image pixels and (133,) scores, from SimCC maxima."""
-    keypoints, scores = [], []
-    for box in boxes:
-        center, scale, warp = box_to_crop(box, size)
-        crop = cv2.warpAffine(image, warp, (int(size[0]), int(size[1])), flags=cv2.INTER_LINEAR)
-        x = ((crop - MEAN) / STD).transpose(2, 0, 1).astype(np.float32)
-        simcc_x, simcc_y = (o[0].float().cpu().numpy() for o in run(torch.from_numpy(x)[None].to(device))[:2])
-        locs = np.stack((simcc_x.argmax(1), simcc_y.argmax(1)), axis=-1).astype(np.float32)
-        vals = np.minimum(simcc_x.max(1), simcc_y.max(1))
-        locs[vals <= 0.0] = -1
-        keypoints.append(locs / SIMCC_SPLIT / np.array(size) * scale + center - scale / 2)
-        scores.append(vals)
-    return np.array(keypoints).reshape(-1, 133, 2), np.array(scores).reshape(-1, 133)
+def estimate_keypoints(run: Runner, images: np.ndarray, boxes: list[np.ndarray], size: tuple[int, int],
+                       device) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per image, per box: (n, 133, 2) keypoints in image pixels and (n, 133) scores, from
+    SimCC maxima. The crops of all the images go through the estimator together
+    (run_batched: several per run where the graph allows)."""
+    from .onnx_torch import run_batched
+
+    crops = [(image, box_to_crop(box, size)) for image, image_boxes in zip(images, boxes) for box in image_boxes]
+    if not crops:
+        return [(np.zeros((0, 133, 2)), np.zeros((0, 133))) for _ in boxes]
+    x = np.stack([((cv2.warpAffine(image, warp, (int(size[0]), int(size[1])), flags=cv2.INTER_LINEAR) - MEAN) / STD)
+                  .transpose(2, 0, 1) for image, (_, _, warp) in crops]).astype(np.float32)
+    simcc_x, simcc_y = (o.float().cpu().numpy() for o in run_batched(run, torch.from_numpy(x).to(device))[:2])
+    locs = np.stack((simcc_x.argmax(2), simcc_y.argmax(2)), axis=-1).astype(np.float32)
+    vals = np.minimum(simcc_x.max(2), simcc_y.max(2))
+    locs[vals <= 0.0] = -1
+    centers, scales = (np.array([crop[1][k] for crop in crops])[:, None] for k in (0, 1))
+    keypoints = locs / SIMCC_SPLIT / np.array(size) * scales + centers - scales / 2
+    ends = np.cumsum([len(b) for b in boxes])
+    return [(keypoints[e - len(b):e], vals[e - len(b):e]) for e, b in zip(ends, boxes)]
 
 
 def to_openpose_order(keypoints: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -149,15 +154,10 @@ def to_people(info: np.ndarray, height: int, width: int) -> list[Person]:
 def detect_people(detector: Runner, estimator: Runner, pose_size: tuple[int, int], images_rgb: np.ndarray,
                   device) -> list[list[Person]]:
     """(B, H, W, 3) RGB uint8 -> the people of each image (coordinates as fractions)."""
-    out = []
-    for image in images_rgb:
-        boxes = detect_boxes(detector, image, device)
-        if len(boxes) == 0:
-            out.append([])
-            continue
-        keypoints, scores = estimate_keypoints(estimator, image, boxes, pose_size, device)
-        out.append(to_people(to_openpose_order(keypoints, scores), *image.shape[:2]))
-    return out
+    boxes = [detect_boxes(detector, image, device) for image in images_rgb]
+    found = estimate_keypoints(estimator, images_rgb, boxes, pose_size, device)
+    return [to_people(to_openpose_order(keypoints, scores), *image.shape[:2]) if len(keypoints) else []
+            for image, (keypoints, scores) in zip(images_rgb, found)]
 
 
 BACKENDS = ("torch", "onnxruntime")

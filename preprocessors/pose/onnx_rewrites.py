@@ -73,8 +73,10 @@ def cpu_inference_available() -> bool:
 
 
 class PackedConv2d(nn.Module):
-    """A float32 CPU Conv2d through oneDNN, weights reordered for the input shape seen (once
-    per shape), an activation fused in; inference only (no autograd)."""
+    """A float32 CPU Conv2d through oneDNN, weights reordered for the input size seen (once
+    per channels x height x width, not per batch: a reorder per change of batch would cost
+    more than any layout gain when crops come one, then four at a time), an activation
+    fused in; inference only (no autograd)."""
 
     def __init__(self, conv: nn.Conv2d, attr: str = "none", scalars: list | None = None):
         super().__init__()
@@ -84,11 +86,11 @@ class PackedConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.conv
         x = x.contiguous(memory_format=torch.channels_last)
-        if self._for_shape != x.shape:
+        if self._for_shape != x.shape[1:]:
             self._packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
                 c.weight.detach().to_mkldnn(), list(c.padding), list(c.stride), list(c.dilation), c.groups,
                 list(x.shape))
-            self._for_shape = x.shape
+            self._for_shape = x.shape[1:]
         return torch.ops.mkldnn._convolution_pointwise(x, self._packed, c.bias, list(c.padding), list(c.stride),
                                                       list(c.dilation), c.groups, self.attr, self.scalars, "")
 

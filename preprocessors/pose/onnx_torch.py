@@ -51,6 +51,7 @@ class OnnxModel(torch.nn.Module):
             raise WrongWeightLayout(f"{os.path.basename(path)}: its graph could not be converted to torch "
                                     f"({architecture}): {e}") from e
         fuse_silu(self.net)
+        self.batches = None  # unknown until run_batched has checked it on a real batch
         self._cpu = (None, None)  # (weights' fingerprint, cpu_graph(self.net)); a tuple, so not a submodule
 
     def cpu_net(self) -> torch.nn.Module:
@@ -85,7 +86,9 @@ class OrtModel:
             options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
         self.session = ort.InferenceSession(path, options, providers=providers)
-        self.input_shape = tuple(d if isinstance(d, int) else 1 for d in self.session.get_inputs()[0].shape)
+        shape = self.session.get_inputs()[0].shape
+        self.input_shape = tuple(d if isinstance(d, int) else 1 for d in shape)
+        self.batches = None if not isinstance(shape[0], int) else False  # onnxruntime enforces a fixed one
 
     def __call__(self, x: torch.Tensor):
         name = self.session.get_inputs()[0].name
@@ -94,3 +97,33 @@ class OrtModel:
 
 def onnxruntime_available() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
+
+
+def _batches(model, one: torch.Tensor) -> bool:
+    """Whether the graph gives an input (1, C, H, W) the same outputs in a batch of two as
+    alone, to 1e-3 of their range: kernels differ by far less (float32, TF32 or half
+    precision alike); a reshape that mixes the inputs, by the order of the range. The
+    second input is the first mirrored, so it surely differs (two crops of a video's
+    frames might not)."""
+    try:
+        together = model(torch.cat([one, one.flip(-1)]))
+    except Exception:  # a shape fixed at batch 1 that the runtime checks (each has its own error type)
+        return False
+    alone = model(one)
+    return len(together) == len(alone) and all(
+        t.shape[0] == 2 and t.shape[1:] == a.shape[1:] and bool((t[:1] - a).abs().max() <= 1e-3 * a.abs().max().clamp(min=1e-12))
+        for t, a in zip(together, alone))
+
+
+def run_batched(model, x: torch.Tensor, most: int = 8) -> tuple:
+    """The graph on N inputs (N, C, H, W), up to `most` per run where the graph gives each
+    input what it gives it alone, else one by one. Exports are made for batch 1 and some
+    write that 1 into a reshape, which torch would not refuse but would mix the inputs: so
+    a converted graph is checked once (_batches) before its first batch. One run of several
+    inputs costs less per input (the small late layers and the Python between layers are
+    shared): pictures with several people gain."""
+    if x.shape[0] > 1 and getattr(model, "batches", False) is None:
+        model.batches = _batches(model, x[:1])
+    step = most if getattr(model, "batches", False) else 1
+    runs = [model(x[i:i + step]) for i in range(0, x.shape[0], step)]
+    return tuple(torch.cat(parts) for parts in zip(*runs))
