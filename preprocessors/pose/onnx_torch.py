@@ -101,17 +101,17 @@ def onnxruntime_available() -> bool:
 
 def _batches(model, one: torch.Tensor) -> bool:
     """Whether the graph gives an input (1, C, H, W) the same outputs in a batch of two as
-    alone, to 1e-3 of their range: kernels differ by far less (float32, TF32 or half
-    precision alike); a reshape that mixes the inputs, by the order of the range. The
-    second input is the first mirrored, so it surely differs (two crops of a video's
-    frames might not)."""
+    alone, to 1 % of their range: kernels differ by far less (float32, or the TF32 that
+    GPU convolutions use by default); a reshape that mixes the inputs, by the order of the
+    range. The second input is the first mirrored, so it surely differs (two crops of a
+    video's frames might not)."""
     try:
         together = model(torch.cat([one, one.flip(-1)]))
     except Exception:  # a shape fixed at batch 1 that the runtime checks (each has its own error type)
         return False
     alone = model(one)
     return len(together) == len(alone) and all(
-        t.shape[0] == 2 and t.shape[1:] == a.shape[1:] and bool((t[:1] - a).abs().max() <= 1e-3 * a.abs().max().clamp(min=1e-12))
+        t.shape[0] == 2 and t.shape[1:] == a.shape[1:] and bool((t[:1] - a).abs().max() <= 1e-2 * a.abs().max().clamp(min=1e-12))
         for t, a in zip(together, alone))
 
 
