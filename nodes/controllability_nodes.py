@@ -69,7 +69,8 @@ class MeasureControllability(io.ComfyNode):
             outputs=[
                 io.Float.Output(display_name="score", tooltip="Mean of the headline metric (F1, depth RMSE, angle, "
                                                               "mIoU or PCK)."),
-                io.String.Output(display_name="report", tooltip="Every metric per picture and the means."),
+                io.String.Output(display_name="report", tooltip="Every metric per picture, the means, and (one guide per "
+                                 "picture) the chance level: the pictures against the other pictures' guides."),
                 io.Image.Output(display_name="side_by_side", tooltip="guide | map of the picture | difference"),
                 io.Image.Output(display_name="result_maps", tooltip="The preprocessor's maps of the pictures."),
             ],

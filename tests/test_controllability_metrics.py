@@ -119,6 +119,20 @@ def test_measure_per_image_mean_and_side_by_side():
         measure("edges", results, torch.cat([guide] * 3))
 
 
+def test_chance_level_scores_each_picture_against_the_other_guides():
+    """A picture that follows its own guide scores 1; the chance level is the same pictures
+    against the other pictures' guides (never their own), so control shows as the gap."""
+    guides = torch.cat([_edges(rows=[r], cols=[c]).float().expand(1, 3, 32, 32) for r, c in ((4, 6), (12, 20), (26, 28))])
+    m = measure("edges", guides, guides, tolerance=1)
+    others = [measure("edges", guides, guides.roll(k, 0), tolerance=1).mean["f1"] for k in (1, 2)]
+    assert m.mean["f1"] == 1.0 and m.chance == pytest.approx(sum(others) / 2) and m.chance < 0.5
+    assert f"chance (each picture against the other pictures' guides): f1 {m.chance:.4f}" in m.text()
+    same = measure("edges", guides, guides[:1], tolerance=1)  # one guide for every picture: no other guides
+    assert same.chance is None and "chance" not in same.text()
+    depth = measure("depth", guides, guides)
+    assert depth.mean["rmse"] < depth.chance  # lower is better: following the guide beats chance
+
+
 def test_canny_map_of_the_guide_picture_scores_perfectly():
     """The pipeline end to end on a picture: a guide made by Canny from a picture, and that
     picture measured against it, is F1 1; a blank picture scores 0."""

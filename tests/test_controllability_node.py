@@ -41,6 +41,18 @@ def test_canny_scores_per_image_and_side_by_side(graph, picture):
     assert "image 0: f1 1.0000" in report[0] and "image 1: f1 0.0000" in report[0]
     assert side[0].shape == (2, H, 3 * W, 3) and maps[0].shape == (2, H, W, 3)
     assert "mean: f1 0.5000" in out["5"]["text"][0]
+    assert "chance" not in report[0]  # one guide for both pictures: no other guides to score against
+
+
+def test_one_guide_per_picture_reports_the_chance_level(graph, picture):
+    """Each picture's own Canny map as its guide: the square against the blank picture's guide and
+    the blank picture against the square's score 0, the chance level."""
+    guide = {"class_type": "LLLiteKit_Canny", "inputs": {"image": ["3", 0], "low_threshold": 100,
+                                                         "high_threshold": 200, "l2_gradient": False}}
+    graph.run(_measure("canny", guide))
+    _, report, _, _ = graph.node_outputs("5")
+    assert "image 0: f1 1.0000" in report[0]
+    assert "chance (each picture against the other pictures' guides): f1 0.0000" in report[0]
 
 
 def test_depth_of_the_guide_picture_aligns_perfectly(graph, picture):

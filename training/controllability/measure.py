@@ -11,6 +11,8 @@ from . import metrics
 # the headline number of each family, and whether higher is better
 PRIMARY = {"edges": ("f1", True), "depth": ("rmse", False), "normals": ("angle_deg", False),
            "segmentation": ("miou", True)}
+# other pictures' guides each picture is scored against for the chance level (the cost grows with it)
+CHANCE_GUIDES = 7
 
 
 @dataclass
@@ -21,13 +23,18 @@ class Measurement:
     per_image: list[dict[str, float]]
     mean: dict[str, float]
     side_by_side: torch.Tensor  # (B, 3, H, 3W) 0..1
+    # the headline metric of each picture against other pictures' guides, averaged: what a
+    # picture that ignores its guide scores (None with a single guide)
+    chance: float | None = None
 
     def text(self) -> str:
-        """One line per image and the mean, for the node's text output."""
+        """One line per image, the mean and the chance level, for the node's text output."""
         def fmt(d):
             return ", ".join(f"{k} {v:.4f}" for k, v in d.items())
-        lines = [f"image {i}: {fmt(d)}" for i, d in enumerate(self.per_image)]
-        return "\n".join(lines + [f"mean: {fmt(self.mean)}"])
+        lines = [f"image {i}: {fmt(d)}" for i, d in enumerate(self.per_image)] + [f"mean: {fmt(self.mean)}"]
+        if self.chance is not None:
+            lines.append(f"chance (each picture against the other pictures' guides): {self.primary} {self.chance:.4f}")
+        return "\n".join(lines)
 
 
 def _fit(maps: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -45,27 +52,37 @@ def measure(family: str, result: torch.Tensor, guide: torch.Tensor, tolerance: f
         raise ValueError(f"unknown map family {family!r}; known: {', '.join(PRIMARY)}")
     if guide.shape[0] not in (1, result.shape[0]):
         raise ValueError(f"{result.shape[0]} generated images but {guide.shape[0]} guide images: give one guide or one per image")
+    distinct_guides = guide.shape[0] > 1
     guide = guide.float().expand(result.shape[0], *guide.shape[1:])
     if family != "segmentation":
         result = _fit(result, *guide.shape[-2:])
+    elif result.shape[-2:] != guide.shape[-2:]:  # colour-coded label maps: nearest neighbour keeps their colours
+        result = F.interpolate(result, size=guide.shape[-2:], mode="nearest")
+    scores, difference = _scores(family, result, guide, tolerance, edge_threshold)
+    per_image = [{k: float(v[i]) for k, v in scores.items()} for i in range(result.shape[0])]
+    mean = {k: float(v.mean()) for k, v in scores.items()}
+    primary, higher = PRIMARY[family]
+    chance = None
+    if distinct_guides:  # guides rolled by 1, 2, ...: every picture against others' guides, none against its own
+        shifts = range(1, min(result.shape[0], CHANCE_GUIDES + 1))
+        chance = sum(float(_scores(family, result, guide.roll(k, 0), tolerance, edge_threshold)[0][primary].mean())
+                     for k in shifts) / len(shifts)
+    picture = torch.cat([to_rgb(guide), to_rgb(result), to_rgb(difference.clamp(0, 1))], dim=-1)
+    return Measurement(family, primary, higher, per_image, mean, picture, chance)
+
+
+def _scores(family: str, result: torch.Tensor, guide: torch.Tensor, tolerance: float,
+            edge_threshold: float) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Per-image scores of maps of one size, and the difference map."""
     if family == "edges":
         rb, gb = metrics.binarize(result, edge_threshold), metrics.binarize(guide, edge_threshold)
         scores = metrics.edge_f1(rb, gb, tolerance)
         scores["ssim"] = metrics.ssim(result, guide)
-        difference = (rb.float() - gb.float()).abs()
-    elif family == "depth":
-        scores = metrics.depth_errors(result, guide)
-        difference = (metrics.align_scale_shift(result, guide) - to_gray(guide)).abs()
-    elif family == "normals":
-        scores = metrics.normal_errors(result, guide)
-        difference = metrics.normal_angles(result, guide) / 180.0
-    else:  # colour-coded label maps: nearest-neighbour resizing keeps their colours
-        result = result if result.shape[-2:] == guide.shape[-2:] else F.interpolate(result, size=guide.shape[-2:], mode="nearest")
-        rl, gl = metrics.labels_from_colours(result), metrics.labels_from_colours(guide)
-        scores = {"miou": metrics.mean_iou(rl, gl), "pixel_accuracy": (rl == gl).float().flatten(1).mean(1)}
-        difference = (rl != gl).float().unsqueeze(1)
-    per_image = [{k: float(v[i]) for k, v in scores.items()} for i in range(result.shape[0])]
-    mean = {k: float(v.mean()) for k, v in scores.items()}
-    primary, higher = PRIMARY[family]
-    picture = torch.cat([to_rgb(guide), to_rgb(result), to_rgb(difference.clamp(0, 1))], dim=-1)
-    return Measurement(family, primary, higher, per_image, mean, picture)
+        return scores, (rb.float() - gb.float()).abs()
+    if family == "depth":
+        return metrics.depth_errors(result, guide), (metrics.align_scale_shift(result, guide) - to_gray(guide)).abs()
+    if family == "normals":
+        return metrics.normal_errors(result, guide), metrics.normal_angles(result, guide) / 180.0
+    rl, gl = metrics.labels_from_colours(result), metrics.labels_from_colours(guide)
+    scores = {"miou": metrics.mean_iou(rl, gl), "pixel_accuracy": (rl == gl).float().flatten(1).mean(1)}
+    return scores, (rl != gl).float().unsqueeze(1)
