@@ -102,6 +102,10 @@ def distilled(opts) -> None:
           f"{s.sample_steps} step(s), fixed seeds")
     print(f"  teacher ControlNet {e.teacher_controllability:.4f}   distilled LLLite {e.distilled:.4f}   "
           f"untrained LLLite {e.untrained:.4f}")
+    chance = [r[-1][1].get("controllability_chance") for r in (e.teacher, e.student[-1:], e.student[:1])]
+    if None not in chance:  # two or more held-out guides: each picture against the others' guides
+        print(f"  chance level (the same samples against the other held-out guides): teacher {chance[0]:.4f}   "
+              f"distilled {chance[1]:.4f}   untrained {chance[2]:.4f}")
     print(f"held-out MSE to the teacher's prediction: LLLite {first['student_mse']:.4f} at step 0 -> {last['student_mse']:.4f} "
           f"at step {e.student[-1][0]} (bare model {last['bare_mse']:.4f})")
     benchlib.ratio("distilled / teacher controllability", e.distilled / max(e.teacher_controllability, 1e-9))

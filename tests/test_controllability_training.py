@@ -52,7 +52,7 @@ def run(tiny, tmp_path_factory):
             engine = TrainingEngine(cfg, tm, text, adapter, data, tmp_path_factory.mktemp("checked"), training_metadata,
                                     {**data_facts(data)[0], "sd_model_name": "tiny"}, hooks=hooks)
             holdout = data.holdout_batches()
-            check = ControllabilityCheck(tm, text, adapter, holdout, CheckOptions("canny", images=1, sample_steps=2,
+            check = ControllabilityCheck(tm, text, adapter, holdout, CheckOptions("canny", images=2, sample_steps=2,
                                                                                   tolerance=2.0, edge_threshold=0.05),
                                          pooled_decoder(model.model.latent_format), seed=7)
             hooks.evaluate = combined(ControlGap(tm, text, adapter, holdout, (500, 1000)), check)
@@ -65,11 +65,13 @@ def test_measured_at_the_evaluation_steps_beside_the_control_gap(run):
     assert [s for s, _ in evaluations] == [0, EVERY, STEPS]  # start, every EVERY steps, end
     for _, r in evaluations:
         assert {"control_gap", "controllability", "controllability_f1", "controllability_precision",
-                "controllability_recall", "controllability_ssim"} <= set(r)
+                "controllability_recall", "controllability_ssim", "controllability_chance"} <= set(r)
         assert r["controllability"] == r["controllability_f1"] and 0.0 <= r["controllability"] <= 1.0
     assert [s for s, _ in run["texts"]] == [0, EVERY, STEPS]
     for (_, text), (_, r) in zip(run["texts"], evaluations):
-        assert "control gap" in text and f"controllability f1 {r['controllability']:.4g} (held-out samples)" in text
+        assert "control gap" in text
+        assert (f"controllability f1 {r['controllability']:.4g} (held-out samples; "
+                f"chance {r['controllability_chance']:.4g})") in text
 
 
 def test_score_is_the_measurement_of_fixed_seed_samples(run):
@@ -86,10 +88,11 @@ def test_score_is_the_measurement_of_fixed_seed_samples(run):
         adapter.detach()
     last = run["result"].evaluations[-1][1]
     assert score == pytest.approx({k: v for k, v in last.items() if k.startswith("controllability")}, abs=1e-9)
-    guides = (holdout[0].guides[:1] + 1) / 2
+    guides = torch.cat([(batch.guides[row:row + 1] + 1) / 2 for batch, row in check.samples])
     maps = result_maps("canny", torch.cat(pictures), MapSettings())
-    expected = measure("edges", maps, guides, 2.0, 0.05).mean["f1"]
-    assert score["controllability"] == pytest.approx(expected, abs=1e-6)
+    m = measure("edges", maps, guides, 2.0, 0.05)  # the node's measurement of the same two pictures
+    assert score["controllability"] == pytest.approx(m.mean["f1"], abs=1e-6)
+    assert score["controllability_chance"] == pytest.approx(m.chance, abs=1e-6)  # each against the other's guide
 
 
 def test_chart_has_the_controllability_panel_under_the_gap(run):

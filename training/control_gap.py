@@ -114,7 +114,10 @@ def gap_text(result: dict[str, float] | None) -> str:
 def controllability_text(result: dict[str, float]) -> str:
     """', controllability f1 0.412 (held-out samples)' when the run measures it, else ''."""
     measured = headline(result)
-    return "" if measured is None else f", controllability {measured[0]} {measured[1]:.4g} (held-out samples)"
+    if measured is None:
+        return ""
+    chance = f"; chance {result['controllability_chance']:.4g}" if "controllability_chance" in result else ""
+    return f", controllability {measured[0]} {measured[1]:.4g} (held-out samples{chance})"
 
 
 def draw_training_curves(losses: list[float], evaluations: list[tuple[int, dict[str, float]]],
@@ -137,5 +140,8 @@ def controllability_panel(evaluations: list[tuple[int, dict[str, float]]], width
     if not measured:
         return []
     name = measured[-1][1][0]
-    return [draw_loss_curve({f"controllability of held-out samples ({name})": [(s, v) for s, (_, v) in measured]},
-                            width, 200, x_range=(0, steps))]
+    series = {f"controllability of held-out samples ({name})": [(s, v) for s, (_, v) in measured]}
+    chance = [(s, r["controllability_chance"]) for s, r in evaluations if "controllability_chance" in r]
+    if chance:
+        series["chance (against the other held-out guides)"] = chance
+    return [draw_loss_curve(series, width, 200, x_range=(0, steps))]

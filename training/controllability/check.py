@@ -55,7 +55,9 @@ def heldout_samples(batches: list[Batch], count: int) -> list[tuple[Batch, int]]
 
 class ControllabilityCheck:
     """Callable evaluation for the engine's hooks: step -> {"controllability": headline mean,
-    "controllability_<metric>": mean of each metric of the map's family}, headline first."""
+    "controllability_<metric>": mean of each metric of the map's family, headline first;
+    "controllability_chance": the headline of each picture against the other held-out guides,
+    with two or more}."""
 
     def __init__(self, model, text, adapter, holdout: list[Batch], options: CheckOptions,
                  decode: Callable[[torch.Tensor], torch.Tensor], seed: int = 0, after_sampling: Callable[[], None] | None = None):
@@ -96,13 +98,20 @@ class ControllabilityCheck:
 
     def __call__(self, step: int) -> dict[str, float]:
         o = self.options
-        scores = []
-        for (batch, row), picture in zip(self.samples, self.pictures()):
-            guide = (batch.guides[row:row + 1].float().cpu() + 1) / 2
-            maps = result_maps(o.kind, picture, o.settings or MapSettings())
-            scores.append(measure(self.family, maps.cpu(), guide, o.tolerance, o.edge_threshold).mean)
+        pairs = [(result_maps(o.kind, picture, o.settings or MapSettings()).cpu(), (batch.guides[row:row + 1].float().cpu() + 1) / 2)
+                 for (batch, row), picture in zip(self.samples, self.pictures())]
+
+        def score(maps, guide):
+            return measure(self.family, maps, guide, o.tolerance, o.edge_threshold).mean
+
+        scores = [score(maps, guide) for maps, guide in pairs]
         means = {k: sum(s[k] for s in scores) / len(scores) for k in scores[0]}
-        return {"controllability": means[self.primary], **{f"controllability_{k}": v for k, v in means.items()}}
+        result = {"controllability": means[self.primary], **{f"controllability_{k}": v for k, v in means.items()}}
+        if len(pairs) > 1:  # the chance level: each picture against the other held-out guides (resized to theirs)
+            others = [score(maps, guide)[self.primary] for i, (maps, _) in enumerate(pairs)
+                      for j, (_, guide) in enumerate(pairs) if i != j]
+            result["controllability_chance"] = sum(others) / len(others)
+        return result
 
 
 def headline(result: dict[str, float]) -> tuple[str, float] | None:
