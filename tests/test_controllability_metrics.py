@@ -153,3 +153,29 @@ def test_measure_segmentation_maps():
     m = measure("segmentation", torch.zeros(1, 3, 8, 16), guide)  # resized by nearest neighbour: colours kept
     assert m.mean["miou"] == pytest.approx(0.25) and m.mean["pixel_accuracy"] == pytest.approx(0.5)
     assert m.primary == "miou" and m.side_by_side.shape == (1, 3, 4, 24)
+
+
+def test_training_check_chance_level_equals_the_nodes_with_many_heldout_guides():
+    """The training check's chance level is the node's: each picture against up to
+    CHANCE_GUIDES other guides (rolled by 1, 2, ...), also when more are held out."""
+    from types import SimpleNamespace
+
+    from lllite_kit.training.controllability.check import CheckOptions, ControllabilityCheck
+    from lllite_kit.training.controllability.measure import CHANCE_GUIDES
+
+    n = CHANCE_GUIDES + 3  # more held-out guides than the node compares with
+    g = torch.Generator().manual_seed(0)
+    guides = torch.cat([_edges(rows=[int(torch.randint(4, 28, (1,), generator=g))],
+                               cols=[int(torch.randint(4, 28, (1,), generator=g))]).float() for _ in range(n)])
+    pictures = [(guides[i:i + 1] > 0).float().expand(1, 3, 32, 32).clone() for i in range(n)]
+    pictures = [p.roll(i % 3, dims=-1) for i, p in enumerate(pictures)]  # each follows its guide, some 1-2 px off
+    holdout = SimpleNamespace(latents=torch.zeros(n, 4, 4, 4), guides=guides.expand(n, 3, 32, 32) * 2 - 1, captions=[""] * n)
+    options = CheckOptions(kind="canny", images=n, settings=MapSettings())
+    check = ControllabilityCheck(None, None, None, [holdout], options, decode=None)
+    check.pictures = lambda: pictures
+    score = check(0)
+    m = measure("edges", result_maps("canny", torch.cat(pictures), MapSettings()), guides.expand(n, 3, 32, 32),
+                options.tolerance, options.edge_threshold)
+    assert score["controllability"] == pytest.approx(m.mean["f1"], abs=1e-6)
+    assert score["controllability_chance"] == pytest.approx(m.chance, abs=1e-6)
+    assert m.chance < m.mean["f1"]

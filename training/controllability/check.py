@@ -11,7 +11,7 @@ import torch
 
 from ..data.batch import Batch
 from .maps import KINDS, MapSettings, result_maps
-from .measure import PRIMARY, measure
+from .measure import CHANCE_GUIDES, PRIMARY, measure
 
 OFF = "off"
 SAMPLER, SCHEDULER = "euler", "normal"  # deterministic: the same seed gives the same picture
@@ -56,7 +56,7 @@ def heldout_samples(batches: list[Batch], count: int) -> list[tuple[Batch, int]]
 class ControllabilityCheck:
     """Callable evaluation for the engine's hooks: step -> {"controllability": headline mean,
     "controllability_<metric>": mean of each metric of the map's family, headline first;
-    "controllability_chance": the headline of each picture against the other held-out guides,
+    "controllability_chance": the headline of each picture against up to CHANCE_GUIDES other held-out guides,
     with two or more}."""
 
     def __init__(self, model, text, adapter, holdout: list[Batch], options: CheckOptions,
@@ -107,9 +107,11 @@ class ControllabilityCheck:
         scores = [score(maps, guide) for maps, guide in pairs]
         means = {k: sum(s[k] for s in scores) / len(scores) for k in scores[0]}
         result = {"controllability": means[self.primary], **{f"controllability_{k}": v for k, v in means.items()}}
-        if len(pairs) > 1:  # the chance level: each picture against the other held-out guides (resized to theirs)
-            others = [score(maps, guide)[self.primary] for i, (maps, _) in enumerate(pairs)
-                      for j, (_, guide) in enumerate(pairs) if i != j]
+        if len(pairs) > 1:  # the chance level, as the node measures it: each picture against up to
+            # CHANCE_GUIDES other held-out guides (guides rolled by 1, 2, ...; resized to theirs)
+            n = len(pairs)
+            others = [score(pairs[i][0], pairs[(i - k) % n][1])[self.primary]
+                      for k in range(1, min(n, CHANCE_GUIDES + 1)) for i in range(n)]
             result["controllability_chance"] = sum(others) / len(others)
         return result
 
