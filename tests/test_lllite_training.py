@@ -33,14 +33,16 @@ E, R = 8, 16
 STEPS = 40
 
 
-def fill_task(n: int, size: int = 64, seed: int = 0):
-    """(images, guides) in [0, 1]: a disk filled with a colour on grey, and its outline in that colour."""
+def fill_task(n: int, size: int = 64, seed: int = 0, centre: tuple[float, float] = (0.35, 0.65),
+              radius: tuple[float, float] = (0.25, 0.40)):
+    """(images, guides) in [0, 1]: a disk filled with a colour on grey, and its outline in that
+    colour; centre and radius: the ranges they are drawn from, as fractions of the size."""
     g = torch.Generator().manual_seed(seed)
     y, x = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
     images, guides = [], []
     for _ in range(n):
-        cx, cy = (torch.rand(2, generator=g) * 0.3 + 0.35) * size
-        r = (torch.rand(1, generator=g) * 0.15 + 0.25) * size
+        cx, cy = (torch.rand(2, generator=g) * (centre[1] - centre[0]) + centre[0]) * size
+        r = (torch.rand(1, generator=g) * (radius[1] - radius[0]) + radius[0]) * size
         colour = (torch.rand(3, 1, 1, generator=g) > 0.5).float()
         d = ((x - cx) ** 2 + (y - cy) ** 2).sqrt()
         inside = (d <= r).float()
