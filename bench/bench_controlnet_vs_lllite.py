@@ -74,8 +74,8 @@ def report_costs(times: dict) -> None:
 
 
 def distilled(opts) -> None:
-    """A ControlNet trained on the Fill50K-like task, distilled into an LLLite: controllability of
-    held-out samples (teacher, distilled, untrained), distance to the teacher, step costs."""
+    """A ControlNet trained on the Fill50K-like task, distilled into an LLLite: controllability on
+    fresh guides (teacher, distilled, untrained), distance to the teacher, step costs."""
     import comfy.controlnet
 
     import distill_evidence

@@ -118,8 +118,8 @@ def base_model(s: Settings):
     return model
 
 
-def _data(s: Settings, images: int, holdout: int, seed: int) -> TrainingData:
-    images, guides = fill_pairs(images + holdout, s, seed)
+def _data(s: Settings, training: int, holdout: int, seed: int) -> TrainingData:
+    images, guides = fill_pairs(training + holdout, s, seed)
     dataset = DatasetConfig(subsets=[SubsetConfig(items=items_from_tensors(images, CAPTION, guides))],
                             resolution=(64, 64), batch_size=2)
     return TrainingData([dataset], encode_latents=pooled_latents, vae_id="avg-pool-8", seed=s.seed, size_multiple=64,
