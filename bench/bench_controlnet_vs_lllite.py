@@ -9,7 +9,8 @@ interleaved, medians - plus each control's parameter count.
     .venv/bin/python bench/bench_controlnet_vs_lllite.py --distilled        # + a distilled LLLite vs its teacher
 
 --full-sdxl: the full-size SDXL U-Net (random weights; speed does not depend on values), a full
-SDXL ControlNet (1.25 B parameters) and an LLLite of kohya's released size (E32/R64).
+SDXL ControlNet (1.25 B parameters) and an LLLite of kohya's released size (E32/R64), also with
+modules on the output blocks (lllite_output_blocks, as distillation uses by default).
 --distilled (tiny SD1.5, CPU): a ControlNet trained on the Fill50K-like task is distilled into an
 LLLite (tests/distill_evidence.py); the controllability (edge F1, its chance level, and control =
 F1 - chance) of the teacher, the distilled LLLite and an untrained LLLite on fresh guides, the
@@ -42,9 +43,9 @@ def _controlnet(model, dtype, folder: Path):
     return comfy.controlnet.load_controlnet(str(path)), params
 
 
-def step_times(model, lllite, control, positive, negative, guide, resolution: int, steps: int, rounds: int) -> dict:
-    """Sampler step times (lists, interleaved) of the bare model, the model with `lllite`
-    (an LLLite network) and with `control` (core's ControlNet object), one guide, CFG 7."""
+def step_times(model, lllites: dict, control, positive, negative, guide, resolution: int, steps: int, rounds: int) -> dict:
+    """Sampler step times (lists, interleaved) of the bare model, the model with each of
+    `lllites` (name -> LLLite network) and with `control` (core's ControlNet object), one guide, CFG 7."""
     import comfy.sample
     import nodes
 
@@ -54,7 +55,8 @@ def step_times(model, lllite, control, positive, negative, guide, resolution: in
         positive, negative, control, guide.movedim(1, -1), 1.0, 0.0, 1.0)
     latent = torch.zeros(1, 4, resolution // 8, resolution // 8)
     noise = comfy.sample.prepare_noise(latent, 1)
-    runs = {"bare": (model, positive, negative), "LLLite": (apply_lllite(model, lllite, guide, 1.0), positive, negative),
+    runs = {"bare": (model, positive, negative),
+            **{name: (apply_lllite(model, lllite, guide, 1.0), positive, negative) for name, lllite in lllites.items()},
             "ControlNet": (model, cn_positive, cn_negative)}
     fns = {name: lambda r=r: benchlib.sampler_step_time(r[0], noise, latent, steps, 7.0, "normal", r[1], r[2])
            for name, r in runs.items()}
@@ -64,13 +66,16 @@ def step_times(model, lllite, control, positive, negative, guide, resolution: in
 
 
 def report_costs(times: dict) -> None:
-    base = benchlib.median(times["bare"])
+    base, control = benchlib.median(times["bare"]), benchlib.median(times["ControlNet"])
     for name, ts in times.items():
-        print(f"  {name:10s} {benchlib.median(ts) * 1000:9.2f} ms/step")
-    benchlib.ratio("LLLite / bare step time", benchlib.median(times["LLLite"]) / base)
-    benchlib.ratio("ControlNet / bare step time", benchlib.median(times["ControlNet"]) / base)
-    benchlib.ratio("ControlNet / LLLite step time", benchlib.median(times["ControlNet"]) / benchlib.median(times["LLLite"]),
-                   "what distilling the ControlNet into an LLLite saves per step")
+        print(f"  {name:22s} {benchlib.median(ts) * 1000:9.2f} ms/step")
+    lllites = [name for name in times if name not in ("bare", "ControlNet")]
+    for name in lllites:
+        benchlib.ratio(f"{name} / bare step time", benchlib.median(times[name]) / base, "goal < 1.05")
+    benchlib.ratio("ControlNet / bare step time", control / base)
+    for name in lllites:
+        benchlib.ratio(f"ControlNet / {name} step time", control / benchlib.median(times[name]),
+                       "what distilling the ControlNet into an LLLite saves per step")
 
 
 def distilled(opts) -> None:
@@ -93,13 +98,14 @@ def distilled(opts) -> None:
     model = distill_evidence.base_model(s)
     positive, negative = lllite_testing.conditioning("sd15")
     guide = distill_evidence.fill_pairs(1, s, seed=s.seed + 1)[1]
-    times = step_times(model, student, control, positive, negative, guide, 64, opts.steps, opts.rounds)
+    times = step_times(model, {"LLLite": student}, control, positive, negative, guide, 64, opts.steps, opts.rounds)
 
     (_, first), (_, last) = e.student[0], e.student[-1]
     print(f"machine: {benchlib.machine()}")
     print(f"tiny SD1.5 (64 channels; self-attention made local, output x{s.output_scale:g}: tests/distill_evidence.py), "
           f"Fill50K-like task at 64 px, {s.images} training images; teacher: ControlNet trained {s.teacher_steps} steps "
-          f"(lr {s.teacher_lr}); student: LLLite E{s.cond_emb_dim}/R{s.network_dim} distilled {s.student_steps} steps "
+          f"(lr {s.teacher_lr}); student: LLLite E{s.cond_emb_dim}/R{s.network_dim}"
+          f"{' with output blocks' if s.output_blocks else ''} distilled {s.student_steps} steps "
           f"(lr {s.student_lr})")
     print(f"controllability: Canny ({s.canny[0]:g}/{s.canny[1]:g}) edge F1, tolerance {s.tolerance:g} px, of one sample "
           f"({s.sample_steps} step, fixed seeds) per guide on {s.scored_guides} fresh guides; chance level: the same "
@@ -141,15 +147,16 @@ def main() -> None:
     dtype = benchlib.torch_dtype(opts.dtype)
     resolution, steps, model, positive, negative, dims = sdxl_setup(opts, controlnet_testing.build_model)
     guide = torch.rand(1, 3, resolution, resolution, generator=torch.Generator().manual_seed(1))
-    lllite = _random_lllite(model, *dims, 1)
+    lllites = {"LLLite": _random_lllite(model, *dims, 1),
+               "LLLite + output blocks": _random_lllite(model, *dims, 1, output_blocks=True)}
     with tempfile.TemporaryDirectory() as tmp:
         control, control_params = _controlnet(model, dtype, Path(tmp))
-    times = step_times(model, lllite, control, positive, negative, guide, resolution, steps, opts.rounds)
-    lllite_params = sum(p.numel() for p in lllite.parameters())
+    times = step_times(model, lllites, control, positive, negative, guide, resolution, steps, opts.rounds)
+    params = ", ".join(f"{name} {sum(p.numel() for p in n.parameters()) / 1e6:.1f} M" for name, n in lllites.items())
     print(f"machine: {benchlib.machine()}")
     print(f"{'full-size' if opts.full_sdxl else 'tiny'} SDXL-layout U-Net, {resolution}x{resolution}, {opts.dtype}, CFG batch 2, "
           f"euler {steps} steps x {2 * opts.rounds} runs per variant")
-    print(f"parameters: LLLite {lllite_params / 1e6:.1f} M, ControlNet {control_params / 1e6:.1f} M")
+    print(f"parameters: {params}, ControlNet {control_params / 1e6:.1f} M")
     report_costs(times)
 
 

@@ -25,10 +25,11 @@ def _conditioning(context_dim, pooled_dim, tokens):
     return one(), one()
 
 
-def _random_lllite(model, cond_emb_dim, mlp_dim, seed):
-    from lllite_kit.lllite.module import SDXL_LAYOUT, build_network
+def _random_lllite(model, cond_emb_dim, mlp_dim, seed, output_blocks=False):
+    from lllite_kit.lllite.module import build_network, layout_for
 
-    network = build_network(model.model.diffusion_model, SDXL_LAYOUT, cond_emb_dim, mlp_dim, f"bench{seed}")
+    network = build_network(model.model.diffusion_model, layout_for("sdxl", output_blocks), cond_emb_dim, mlp_dim,
+                            f"bench{seed}")
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for _, p in sorted(network.named_parameters()):

@@ -50,7 +50,32 @@ SD15_LAYOUT = Layout(
     {"input_blocks.1.1": 1, "input_blocks.2.1": 1, "input_blocks.4.1": 2, "input_blocks.5.1": 2,
      "input_blocks.7.1": 3, "input_blocks.8.1": 3, "middle_block.1": 3},
 )
-LAYOUTS = {layout.family: layout for layout in (SDXL_LAYOUT, SD15_LAYOUT)}
+LAYOUTS = {layout.family: layout for layout in (SDXL_LAYOUT, SD15_LAYOUT)}  # kohya's default: no output blocks
+
+
+def _with_output_blocks(layout: Layout, output_blocks: dict) -> Layout:
+    return Layout(layout.family, f"{layout.display} with output blocks", layout.architecture,
+                  {**layout.blocks, **output_blocks})
+
+
+# kohya's SKIP_OUTPUT_BLOCKS = False: modules on the decoder's transformers too. kohya's rule
+# (output index <= 2 -> 3, <= 5 -> 2) puts SDXL's output 0-2 (image/32) and 3-5 (image/16) on
+# their grids. SD1.5's decoder runs one level deeper (3-5 at image/32, 6-8 at /16, 9-11 at /8),
+# so its depths follow the grid instead: every embedding lands on its block's token grid.
+OUTPUT_LAYOUTS = {
+    "sdxl": _with_output_blocks(SDXL_LAYOUT, {f"output_blocks.{i}.1": 3 if i <= 2 else 2 for i in range(6)}),
+    "sd15": _with_output_blocks(SD15_LAYOUT, {f"output_blocks.{i}.1": 3 if i <= 5 else 2 if i <= 8 else 1
+                                              for i in range(3, 12)}),
+}
+
+
+def layout_for(family: str, output_blocks: bool = False) -> Layout:
+    """The module layout of a new LLLite for `family` ("sdxl", "sd15"); output_blocks adds the
+    decoder's transformers (kohya's SKIP_OUTPUT_BLOCKS = False)."""
+    if family not in LAYOUTS:
+        raise ValueError(f"ControlNet-LLLite supports {', '.join(l.display for l in LAYOUTS.values())} models; "
+                         f"this model is {family}")
+    return (OUTPUT_LAYOUTS if output_blocks else LAYOUTS)[family]
 
 
 def kohya_name(path: str) -> str:
@@ -220,12 +245,14 @@ class LLLiteNetwork(nn.Module):
         dim_text = ", ".join(f"cond_emb_dim {e} / network_dim {r}" for e, r in dims)
         return f"{len(mods)} modules, {dim_text}, {self.layout_name()} layout"
 
-    def layout_name(self) -> str:
+    def layout(self) -> Layout | None:
+        """The known layout whose blocks these modules sit on, None for a custom one."""
         blocks = {p.split(".transformer_blocks.")[0] for p in self.paths.values()}
-        for layout in LAYOUTS.values():
-            if blocks == set(layout.blocks):
-                return layout.display
-        return "custom"
+        return next((l for l in (*LAYOUTS.values(), *OUTPUT_LAYOUTS.values()) if blocks == set(l.blocks)), None)
+
+    def layout_name(self) -> str:
+        layout = self.layout()
+        return layout.display if layout else "custom"
 
     def check_fits(self, diffusion_model: nn.Module, model_name: str) -> None:
         """Every module's Linear must exist in the model with the module's width; otherwise

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from ..files.atomic import write_atomic
 
-from .module import LAYOUTS, LLLiteModule, LLLiteNetwork, unet_path
+from .module import LLLiteModule, LLLiteNetwork, unet_path
 
 # What a file that is not an LLLite looks like, told by its keys: (test, description, what to use instead).
 _LOOKS_LIKE = (
@@ -124,7 +124,7 @@ def save_lllite(path: str, network: LLLiteNetwork, architecture: str | None = No
     """Write `network` in kohya's format, atomically; metadata (strings) over modelspec()'s.
     The model-spec architecture follows the network's layout (SDXL or SD1.5) unless given."""
     if architecture is None:
-        layout = next((l for l in LAYOUTS.values() if l.display == network.layout_name()), None)
+        layout = network.layout()
         if layout is None:
             raise ValueError(f"{network.name}: custom module layout, pass the model-spec architecture to save it")
         architecture = layout.architecture

@@ -44,6 +44,11 @@ class DistillControlNetToLLLite(io.ComfyNode):
                 io.Int.Input("cond_emb_dim", default=32, min=2, max=1024, step=2,
                              tooltip="Guide-embedding width of the LLLite (kohya: 32 for Canny)."),
                 io.Int.Input("network_dim", default=64, min=1, max=1024, tooltip="Width of the LLLite's modules (kohya: 64)."),
+                io.Boolean.Input("lllite_output_blocks", default=True, optional=True,
+                                 tooltip="Also put modules on the decoder's (output blocks') attention (kohya's "
+                                         "SKIP_OUTPUT_BLOCKS = False): a ControlNet's residuals enter the decoder, and "
+                                         "there the LLLite keeps more of its control (docs/controllability.md). Off: "
+                                         "kohya's layout, input and middle blocks only."),
                 *optimisation_inputs("kohya recommends AdamW8bit (bitsandbytes)."),
                 io.Boolean.Input("cache_latents", default=True, tooltip="Encode every image once (the VAE then leaves the device)."),
                 io.Int.Input("heldout_images", default=4, min=0, max=1000,
@@ -68,8 +73,8 @@ class DistillControlNetToLLLite(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, vae, dataset, output_name, if_exists, extra_options, heldout_images, control_net,
-                strength, start_percent, end_percent, sample_guide=None, **form) -> io.NodeOutput:
-        values = {**form, "output_name": output_name}
+                strength, start_percent, end_percent, sample_guide=None, lllite_output_blocks=True, **form) -> io.NodeOutput:
+        values = {**form, "output_name": output_name, "lllite_output_blocks": lllite_output_blocks}
         extra, dataset = parse_extra_options(extra_options, dataset, "Distil ControlNet into LLLite node")
         values.update(extra)
         cfg = config_from_dict(values, "Distil ControlNet into LLLite node")

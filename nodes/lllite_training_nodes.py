@@ -45,6 +45,10 @@ class TrainLLLite(io.ComfyNode):
                              tooltip="Guide-embedding width (kohya: 32 for Canny, about half for depth)."),
                 io.Int.Input("network_dim", default=64, min=1, max=1024, tooltip="Width of the LoRA-like modules (kohya: 64)."),
                 io.Float.Input("network_dropout", default=0.0, min=0.0, max=0.99, step=0.01, tooltip="Dropout after mid, training only."),
+                io.Boolean.Input("lllite_output_blocks", default=False, optional=True,
+                                 tooltip="SDXL and SD1.5: also put modules on the decoder's (output blocks') attention, as "
+                                         "kohya's SKIP_OUTPUT_BLOCKS = False does: about twice the modules; kohya's and "
+                                         "Advanced-ControlNet's LLLite nodes apply such files too. Off: kohya's default."),
                 *optimisation_inputs("kohya recommends AdamW8bit (bitsandbytes)."),
                 io.Boolean.Input("cache_latents", default=True, tooltip="Encode every image once (the VAE then leaves the device)."),
                 io.Boolean.Input("cache_latents_to_disk", default=False, tooltip="Keep the latents for later runs too."),

@@ -45,6 +45,7 @@ class Settings:
     student_lr: float = 1e-2
     cond_emb_dim: int = 8
     network_dim: int = 16
+    output_blocks: bool = True  # the student's modules on the decoder too, where the teacher's residuals enter
     sample_steps: int = 1  # the check's sampler steps (the task is learnt at high noise: t >= min_timestep)
     check_images: int = 4
     tolerance: float = 4.0  # half an 8x8 latent pixel: the picture is the pooled disk, upsampled
@@ -165,8 +166,8 @@ def run_evidence(tiny, out: Path, s: Settings = Settings(), progress=None) -> Ev
     teacher = ControlNetTeacher(control, name="teacher.safetensors")
     agreement = lambda tm, text, adapter, holdout: TeacherAgreement(tm, text, adapter, holdout, (s.min_timestep, 1000))  # noqa: E731
     student_run = _run(model, clip, data, s, out, "student", s.student_steps, s.student_lr,
-                       lambda tm: DistillationAdapter(tm, teacher, "sd15", cond_emb_dim=s.cond_emb_dim,
-                                                      network_dim=s.network_dim, name="student"), [agreement], progress)
+                       lambda tm: DistillationAdapter(tm, teacher, "sd15", cond_emb_dim=s.cond_emb_dim, network_dim=s.network_dim,
+                                                      name="student", output_blocks=s.output_blocks), [agreement], progress)
     evidence = Evidence(teacher_run.final_path, student_run.final_path, teacher_run.evaluations, student_run.evaluations)
     evidence.teacher_controllability = teacher_run.evaluations[-1][1]["controllability"]
     evidence.scores = score_on_fresh_guides(model, clip, s, teacher_run.final_path, student_run.final_path)
@@ -196,8 +197,9 @@ def score_on_fresh_guides(model, clip, s: Settings, teacher_path: Path, student_
     no_block0 = _without_first_skip(teacher_path)
     adapters = {"teacher": lambda: ControlNetAdapter(unet_config, "sd15", control_weights=str(teacher_path)),
                 "teacher without input block 0": lambda: ControlNetAdapter(unet_config, "sd15", control_weights=str(no_block0)),
-                "distilled": lambda: LLLiteAdapter("sd15", s.cond_emb_dim, s.network_dim, network_weights=str(student_path)),
-                "untrained": lambda: LLLiteAdapter("sd15", s.cond_emb_dim, s.network_dim)}
+                "distilled": lambda: LLLiteAdapter("sd15", s.cond_emb_dim, s.network_dim, network_weights=str(student_path),
+                                                   output_blocks=s.output_blocks),
+                "untrained": lambda: LLLiteAdapter("sd15", s.cond_emb_dim, s.network_dim, output_blocks=s.output_blocks)}
     scores = {}
     with torch.inference_mode(False):
         text = TextConditioner(clip, "sd15")

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import comfy.sample
 import comfy.samplers
-from lllite_kit.lllite.module import LAYOUTS, build_network
+from lllite_kit.lllite.module import build_network, layout_for
 
 E, R = 8, 16  # tiny cond_emb_dim / network_dim
 
@@ -31,10 +31,12 @@ def full_sdxl_unet(device="cpu", dtype=torch.float32):
 
 
 @torch.no_grad()
-def random_network(model, family="sdxl", seed=0, scale=0.1, cond_emb_dim=E, mlp_dim=R, name="test-lllite"):
-    """kohya's layout for the tiny model with every weight N(0, scale^2), the up projection
-    included (kohya's init zeroes it, which would make the module a no-op)."""
-    net = build_network(model.model.diffusion_model, LAYOUTS[family], cond_emb_dim, mlp_dim, name)
+def random_network(model, family="sdxl", seed=0, scale=0.1, cond_emb_dim=E, mlp_dim=R, name="test-lllite",
+                   output_blocks=False):
+    """kohya's layout (output_blocks: with the decoder's transformers) for the tiny model with
+    every weight N(0, scale^2), the up projection included (kohya's init zeroes it, which would
+    make the module a no-op)."""
+    net = build_network(model.model.diffusion_model, layout_for(family, output_blocks), cond_emb_dim, mlp_dim, name)
     g = torch.Generator().manual_seed(seed)
     for _, p in sorted(net.named_parameters()):
         p.copy_(torch.randn(p.shape, generator=g) * scale)

@@ -260,3 +260,12 @@ def test_control_gap_is_zero_at_start_and_clearly_positive_after_training(model,
     assert abs(start["control_gap"]) < 1e-6  # up starts at zero: the guide changes nothing yet
     assert end["heldout_correct"] < start["heldout_correct"]
     assert end["control_gap"] > 0.01 and end["control_gap"] > 0.01 * end["heldout_correct"], end
+
+
+def test_output_blocks_option_is_refused_for_anima_by_name():
+    from lllite_kit.training.anima.lllite_adapter import anima_lllite_adapter
+    from lllite_kit.training.config import TrainConfig
+
+    with pytest.raises(ValueError, match="lllite_output_blocks: Anima's DiT has no output blocks"):
+        anima_lllite_adapter(TrainConfig(lllite_output_blocks=True))
+    assert isinstance(anima_lllite_adapter(TrainConfig()), AnimaLLLiteAdapter)

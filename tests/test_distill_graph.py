@@ -44,7 +44,7 @@ def test_node_distils_a_core_controlnet_into_a_loadable_lllite(graph, prepared):
         meta = f.metadata()
     assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base/control-net-lllite"
     assert meta["lllite_kit_teacher_strength"] == "0.8"
-    assert read_lllite(str(path)).layout_name() == "SDXL"
+    assert read_lllite(str(path)).layout_name() == "SDXL with output blocks"  # the node's default
     texts = [d["text"] for e, d in graph.server.messages if e == "progress_text" and d["node"] == "4"]
     assert any("distance to the teacher" in t and "bare model" in t for t in texts), texts
     from nodes import NODE_CLASS_MAPPINGS

@@ -11,9 +11,9 @@ from lllite_kit.lllite.weights import read_lllite, save_lllite
 from lllite_testing import hook_reference, random_network, sample, unet
 
 
-def _file_network(tmp_path, model, seed, family="sdxl"):
+def _file_network(tmp_path, model, seed, family="sdxl", output_blocks=False):
     path = tmp_path / f"net{seed}.safetensors"
-    save_lllite(str(path), random_network(model, family, seed=seed))
+    save_lllite(str(path), random_network(model, family, seed=seed, output_blocks=output_blocks))
     return read_lllite(str(path)), load_file(str(path))
 
 
@@ -26,8 +26,10 @@ def model(tiny):
     return tiny.build_model("sdxl", seed=0)
 
 
-def test_unet_output_equals_kohya_reference(model, tmp_path):
-    network, tensors = _file_network(tmp_path, model, seed=1)
+@pytest.mark.parametrize("output_blocks", [False, True], ids=["kohya-default", "with-output-blocks"])
+def test_unet_output_equals_kohya_reference(model, tmp_path, output_blocks):
+    network, tensors = _file_network(tmp_path, model, seed=1, output_blocks=output_blocks)
+    assert any(k.startswith("lllite_unet_output_blocks_") for k in tensors) == output_blocks
     guide = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     patched = apply_lllite(model, network, guide, 1.0, 0.0, 1.0)
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))

@@ -33,3 +33,24 @@ def test_sd15_lllite_file_applies_at_any_size(tiny, tmp_path):
     odd = torch.randn(1, 4, 13, 9, generator=torch.Generator().manual_seed(4))  # 72x104 pixels
     assert torch.isfinite(unet(patched, odd, family="sd15")).all()
     assert torch.isfinite(sample(patched, torch.zeros(1, 4, 13, 9), steps=2, family="sd15")).all()
+
+
+def test_sd15_output_blocks_embed_on_their_blocks_token_grids(tiny):
+    """SD1.5's decoder (output 3-5 at latent/4, 6-8 at /2, 9-11 at /1) gets depths 3, 2, 1: each
+    module's guide embedding has exactly its block's token grid, so nothing is pooled."""
+    model = tiny.build_model("sd15", seed=0)
+    network = random_network(model, "sd15", seed=1, output_blocks=True)
+    patched = apply_lllite(model, network, torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(2)))
+    x = torch.randn(1, 4, 8, 12, generator=torch.Generator().manual_seed(3))
+    out = unet(patched, x, family="sd15")
+    assert ((out - unet(model, x, family="sd15")).abs().max() / out.abs().max()) > 1e-3
+    control = patched.model_options["transformer_options"]["patches"]["attn1_patch"][0].controls[0]
+    (cache,) = control._sizes.values()
+    seen = set()
+    for keys, h, w in cache.projected:
+        for key in keys:
+            path = network.paths[key]
+            if path.startswith("output_blocks."):
+                assert control._placed.module(key).embed(cache.guide).shape[-2:] == (h, w), path
+                seen.add(int(path.split(".")[1]))
+    assert seen == set(range(3, 12))

@@ -120,6 +120,38 @@ def test_saved_file_applied_by_the_inference_patch_predicts_like_training(traine
 
 
 
+def test_output_block_network_predicts_in_training_as_the_apply_patch_does(trained, tmp_path):
+    """lllite_output_blocks: the adapter's hooks on the decoder's transformers compute what the
+    inference patch computes from the saved file (random weights, the up projections too)."""
+    tm, text = trained["tm"], trained["text"]
+    batch = trained["data"].holdout_batches()[0]
+    adapter = LLLiteAdapter("sdxl", E, R, name="out_blocks", output_blocks=True)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(batch.latents.shape, generator=g)
+    t = torch.linspace(100, 900, x.shape[0]).long()
+    context, pooled = text.encode(batch.captions, tm.device)
+    y = tm.adm(pooled, batch.original_sizes, batch.crop_top_left, batch.target_sizes)
+    with torch.no_grad():
+        adapter.attach(tm.diffusion_model, {})
+        try:
+            for _, p in sorted(adapter.network.named_parameters()):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+            adapter.train(False)
+            adapter.set_batch(batch)
+            training = tm.predict(x, t, context, y)
+            adapter.save(str(tmp_path / "out_blocks.safetensors"), torch.float32, {})
+        finally:
+            adapter.detach()
+        network = read_lllite(str(tmp_path / "out_blocks.safetensors"))
+        assert network.layout_name() == "SDXL with output blocks"
+        assert {p.split(".")[1] for p in network.paths.values() if p.startswith("output_blocks.")} == {str(i) for i in range(6)}
+        patched = apply_lllite(tm.patcher, network, (batch.guides + 1) / 2)
+        applied = tm.predict(x, t, context, y, transformer_options=patched.model_options["transformer_options"])
+        bare = tm.predict(x, t, context, y)
+    assert (training - bare).abs().max() > 1e-2 * bare.abs().max()
+    assert torch.allclose(applied, training, rtol=1e-4, atol=1e-5 * training.abs().max().item())
+
+
 def test_sample_images_use_the_sample_guide_fitted_as_the_apply_node_fits_it(trained):
     """Samples during training: adapter.using_guide (what GuidedSamples wraps around each render)
     with a guide of another shape predicts what the apply node predicts with that guide."""

@@ -6,7 +6,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from lllite_kit.lllite.module import SD15_LAYOUT, SDXL_LAYOUT, LLLiteModule, build_network
+from lllite_kit.lllite.module import SD15_LAYOUT, SDXL_LAYOUT, LLLiteModule, build_network, layout_for
 from lllite_kit.lllite.patch import apply_lllite
 from lllite_kit.lllite.weights import read_lllite, save_lllite
 from lllite_testing import full_sdxl_unet, random_network
@@ -58,6 +58,29 @@ def test_full_size_sdxl_layout_is_kohyas_release(tiny):
     state = network.state_dict()
     assert len(state) == 1600
     assert sum(t.numel() for t in state.values()) == 22_969_600
+
+
+def test_output_block_layout_follows_kohyas_depth_rule_and_reads_back(sdxl, sd15, tmp_path):
+    """kohya's SKIP_OUTPUT_BLOCKS = False: SDXL's output 0-2 get depth 3, 3-5 depth 2 (kohya's
+    rule); SD1.5's decoder, one level deeper, gets the depth whose stride is its token grid."""
+    for model, family, want, architecture in (
+            (sdxl, "sdxl", {0: 3, 1: 3, 2: 3, 3: 2, 4: 2, 5: 2}, "stable-diffusion-xl-v1-base/control-net-lllite"),
+            (sd15, "sd15", {3: 3, 4: 3, 5: 3, 6: 2, 7: 2, 8: 2, 9: 1, 10: 1, 11: 1}, "stable-diffusion-v1/control-net-lllite")):
+        path = tmp_path / f"{family}_out.safetensors"
+        save_lllite(str(path), random_network(model, family, output_blocks=True))
+        network = read_lllite(str(path))
+        layout = network.layout()
+        assert layout is not None and layout.display.endswith("with output blocks")
+        assert network.describe().endswith(f"{layout.display} layout")
+        depths = {p.split(".transformer_blocks")[0]: network.module(k).depth for k, p in network.paths.items()}
+        assert {int(b.split(".")[1]): d for b, d in depths.items() if b.startswith("output_blocks")} == want
+        base = SDXL_LAYOUT if family == "sdxl" else SD15_LAYOUT
+        assert {b: d for b, d in depths.items() if not b.startswith("output_blocks")} == base.blocks
+        with safe_open(str(path), "pt") as f:
+            assert f.metadata()["modelspec.architecture"] == architecture
+    with torch.device("meta"):  # full size, E32/R64: twice kohya's released modules
+        full = build_network(full_sdxl_unet("meta"), layout_for("sdxl", output_blocks=True), 32, 64).state_dict()
+    assert len(full) == 3280 and sum(t.numel() for t in full.values()) == 46_721_920
 
 
 def test_depth_and_dims_are_read_from_shapes(sd15, tmp_path):

@@ -113,6 +113,7 @@ class TrainConfig:
     network_train_unet_only: bool = False
     network_train_text_encoder_only: bool = False
     cond_emb_dim: int = 32  # ControlNet-LLLite: guide-embedding width (sdxl_train_control_net_lllite.py)
+    lllite_output_blocks: bool = False  # ControlNet-LLLite: modules on the decoder too (kohya's SKIP_OUTPUT_BLOCKS = False)
 
     # samples during training
     sample_every_n_steps: int = 0

@@ -17,7 +17,7 @@ import torch
 import torch.utils.checkpoint
 
 from ..lllite.guide import fit_guide
-from ..lllite.module import LAYOUTS, LLLiteNetwork, build_network
+from ..lllite.module import LLLiteNetwork, build_network, layout_for
 from ..lllite.weights import read_lllite, save_lllite
 from .adapter import GuidedAdapter, batch_guides, load_exact
 from .data.batch import Batch
@@ -32,21 +32,20 @@ class LLLiteAdapter(GuidedAdapter):
     trains_text_encoders = False
 
     def __init__(self, family: str, cond_emb_dim: int = 32, network_dim: int = 64, dropout: float | None = None,
-                 network_weights: str | None = None, checkpoint_embeddings: bool = False, name: str = "LLLite"):
-        """family: "sdxl" or "sd15" (the module layout, lllite/module.py). network_weights: an
-        LLLite file to start from (its dims win over cond_emb_dim/network_dim).
+                 network_weights: str | None = None, checkpoint_embeddings: bool = False, name: str = "LLLite",
+                 output_blocks: bool = False):
+        """family: "sdxl" or "sd15" (the module layout, lllite/module.py); output_blocks: a new
+        network also gets modules on the decoder's transformers. network_weights: an LLLite file
+        to start from (its modules and dims win over output_blocks and cond_emb_dim/network_dim).
         checkpoint_embeddings: recompute the guide embeddings in backward instead of keeping
         their activations (with gradient checkpointing)."""
-        if family not in LAYOUTS:
-            raise ValueError(f"ControlNet-LLLite training supports {', '.join(l.display for l in LAYOUTS.values())} "
-                             f"models; this model is {family}")
+        self.layout = layout_for(family, output_blocks)
         if cond_emb_dim < 2 or cond_emb_dim % 2:
             raise ValueError(f"cond_emb_dim must be an even number >= 2, got {cond_emb_dim}")
         if network_dim < 1:
             raise ValueError(f"network_dim must be >= 1, got {network_dim}")
         if dropout is not None and not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        self.layout = LAYOUTS[family]
         self.cond_emb_dim, self.network_dim = cond_emb_dim, network_dim
         self.dropout = dropout or 0.0
         self.checkpoint_embeddings = checkpoint_embeddings
@@ -58,6 +57,9 @@ class LLLiteAdapter(GuidedAdapter):
             if dims != {(cond_emb_dim, network_dim)}:
                 log.warning("%s: starting from its dims %s instead of cond_emb_dim %d / network_dim %d",
                             network_weights, sorted(dims), cond_emb_dim, network_dim)
+            if self.network.layout() != self.layout:
+                log.warning("%s: starting from its %s layout instead of %s", network_weights,
+                            self.network.layout_name(), self.layout.display)
         self._handles = []
         self._guides: torch.Tensor | None = None  # (G, 3, H, W) in [-1, 1], CPU or device
         self._call_guide: torch.Tensor | None = None  # the guides fitted for the running U-Net call

@@ -248,7 +248,7 @@ def train_lllite(cfg: TrainConfig, model, clip, vae, datasets: Sequence[DatasetC
                  holdout: int = 4,
                  sample_guide: torch.Tensor | None = None) -> TrainResult:
     """Train a kohya ControlNet-LLLite (cfg.cond_emb_dim, network_dim, network_dropout,
-    network_weights) on datasets with guide images; files land in output_dir as for LoRA.
+    lllite_output_blocks, network_weights) on datasets with guide images; files land in output_dir as for LoRA.
     holdout: images kept out of training for the control gap (control_gap.py), measured at
     the start, every cfg.validate_every_n_steps and at the end; 0 turns it off.
     sample_guide: (1, 3, H, W) in [-1, 1], the guide of every sample image."""
@@ -265,7 +265,8 @@ def train_lllite(cfg: TrainConfig, model, clip, vae, datasets: Sequence[DatasetC
         if family == "anima":
             return anima_lllite_adapter(cfg)
         return LLLiteAdapter(tm.family, cfg.cond_emb_dim, cfg.network_dim, cfg.network_dropout, cfg.network_weights,
-                             checkpoint_embeddings=cfg.gradient_checkpointing, name=cfg.output_name)
+                             checkpoint_embeddings=cfg.gradient_checkpointing, name=cfg.output_name,
+                             output_blocks=cfg.lllite_output_blocks)
 
     return run_guided_training(cfg, model, clip, vae, datasets, adapter, ControlGap, holdout=holdout, size_multiple=32,
                                sample_guide=sample_guide, output_dir=output_dir, model_name=model_name, hooks=hooks,

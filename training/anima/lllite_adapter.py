@@ -135,6 +135,9 @@ def anima_lllite_adapter(cfg) -> AnimaLLLiteAdapter:
     unknown = sorted(set(args) - {"inpainting", "masked_input"})
     if unknown:
         raise ValueError(f"Anima LLLite network_args: unknown {unknown}; known: inpainting, masked_input")
+    if cfg.lllite_output_blocks:
+        raise ValueError("lllite_output_blocks: Anima's DiT has no output blocks (its LLLite sits on every block "
+                         "already); turn lllite_output_blocks off for Anima")
     return AnimaLLLiteAdapter(cond_emb_dim=cfg.cond_emb_dim, network_dim=cfg.network_dim,
                               inpainting=args.get("inpainting", "false") == "true",
                               masked_input=args.get("masked_input", "true") == "true",

@@ -20,7 +20,7 @@ def distill_controlnet(cfg: TrainConfig, model, clip, vae, datasets: Sequence[Da
                        latent_cache_dir: str | Path | None = None, holdout: int = 2,
                        sample_guide: torch.Tensor | None = None) -> TrainResult:
     """Train a kohya ControlNet-LLLite (cfg.cond_emb_dim, network_dim, network_dropout,
-    network_weights to start from an existing one) to predict what `model` guided by the
+    lllite_output_blocks, network_weights to start from an existing one) to predict what `model` guided by the
     teacher predicts, for the datasets' guide images and latents and their captions (the same
     text for teacher and student, no CFG). holdout: images kept out for the teacher
     agreement, measured at the start, every cfg.validate_every_n_steps and at the end."""
@@ -34,7 +34,8 @@ def distill_controlnet(cfg: TrainConfig, model, clip, vae, datasets: Sequence[Da
     def adapter(tm: TrainingModel) -> DistillationAdapter:
         return DistillationAdapter(tm, teacher, tm.family, cond_emb_dim=cfg.cond_emb_dim, network_dim=cfg.network_dim,
                                    dropout=cfg.network_dropout, network_weights=cfg.network_weights,
-                                   checkpoint_embeddings=cfg.gradient_checkpointing, name=cfg.output_name)
+                                   checkpoint_embeddings=cfg.gradient_checkpointing, name=cfg.output_name,
+                                   output_blocks=cfg.lllite_output_blocks)
 
     return run_guided_training(cfg, model, clip, vae, datasets, adapter, TeacherAgreement, holdout=holdout, size_multiple=32,
                                sample_guide=sample_guide, output_dir=output_dir, model_name=model_name, hooks=hooks,
