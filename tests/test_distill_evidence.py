@@ -22,5 +22,6 @@ def test_trained_controlnet_is_distilled_and_both_are_scored(tiny, tmp_path):
     assert all(0.0 <= v <= 1.0 for pair in e.scores.values() for v in pair)
     assert e.above_chance("teacher") == e.scores["teacher"][0] - e.scores["teacher"][1]
     assert e.teacher_controllability == e.teacher[-1][1]["controllability_f1"]
-    assert len(read_lllite(str(e.student_path)).paths) == 7 * 4  # an ordinary SD1.5 LLLite file
+    student = read_lllite(str(e.student_path))  # an ordinary SD1.5 LLLite file, with output blocks
+    assert len(student.paths) == 16 * 4 and student.layout_name() == "SD1.5 with output blocks"
     assert isinstance(comfy.controlnet.load_controlnet(str(e.teacher_path)), comfy.controlnet.ControlNet)
