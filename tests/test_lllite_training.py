@@ -95,15 +95,20 @@ def test_control_gap_is_zero_at_start_and_clearly_positive_after_training(traine
     assert curve.shape == (1, 500, 640, 3) and 0.0 <= curve.min() and curve.max() <= 1.0
 
 
-def test_saved_file_applied_by_the_inference_patch_predicts_like_training(trained):
-    tm, text, adapter = trained["tm"], trained["text"], trained["adapter"]
+def _prediction_inputs(trained, g: torch.Generator):
+    """(held-out batch, noisy latents, timesteps 100-900, text context, SDXL adm vector) for one U-Net call."""
+    tm = trained["tm"]
     batch = trained["data"].holdout_batches()[0]
-    path = trained["result"].final_path
-    g = torch.Generator().manual_seed(3)
     x = torch.randn(batch.latents.shape, generator=g)
     t = torch.linspace(100, 900, x.shape[0]).long()
-    context, pooled = text.encode(batch.captions, tm.device)
-    y = tm.adm(pooled, batch.original_sizes, batch.crop_top_left, batch.target_sizes)
+    context, pooled = trained["text"].encode(batch.captions, tm.device)
+    return batch, x, t, context, tm.adm(pooled, batch.original_sizes, batch.crop_top_left, batch.target_sizes)
+
+
+def test_saved_file_applied_by_the_inference_patch_predicts_like_training(trained):
+    tm, adapter = trained["tm"], trained["adapter"]
+    path = trained["result"].final_path
+    batch, x, t, context, y = _prediction_inputs(trained, torch.Generator().manual_seed(3))
     with torch.no_grad():
         bare = tm.predict(x, t, context, y)
         adapter.attach(tm.diffusion_model, {})
@@ -123,14 +128,10 @@ def test_saved_file_applied_by_the_inference_patch_predicts_like_training(traine
 def test_output_block_network_predicts_in_training_as_the_apply_patch_does(trained, tmp_path):
     """lllite_output_blocks: the adapter's hooks on the decoder's transformers compute what the
     inference patch computes from the saved file (random weights, the up projections too)."""
-    tm, text = trained["tm"], trained["text"]
-    batch = trained["data"].holdout_batches()[0]
+    tm = trained["tm"]
     adapter = LLLiteAdapter("sdxl", E, R, name="out_blocks", output_blocks=True)
     g = torch.Generator().manual_seed(5)
-    x = torch.randn(batch.latents.shape, generator=g)
-    t = torch.linspace(100, 900, x.shape[0]).long()
-    context, pooled = text.encode(batch.captions, tm.device)
-    y = tm.adm(pooled, batch.original_sizes, batch.crop_top_left, batch.target_sizes)
+    batch, x, t, context, y = _prediction_inputs(trained, g)
     with torch.no_grad():
         adapter.attach(tm.diffusion_model, {})
         try:
