@@ -89,7 +89,8 @@ def distilled(opts) -> None:
     from lllite_kit.lllite.weights import read_lllite
 
     s = distill_evidence.Settings(images=opts.images, teacher_steps=opts.teacher_steps, student_steps=opts.student_steps,
-                                  student_lr=3e-3, cond_emb_dim=32, network_dim=64)
+                                  student_lr=3e-3, cond_emb_dim=32, network_dim=64,
+                                  student_min_timestep=opts.student_min_timestep, student_seed=opts.student_seed)
     if opts.smoke:
         s = distill_evidence.Settings(images=4, holdout=2, teacher_steps=2, student_steps=2, check_images=1, scored_guides=2)
     with tempfile.TemporaryDirectory() as tmp:
@@ -104,9 +105,9 @@ def distilled(opts) -> None:
     print(f"machine: {benchlib.machine()}")
     print(f"tiny SD1.5 (64 channels; self-attention made local, output x{s.output_scale:g}: tests/distill_evidence.py), "
           f"Fill50K-like task at 64 px, {s.images} training images; teacher: ControlNet trained {s.teacher_steps} steps "
-          f"(lr {s.teacher_lr}); student: LLLite E{s.cond_emb_dim}/R{s.network_dim}"
+          f"(lr {s.teacher_lr}, timesteps {s.min_timestep}-999); student: LLLite E{s.cond_emb_dim}/R{s.network_dim}"
           f"{' with output blocks' if s.output_blocks else ''} distilled {s.student_steps} steps "
-          f"(lr {s.student_lr})")
+          f"(lr {s.student_lr}, timesteps {s.student_min_timestep}-999, seed +{s.student_seed})")
     print(f"controllability: Canny ({s.canny[0]:g}/{s.canny[1]:g}) edge F1, tolerance {s.tolerance:g} px, of one sample "
           f"({s.sample_steps} step, fixed seeds) per guide on {s.scored_guides} fresh guides; chance level: the same "
           "pictures against the other guides; control = F1 - chance")
@@ -134,6 +135,9 @@ def main() -> None:
     parser.add_argument("--teacher-steps", type=int, default=400, help="--distilled: ControlNet training steps")
     parser.add_argument("--student-steps", type=int, default=1200, help="--distilled: distillation steps")
     parser.add_argument("--images", type=int, default=48, help="--distilled: training images of the Fill50K-like task")
+    parser.add_argument("--student-min-timestep", type=int, default=900,
+                        help="--distilled: the distillation's lowest timestep (the check samples at t = 999)")
+    parser.add_argument("--student-seed", type=int, default=0, help="--distilled: added to the seed of the distillation run")
     opts = benchlib.apply_options(parser)
     benchlib.bootstrap(cpu=opts.cpu)
     sys.path.insert(0, str(benchlib.REPO / "tests"))

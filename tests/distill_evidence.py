@@ -49,7 +49,12 @@ class Settings:
     sample_steps: int = 1  # the check's sampler steps (the task is learnt at high noise: t >= min_timestep)
     check_images: int = 4
     tolerance: float = 4.0  # half an 8x8 latent pixel: the picture is the pooled disk, upsampled
-    min_timestep: int = 500
+    min_timestep: int = 500  # the teacher's training noise levels: t >= min_timestep
+    # The student is distilled where the check's one-step sampler asks for its prediction (t = 999) and
+    # where this teacher's control decides the picture (docs/controllability.md: with 4 sampler steps the
+    # teacher's control is +0.04, within noise of none): t >= student_min_timestep.
+    student_min_timestep: int = 900
+    student_seed: int = 0  # added to seed for the distillation run alone (its draws of noise, timesteps, batches)
     seeded_teacher: bool = True  # start the teacher from a seeded ControlNet whose zero convolutions act (not zero)
     validate_every: int = 0  # 0: start and end only
     seed: int = 0
@@ -127,11 +132,10 @@ def _data(s: Settings, training: int, holdout: int, seed: int) -> TrainingData:
                         require_guides=True, holdout=holdout)
 
 
-def _run(model, clip, data, s: Settings, out: Path, name: str, steps: int, lr: float, make_adapter, evaluators,
-         progress=None):
-    cfg = TrainConfig(max_train_steps=steps, learning_rate=lr, seed=s.seed, v_parameterization=True,
-                      min_timestep=s.min_timestep, validate_every_n_steps=s.validate_every, save_precision="float",
-                      output_name=name, save_state=False)
+def _run(model, clip, data, s: Settings, out: Path, name: str, make_adapter, evaluators, progress=None, **options):
+    """options: the run's TrainConfig options (steps, learning rate, timesteps, seed)."""
+    cfg = TrainConfig(v_parameterization=True, validate_every_n_steps=s.validate_every, save_precision="float",
+                      output_name=name, save_state=False, **options)
     with torch.inference_mode(False):
         text = TextConditioner(clip, "sd15")
         text.precompute(data.fixed_captions())
@@ -160,14 +164,17 @@ def run_evidence(tiny, out: Path, s: Settings = Settings(), progress=None) -> Ev
     unet_config = model.model.model_config.unet_config
     gap = lambda tm, text, adapter, holdout: ControlGap(tm, text, adapter, holdout, (s.min_timestep, 1000))  # noqa: E731
     start = str(write_controlnet(out / "teacher_start.safetensors", model, seed=s.seed + 1)) if s.seeded_teacher else None
-    teacher_run = _run(model, clip, data, s, out, "teacher", s.teacher_steps, s.teacher_lr,
-                       lambda tm: ControlNetAdapter(unet_config, "sd15", control_weights=start), [gap], progress)
+    teacher_run = _run(model, clip, data, s, out, "teacher",
+                       lambda tm: ControlNetAdapter(unet_config, "sd15", control_weights=start), [gap], progress,
+                       max_train_steps=s.teacher_steps, learning_rate=s.teacher_lr, min_timestep=s.min_timestep, seed=s.seed)
     control = comfy.controlnet.load_controlnet(str(teacher_run.final_path))
     teacher = ControlNetTeacher(control, name="teacher.safetensors")
     agreement = lambda tm, text, adapter, holdout: TeacherAgreement(tm, text, adapter, holdout, (s.min_timestep, 1000))  # noqa: E731
-    student_run = _run(model, clip, data, s, out, "student", s.student_steps, s.student_lr,
+    student_run = _run(model, clip, data, s, out, "student",
                        lambda tm: DistillationAdapter(tm, teacher, "sd15", cond_emb_dim=s.cond_emb_dim, network_dim=s.network_dim,
-                                                      name="student", output_blocks=s.output_blocks), [agreement], progress)
+                                                      name="student", output_blocks=s.output_blocks), [agreement], progress,
+                       max_train_steps=s.student_steps, learning_rate=s.student_lr, min_timestep=s.student_min_timestep,
+                       seed=s.seed + s.student_seed)
     evidence = Evidence(teacher_run.final_path, student_run.final_path, teacher_run.evaluations, student_run.evaluations)
     evidence.teacher_controllability = teacher_run.evaluations[-1][1]["controllability"]
     evidence.scores = score_on_fresh_guides(model, clip, s, teacher_run.final_path, student_run.final_path)
