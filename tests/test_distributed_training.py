@@ -54,11 +54,21 @@ mixed_precision = "no"
     return config
 
 
-def _train(args, processes: int, timeout=600):
+def _start(args, processes: int) -> subprocess.Popen:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"] if processes > 1 else [sys.executable]
     env = {"COMFYUI_DIR": str(COMFYUI_DIR), "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GLOO_SOCKET_IFNAME": "lo",
            "OMP_NUM_THREADS": "1"}
-    return subprocess.run([*launcher, str(WORKER), *args], capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.Popen([*launcher, str(WORKER), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _together(*runs: tuple[list, int], timeout=600) -> list[subprocess.CompletedProcess]:
+    """Independent runs at once: each is mostly single-threaded start-up (torch, ComfyUI)."""
+    procs = [_start(args, processes) for args, processes in runs]
+    done = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=timeout)
+        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return done
 
 
 def _largest_difference(a_file, b_file) -> float:
@@ -72,9 +82,9 @@ def test_data_parallel_equals_one_process_and_resumes(tmp_path):
     out = tmp_path / "out"
     config = _config(tmp_path, out)
     common = ["--config_file", str(config), "--seed", "7"]
-    one = _train([*common, "--dataset_config", str(_dataset(tmp_path, 2)), "--output_name", "one"], 1)
+    one, two = _together(([*common, "--dataset_config", str(_dataset(tmp_path, 2)), "--output_name", "one"], 1),
+                         ([*common, "--dataset_config", str(_dataset(tmp_path, 1)), "--output_name", "two"], 2))
     assert one.returncode == 0, one.stderr
-    two = _train([*common, "--dataset_config", str(_dataset(tmp_path, 1)), "--output_name", "two"], 2)
     assert two.returncode == 0, two.stderr
     assert two.stdout.count("train: saved") == 1  # process 0 alone reports and writes
 
@@ -85,18 +95,17 @@ def test_data_parallel_equals_one_process_and_resumes(tmp_path):
     ups = safetensors.torch.load_file(out / "two.safetensors")
     assert max(v.abs().max().item() for k, v in ups.items() if k.endswith("lora_up.weight")) > 1e-3  # it trained
 
-    # a resumed two-process run ends where the uninterrupted one did
+    # a resumed two-process run ends where the uninterrupted one did; and one process continues a
+    # two-process run (its own output name): same step count, the epoch from the same fraction
     state = out / "two-step00000002-state.pt"
     assert state.is_file()
-    resumed = _train([*common, "--dataset_config", str(_dataset(tmp_path, 1)), "--output_name", "two",
-                      "--resume", str(state)], 2)
+    resumed, single = _together(
+        ([*common, "--dataset_config", str(_dataset(tmp_path, 1)), "--output_name", "two", "--resume", str(state)], 2),
+        ([*common, "--dataset_config", str(_dataset(tmp_path, 1)), "--output_name", "single", "--resume", str(state)], 1))
     assert resumed.returncode == 0, resumed.stderr
     # (the resumed run overwrote two.safetensors with its own final file: compare with the one-process run)
     assert _largest_difference(out / "one.safetensors", out / "two.safetensors") < 1e-5
 
-    # one process continues a two-process run: same step count, the epoch from the same fraction
-    single = _train([*common, "--dataset_config", str(_dataset(tmp_path, 1)), "--output_name", "two",
-                     "--resume", str(state)], 1)
     assert single.returncode == 0, single.stderr
     assert "resuming a 2-process run with 1 processes" in single.stdout + single.stderr
     assert "step 4/4" in single.stdout

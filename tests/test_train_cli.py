@@ -159,9 +159,7 @@ def test_a_run_killed_right_after_a_save_resumes_to_the_same_weights(tmp_path, m
     config.write_text(text, encoding="utf-8")
     common = ["--config_file", str(config), "--dataset_config", str(dataset), "--seed", "5"]
 
-    whole = _run_cli([*common, "--output_name", "whole"])
-    assert whole.wait(timeout=900) == 0, whole.stderr.read()
-
+    whole = _run_cli([*common, "--output_name", "whole"])  # the uninterrupted run, alongside
     half = _run_cli([*common, "--output_name", "half"])
     saved = out / "half-step00000002-state.pt"
     deadline = time.monotonic() + 900
@@ -172,6 +170,7 @@ def test_a_run_killed_right_after_a_save_resumes_to_the_same_weights(tmp_path, m
     assert not (out / "half.safetensors").exists()  # killed before the end
     for file in out.glob("half-step*.safetensors"):  # whatever the kill cut short, no saved file is torn
         safetensors.torch.load_file(file)
+    assert whole.wait(timeout=900) == 0, whole.stderr.read()
     states = sorted(out.glob("half-step*-state.pt"))
     resumed = _run_cli([*common, "--output_name", "half", "--resume", str(states[-1])])
     assert resumed.wait(timeout=900) == 0, resumed.stderr.read()
