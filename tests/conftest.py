@@ -30,7 +30,8 @@ torch.use_deterministic_algorithms(False)
 # cores: torch's default of every core per process would oversubscribe them.
 _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _workers > 1:
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _workers))
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, _cores // _workers))
 
 
 def _import_pack_as(name: str):
