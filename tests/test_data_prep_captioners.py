@@ -99,9 +99,11 @@ def test_git_greedy_equals_direct_generate_and_cancel_stops_between_batches(capt
     assert seen[-1] == 2  # the first batch ran, the second never started
 
 
-def test_missing_folder_and_file_name_the_url(captioners, tmp_path):
+def test_missing_folder_and_file_name_the_url(tmp_path):
+    empty = tmp_path / "captioners"  # not the shared models folder: an example workflow's test puts this model there
+    empty.mkdir()
     with pytest.raises(ModelFileMissing, match=r"blip-image-captioning-large.*https://huggingface.co/Salesforce/blip-image-captioning-large"):
-        load_captioner("blip-image-captioning-large", [str(captioners)])
+        load_captioner("blip-image-captioning-large", [str(empty)])
     partial = tmp_path / "git-large-coco"
     partial.mkdir()
     (partial / "config.json").write_text("{}")
@@ -174,8 +176,15 @@ def test_command_line_caption(captioners, tmp_path, capsys):
     assert "https://huggingface.co/microsoft/git-large" in capsys.readouterr().err
 
 
-def test_caption_node_absent_folder_fails_before_running_naming_the_url(graph, captioners):
+def test_caption_node_absent_folder_fails_before_running_naming_the_url(graph, captioners, tmp_path, monkeypatch):
+    import folder_paths
     from graph_runner import GraphError
+
+    # models/captioners as an empty folder: an example workflow's test, run earlier in the same
+    # process, may have put a tiny blip-image-captioning-large into the shared one
+    (tmp_path / "captioners").mkdir()
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "captioners",
+                        ([str(tmp_path / "captioners")], folder_paths.folder_names_and_paths["captioners"][1]))
 
     inputs = dict(model="blip-image-captioning-large", image_dir="captions_set", decoding="greedy", num_beams=1,
                   top_p=0.9, max_length=10, min_length=2, seed=42, batch_size=2, blip_prompt="a picture of ",
