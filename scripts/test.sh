@@ -5,10 +5,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 cd "$PACK_DIR"
 set +e
 # One pytest-xdist worker per core, at most 4 (each holds its own torch and ComfyUI, ~1.5 GB);
-# whole test files per worker, so a file's module fixtures are built once.
+# whole test files per worker, so a file's module fixtures are built once, each worker taking its
+# files in the suite's own (alphabetical) order, as a one-process run does.
 # LLLITE_KIT_TEST_WORKERS=0 runs in this process, e.g. for --pdb.
 workers="${LLLITE_KIT_TEST_WORKERS:-$(cores="$(nproc 2>/dev/null || echo 1)"; echo $(( cores < 4 ? cores : 4 )))}"
-COMFYUI_DIR="$COMFYUI_DIR" "$PY" -m pytest -n "$workers" --dist loadfile "$@"
+COMFYUI_DIR="$COMFYUI_DIR" "$PY" -m pytest -n "$workers" --dist loadfile --no-loadscope-reorder "$@"
 rc=$?
 set -e
 # pytest exits 5 when it collected nothing: that is a broken suite, not a pass.
