@@ -83,7 +83,11 @@ def test_classical_nodes_and_normals_from_depth(graph, preprocessors_dir):
 
 
 def test_models_stay_loaded_between_runs(graph, preprocessors_dir):
-    path = str(preprocessors_dir / "ControlNetHED.pth")
+    import folder_paths
+
+    # the file the node reads: the first preprocessors folder that has it (a test file run earlier
+    # in this process may have registered another folder before ours)
+    path = w.locate("ControlNetHED.pth", folder_paths.get_folder_paths("preprocessors"))
     prompt = _graph({"LLLiteKit_HED": dict(LEARNED["LLLiteKit_HED"], scribble=False)})
     graph.run(prompt)
     loaded = models._loaded[(path, "")][1]
