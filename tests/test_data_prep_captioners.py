@@ -11,7 +11,7 @@ from PIL import Image
 
 from lllite_kit.training.data_prep.captioner import Captioner, CaptionOptions, load_captioner
 from lllite_kit.training.data_prep.model_files import ModelFileMissing
-from test_data_prep_models import tiny_blip, tiny_git
+from tiny_data_prep import tiny_blip, tiny_git
 
 
 @pytest.fixture(scope="module")

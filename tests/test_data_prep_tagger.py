@@ -16,7 +16,7 @@ from lllite_kit.training.data_prep.model_files import ModelFileMissing
 from lllite_kit.training.data_prep.tagger import (Labels, TagOptions, Tagger, load_tagger, parse_tag_replacement, prepare,
                                                   select_tags)
 
-from test_data_prep_models import MODEL_ARGS, PROBS, TAGS, tiny_tagger
+from tiny_data_prep import MODEL_ARGS, PROBS, TAGS, tiny_tagger
 
 timm = pytest.importorskip("timm")
 

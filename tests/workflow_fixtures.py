@@ -160,9 +160,9 @@ def prepare_lora_block_weights(models_dir, input_dir, tiny):
 
 
 def _data_prep_models(models_dir, *kinds: str) -> None:
-    """Tiny random tagger and/or BLIP folders under the published names (test_data_prep_models)."""
+    """Tiny random tagger and/or BLIP folders under the published names (tiny_data_prep)."""
     import folder_paths
-    from test_data_prep_models import tiny_blip, tiny_tagger
+    from tiny_data_prep import tiny_blip, tiny_tagger
 
     for kind, name, build in (("taggers", "wd-vit-tagger-v3", tiny_tagger),
                               ("captioners", "blip-image-captioning-large", tiny_blip)):
