@@ -30,7 +30,16 @@ def test_pack_loads_through_comfyui_loader_without_warnings(caplog):
     from paths import REPO
 
     caplog.set_level(logging.WARNING)
-    ok = asyncio.run(nodes.load_custom_node(str(REPO)))
-    assert ok
-    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
-    assert "LLLiteKit_Canny" in nodes.NODE_CLASS_MAPPINGS
+    # The loader imports a second copy of the pack and registers its classes over the ones the
+    # other graph tests run (and whose module state, such as loaded models, they inspect): the
+    # registrations are put back afterwards, so no later test in this process sees the copy.
+    mappings = {m: dict(getattr(nodes, m)) for m in ("NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS")}
+    try:
+        ok = asyncio.run(nodes.load_custom_node(str(REPO)))
+        assert ok
+        assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+        assert "LLLiteKit_Canny" in nodes.NODE_CLASS_MAPPINGS
+    finally:
+        for name, saved in mappings.items():
+            getattr(nodes, name).clear()
+            getattr(nodes, name).update(saved)
