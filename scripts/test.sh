@@ -5,7 +5,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 cd "$PACK_DIR"
 set +e
 # The tests run in pytest-xdist workers, whole test files per worker in the suite's own order:
-# two where there are two cores or more (13 minutes instead of 21 on a 2-core machine; every
+# two where there are two cores or more (on 2 cores, two thirds of one process's time; every
 # file also passes run alone). LLLITE_KIT_TEST_WORKERS=N sets the count; 0 runs them in this process.
 cores="$(nproc 2>/dev/null || echo 1)"
 workers="${LLLITE_KIT_TEST_WORKERS:-$([ "$cores" -ge 2 ] && echo 2 || echo 0)}"
