@@ -1,15 +1,9 @@
 """The Train Textual Inversion node in a real graph: the embedding lands in the embeddings
 folder under the name a prompt uses, samples use the token, a second run resumes."""
-import numpy as np
 import pytest
 import safetensors
-from PIL import Image
 
-
-def _image(path, shift):
-    y, x = np.mgrid[0:64, 0:64]
-    img = np.stack([(x * 4 + shift) % 256, (y * 4) % 256, ((x - 32) ** 2 + (y - 32) ** 2 < 300) * 255], -1)
-    Image.fromarray(img.astype(np.uint8)).save(path)
+from training_images import ring_picture
 
 
 def _graph(steps: int, if_exists: str = "overwrite", **train):
@@ -41,8 +35,8 @@ def embeddings(comfy_dirs):
     folder = comfy_dirs / "models" / "embeddings"
     folder.mkdir(exist_ok=True)
     folder_paths.add_model_folder_path("embeddings", str(folder), is_default=True)
-    _image(comfy_dirs / "input" / "ti_a.png", 0)
-    _image(comfy_dirs / "input" / "ti_b.png", 90)
+    ring_picture(comfy_dirs / "input" / "ti_a.png", 0)
+    ring_picture(comfy_dirs / "input" / "ti_b.png", 90)
     return folder
 
 

@@ -3,18 +3,11 @@ all): files and metadata in the loras folder, progress with the loss, samples, l
 resume from the saved state, errors that name the folder."""
 import re
 
-import numpy as np
 import pytest
 import safetensors
-from PIL import Image
 
 from graph_runner import GraphError
-
-
-def _image(path, shift):
-    y, x = np.mgrid[0:64, 0:64]
-    img = np.stack([(x * 4 + shift) % 256, (y * 4) % 256, ((x - 32) ** 2 + (y - 32) ** 2 < 300) * 255], -1)
-    Image.fromarray(img.astype(np.uint8)).save(path)
+from training_images import ring_picture
 
 
 def _graph(steps: int, if_exists: str = "overwrite", **train):
@@ -41,8 +34,8 @@ def _graph(steps: int, if_exists: str = "overwrite", **train):
 
 @pytest.fixture(scope="module")
 def images(comfy_dirs):
-    _image(comfy_dirs / "input" / "train_a.png", 0)
-    _image(comfy_dirs / "input" / "train_b.png", 90)
+    ring_picture(comfy_dirs / "input" / "train_a.png", 0)
+    ring_picture(comfy_dirs / "input" / "train_b.png", 90)
 
 
 def test_train_lora_node_in_a_graph(graph, comfy_dirs, images):
