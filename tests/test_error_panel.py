@@ -19,10 +19,11 @@ def test_a_dataset_error_reads_well_in_the_panel(graph, comfy_dirs):
 
 
 def test_a_refused_output_name_reads_well_in_the_panel(graph, comfy_dirs):
-    from test_training_graph import _graph, _image
+    from test_training_graph import _graph
+    from training_data_helpers import ring_picture
 
-    _image(comfy_dirs / "input" / "train_a.png", 0)
-    _image(comfy_dirs / "input" / "train_b.png", 90)
+    ring_picture(comfy_dirs / "input" / "train_a.png", 0)
+    ring_picture(comfy_dirs / "input" / "train_b.png", 90)
     details = _failure(graph, _graph(1, output_name="../checkpoints/model"))
     assert details["exception_type"] == "LLLiteKit.BadName"
     lines = details["exception_message"].splitlines()

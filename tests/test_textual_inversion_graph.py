@@ -3,7 +3,7 @@ folder under the name a prompt uses, samples use the token, a second run resumes
 import pytest
 import safetensors
 
-from training_images import ring_picture
+from training_data_helpers import ring_picture
 
 
 def _graph(steps: int, if_exists: str = "overwrite", **train):

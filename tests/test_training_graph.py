@@ -7,7 +7,7 @@ import pytest
 import safetensors
 
 from graph_runner import GraphError
-from training_images import ring_picture
+from training_data_helpers import ring_picture
 
 
 def _graph(steps: int, if_exists: str = "overwrite", **train):

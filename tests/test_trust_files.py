@@ -120,10 +120,11 @@ def test_a_graph_on_a_network_address_cannot_read_a_dataset_or_prompt_file_elsew
     from comfy.cli_args import args
 
     from graph_runner import GraphError
-    from test_training_graph import _graph, _image
+    from test_training_graph import _graph
+    from training_data_helpers import ring_picture
 
-    _image(comfy_dirs / "input" / "train_a.png", 0)
-    _image(comfy_dirs / "input" / "train_b.png", 90)
+    ring_picture(comfy_dirs / "input" / "train_a.png", 0)
+    ring_picture(comfy_dirs / "input" / "train_b.png", 90)
     monkeypatch.setattr(args, "listen", "0.0.0.0")
     prompt = _graph(1)
     prompt["5"] = {"class_type": "LLLiteKit_DatasetFromFolder", "inputs": {

@@ -1,4 +1,4 @@
-"""Small builders shared by the tests/test_training_data_*.py files."""
+"""Small builders shared by the training tests (data, graphs)."""
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +13,14 @@ def write_image(path: Path, width: int, height: int, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
     return path
+
+
+def ring_picture(path, shift: int) -> None:
+    """64 x 64 RGB for the training-graph tests: colour ramps (moved along x by `shift`) with a
+    disc in the blue channel."""
+    y, x = np.mgrid[0:64, 0:64]
+    img = np.stack([(x * 4 + shift) % 256, (y * 4) % 256, ((x - 32) ** 2 + (y - 32) ** 2 < 300) * 255], -1)
+    Image.fromarray(img.astype(np.uint8)).save(path)
 
 
 def write_text(path: Path, text: str) -> Path:
