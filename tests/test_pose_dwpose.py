@@ -45,18 +45,20 @@ def _kinds(net) -> list[str]:
 
 def test_graph_rewrites_fuse_exactly_their_patterns_and_compute_as_onnxruntime(tmp_path):
     """SiLU (Sigmoid x Mul, either order) is fused and the near misses are kept; on the CPU
-    five convolutions are packed (not the one with asymmetric pads), a lone ReLU or LeakyReLU
-    after one fused in, a lone SiLU run in place (in the CPU copy only); outputs equal
+    six convolutions are packed (not the one with asymmetric pads), a lone ReLU or LeakyReLU
+    after one fused in, a lone SiLU after a depthwise one fused in as swish and after a
+    dense one run in place (in the CPU copy only); outputs equal
     onnxruntime's to 1e-5 of their range on the CPU path and on the plain graph (grad
     enabled), and the packed weights follow an in-place weight edit. The graph converts at
     all only because the Clip's empty max name is dropped first."""
     path = tiny_pose.write_rewrite_cases(tmp_path / "cases.onnx")
     model = onnx_torch.OnnxModel(str(path), "cases").eval()
     kinds = _kinds(model.net)
-    assert kinds.count("SiLU") == 2 and kinds.count("Sigmoid") == 1 and kinds.count("OnnxBinaryMathOperation") == 3
+    assert kinds.count("SiLU") == 3 and kinds.count("Sigmoid") == 1 and kinds.count("OnnxBinaryMathOperation") == 3
     packed = [m for m in model.cpu_net().modules() if isinstance(m, onnx_rewrites.PackedConv2d)]
     assert sorted((m.attr, m.scalars) for m in packed) == [("leaky_relu", [pytest.approx(0.1)]), ("none", []),
-                                                          ("none", []), ("none", []), ("relu", [])]
+                                                          ("none", []), ("none", []), ("relu", []), ("swish", [])]
+    assert next(m for m in packed if m.attr == "swish").conv.groups == 8
     cpu = model.cpu_net()
     cpu_kinds = _kinds(cpu)
     assert cpu_kinds.count("ReLU") == 1 and "LeakyReLU" not in cpu_kinds and cpu_kinds.count("SiLU") == 2

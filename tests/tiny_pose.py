@@ -171,7 +171,8 @@ def write_rewrite_cases(path: Path, seed: int = 0) -> Path:
     """A small graph of the patterns our graph rewrites match and of near misses they must
     leave alone: SiLU exported as Sigmoid and Mul in both operand orders (fused), a Sigmoid
     that feeds two Muls (kept), Mul(y, sigmoid(x)) with y != x (kept), convolutions followed
-    by Relu, LeakyRelu (depthwise) and SiLU (fused into the packed convolution), one whose
+    by Relu, LeakyRelu (depthwise) and, after a depthwise one, SiLU (fused into the packed
+    convolution), a SiLU after a dense one (run in place), one whose
     output feeds two nodes (not fused), and one with asymmetric pads (onnx2torch pads it
     separately: not packed); it ends in a Clip whose max is skipped by an empty input name.
     (1, 4, 16, 16) -> (1, 8, 7, 7)."""
@@ -196,7 +197,9 @@ def write_rewrite_cases(path: Path, seed: int = 0) -> Path:
     m1 = op("Mul", [c1, op("Sigmoid", [c1], "s1")], "m1")  # SiLU, x * sigmoid(x)
     c2 = conv("c2", m1, 8, 8, 3, pads=[1, 1, 1, 1], strides=[2, 2])
     m2 = op("Mul", [op("Sigmoid", [c2], "s2"), c2], "m2")  # SiLU, sigmoid(x) * x
-    c3 = op("Relu", [conv("c3", m2, 8, 8, 1)], "r3")
+    cd = conv("cd", m2, 8, 8, 5, group=8, pads=[2, 2, 2, 2])
+    md = op("Mul", [cd, op("Sigmoid", [cd], "sd")], "md")  # SiLU after a depthwise conv: swish post-op
+    c3 = op("Relu", [conv("c3", md, 8, 8, 1)], "r3")
     c4 = op("LeakyRelu", [conv("c4", c3, 8, 8, 3, group=8, pads=[1, 1, 1, 1])], "l4", alpha=0.1)
     c5 = conv("c5", c4, 8, 8, 3, pads=[0, 0, 1, 1])  # asymmetric pads: 8 x 8 -> 7 x 7
     s5 = op("Sigmoid", [c5], "s5")  # feeds two Muls: no SiLU

@@ -7,7 +7,8 @@
   and sends single-threaded 1 x 1 convolutions to a slower im2col + GEMM path: a fifth to
   a quarter of a DWPose forward), on channels-last activations (oneDNN's
   native order: no reorder per call); a ReLU or LeakyReLU that is a convolution's only
-  consumer is fused into it, a SiLU runs in place on its output. The copy shares every
+  consumer is fused into it, as is a SiLU after a depthwise one; any other SiLU runs in place
+  on its convolution's output. The copy shares every
   other module and tensor with the original graph.
 
 Each rewrite matches its pattern exactly (operator, operands, single consumer) and leaves
@@ -19,8 +20,9 @@ import torch
 from torch import fx, nn
 
 # Activations fused into a packed convolution as oneDNN post-ops: module type -> (attr, scalars).
-# SiLU is not among them: oneDNN's swish post-op measured slower in a whole forward (AVX2)
-# than torch's own SiLU run in place on the convolution's output, which cpu_graph does instead.
+# SiLU is fused only after a depthwise convolution (oneDNN's swish post-op, _swish_fuses):
+# after a dense one it measured slower in a whole forward (AVX2) than torch's own SiLU run in
+# place on the convolution's output, which cpu_graph does there instead.
 _FUSABLE = {
     nn.ReLU: lambda m: ("relu", []),
     nn.LeakyReLU: lambda m: ("leaky_relu", [m.negative_slope]),
@@ -95,6 +97,14 @@ class PackedConv2d(nn.Module):
                                                       list(c.dilation), c.groups, self.attr, self.scalars, "")
 
 
+def _swish_fuses(conv: nn.Conv2d) -> bool:
+    """Depthwise: RTMPose's 5 x 5 convolutions with the swish post-op made a single-thread
+    estimator forward about 1-2 % faster (medians of 25 forwards, in ten rounds against the
+    SiLU run in place: 253-264 ms against 255-268 ms, faster in nine); fused into the dense
+    convolutions too it was slower (265-275 ms)."""
+    return conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
+
+
 def _packable(m) -> bool:
     return (type(m) is nn.Conv2d and isinstance(m.padding, tuple) and m.padding_mode == "zeros"
             and m.weight.dtype == torch.float32 and m.weight.device.type == "cpu"
@@ -103,7 +113,8 @@ def _packable(m) -> bool:
 
 def cpu_graph(gm: fx.GraphModule) -> fx.GraphModule:
     """A copy of gm for float32 CPU inference: 2-D convolutions packed, a ReLU or LeakyReLU
-    that is one's only consumer fused in, a SiLU that is one's only consumer run in place."""
+    that is one's only consumer fused in (a SiLU too after a depthwise one), any other SiLU
+    that is one's only consumer run in place."""
     graph = fx.Graph()
     graph.output(graph.graph_copy(gm.graph, {}))
     root = {n.target: functools.reduce(getattr, n.target.split("."), gm)
@@ -118,8 +129,8 @@ def cpu_graph(gm: fx.GraphModule) -> fx.GraphModule:
             (act,) = node.users
             module = root.get(act.target) if act.op == "call_module" else None
             if act.args == (node,) and not act.kwargs and calls[act.target] == 1:
-                if type(module) in _FUSABLE:
-                    attr, scalars = _FUSABLE[type(module)](module)
+                if type(module) in _FUSABLE or (type(module) is nn.SiLU and _swish_fuses(conv)):
+                    attr, scalars = _FUSABLE[type(module)](module) if type(module) in _FUSABLE else ("swish", [])
                     act.replace_all_uses_with(node)
                     graph.erase_node(act)
                 elif type(module) is nn.SiLU:  # the convolution's output is its alone: overwrite it
