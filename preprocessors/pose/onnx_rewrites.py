@@ -129,8 +129,10 @@ def cpu_graph(gm: fx.GraphModule) -> fx.GraphModule:
             (act,) = node.users
             module = root.get(act.target) if act.op == "call_module" else None
             if act.args == (node,) and not act.kwargs and calls[act.target] == 1:
-                if type(module) in _FUSABLE or (type(module) is nn.SiLU and _swish_fuses(conv)):
-                    attr, scalars = _FUSABLE[type(module)](module) if type(module) in _FUSABLE else ("swish", [])
+                post_op = _FUSABLE[type(module)](module) if type(module) in _FUSABLE else \
+                    ("swish", []) if type(module) is nn.SiLU and _swish_fuses(conv) else None
+                if post_op:
+                    attr, scalars = post_op
                     act.replace_all_uses_with(node)
                     graph.erase_node(act)
                 elif type(module) is nn.SiLU:  # the convolution's output is its alone: overwrite it
