@@ -196,22 +196,90 @@ def stand_in_files(folder: Path) -> dict[str, Path]:
             "estimator": _export(_Estimator(), ESTIMATOR_INPUT, ["simcc_x", "simcc_y"], folder / "dw-ll_ucoco_384.onnx")}
 
 
+SIDES = ("torch", "onnxruntime", "as converted")
+CROPS = (1, 2, 4)  # estimator crops per picture (people); the detector runs once per picture
+
+
+def _load(side: str, path: str, kind: str):
+    from onnx2torch import convert
+
+    from lllite_kit.preprocessors.pose.onnx_torch import OnnxModel, OrtModel, read_graph
+
+    if side == "torch":
+        return OnnxModel(path, kind).eval()
+    if side == "onnxruntime":
+        return OrtModel(path, torch.get_num_threads())
+    return convert(read_graph(path, kind)).eval()
+
+
+def _side_worker(opts) -> dict:
+    """One side's forwards, the detector's and the estimator's on 1, 2 and 4 crops (through
+    run_batched, after its untimed one check per model), `--reps` times each in turn: wall
+    and process CPU time, and the peak resident memory this side added by loading and running."""
+    from lllite_kit.preprocessors.pose.onnx_torch import run_batched
+
+    side, runs, cpu = opts.variant, {}, {}
+    with benchlib.Peak() as peak:
+        calls = {}
+        for kind in ("detector", "estimator"):
+            net = _load(side, opts.files[kind], kind)
+            shape = _input_shape(opts.files[kind])
+            for n in (1,) if kind == "detector" or side == "as converted" else CROPS:
+                x = torch.rand(n, *shape[1:]) * (255 if kind == "detector" else 1)
+                forward = (lambda net=net, x=x: run_batched(net, x)) if n > 1 else (lambda net=net, x=x: net(x))
+                calls[f"{kind} {n}"] = forward
+        with torch.no_grad():
+            for forward in calls.values():  # warm-up, run_batched's check
+                forward()
+            for _ in range(opts.reps):
+                for name, forward in calls.items():
+                    c = time.process_time()
+                    runs.setdefault(name, []).append(benchlib.timed(forward))
+                    cpu.setdefault(name, []).append(time.process_time() - c)
+    return {"times": runs["detector 1"], "peak": peak.bytes, "runs": runs, "cpu": cpu}
+
+
+def _input_shape(path: str) -> tuple:
+    from lllite_kit.preprocessors.pose.onnx_torch import read_graph
+
+    dims = read_graph(path, "input shape").graph.input[0].type.tensor_type.shape.dim
+    return tuple(d.dim_value or 1 for d in dims)
+
+
+def _agreement(files: dict) -> dict:
+    """Largest difference between the torch graph's and onnxruntime's outputs, relative to
+    their range, one forward each (untimed, in this process)."""
+    out = {}
+    for kind, path in files.items():
+        ours, theirs = _load("torch", path, kind), _load("onnxruntime", path, kind)
+        x = torch.rand(*_input_shape(path)) * (255 if kind == "detector" else 1)
+        with torch.no_grad():
+            a, b = ours(x), theirs(x)
+        out[kind] = max(float((o - t).abs().nan_to_num(0).max() / t.abs().nan_to_num(0).max().clamp(min=1e-12))
+                        for o, t in zip(a, b))
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=3, help="A B B A rounds per graph")
-    p.add_argument("--smoke", action="store_true", help="the tiny test graphs, one round")
+    p.add_argument("--rounds", type=int, default=2, help="A B C C B A rounds of one process per side")
+    p.add_argument("--reps", type=int, default=3, help="timed forwards of each kind per process")
+    p.add_argument("--smoke", action="store_true", help="the tiny test graphs, each side once in this process")
+    p.add_argument("--variant", choices=SIDES, help=argparse.SUPPRESS)
+    p.add_argument("--files", help=argparse.SUPPRESS)
     opts = p.parse_args()
     if opts.smoke:
-        opts.rounds = 1
+        opts.rounds, opts.reps = 1, 1
         benchlib.smoke_threads()
     benchlib.bootstrap(cpu=True)
+    if opts.variant:  # a worker process
+        opts.files = dict(zip(("detector", "estimator"), opts.files.split(",")))
+        benchlib.print_result(_side_worker(opts))
+        return
     try:
         import onnxruntime as ort
     except ImportError:
         sys.exit("onnxruntime is not installed (pip install onnxruntime): nothing to compare against")
-    from onnx2torch import convert
-
-    from lllite_kit.preprocessors.pose.onnx_torch import OnnxModel, OrtModel, read_graph, run_batched
 
     print(f"machine: {benchlib.machine()}, onnxruntime {ort.__version__} (CPU), "
           f"{torch.get_num_threads()} CPU thread(s) on each side")
@@ -226,60 +294,35 @@ def main() -> None:
             files = stand_in_files(Path(tmp))
             print(f"graphs: stand-ins (YOLOX-L, RTMPose-L with random weights), opset {OPSET}, "
                   "with the published input/output layouts")
-        threads = torch.get_num_threads()
-        medians = {}  # (kind, crops) -> (torch, onnxruntime) median wall time
-        for kind in ("detector", "estimator"):
-            ours, theirs = OnnxModel(str(files[kind]), kind).eval(), OrtModel(str(files[kind]), threads)
-            converted = convert(read_graph(str(files[kind]), kind)).eval()
-            x = torch.rand(*ours.input_shape) * (255 if kind == "detector" else 1)
-            crops = {n: torch.rand(n, *ours.input_shape[1:]) for n in ((2, 4) if kind == "estimator" else ())}
-            with torch.no_grad():
-                a, b = ours(x), theirs(x)
-                for c in crops.values():  # run_batched's one check per model happens here, untimed
-                    run_batched(ours, c), run_batched(theirs, c)
-            error = max(float((o - t).abs().nan_to_num(0).max() / t.abs().nan_to_num(0).max().clamp(min=1e-12))
-                        for o, t in zip(a, b))
-
-            def run(net, inputs=x, batched=False):
-                def forward():
-                    with torch.no_grad():
-                        run_batched(net, inputs) if batched else net(inputs)
-                return forward
-
-            fns = {("torch", 1): run(ours), ("onnxruntime", 1): run(theirs), ("as converted", 1): run(converted)}
-            for n, c in crops.items():
-                fns.update({("torch", n): run(ours, c, True), ("onnxruntime", n): run(theirs, c, True)})
-            cpu = {fn: [] for fn in fns.values()}
-
-            def measure(fn):
-                """Wall time; the process's CPU time too (one thread each side: the work done,
-                what other load on a shared machine changes least)."""
-                c = time.process_time()
-                wall = benchlib.timed(fn)
-                cpu[fn].append(time.process_time() - c)
-                return wall
-
-            times = benchlib.interleaved(fns, opts.rounds, measure=measure)
-            mt, mo, mc = (benchlib.median(times[k, 1]) for k in ("torch", "onnxruntime", "as converted"))
-            ct, co = (benchlib.median(cpu[fns[k, 1]]) for k in ("torch", "onnxruntime"))
-            params = sum(v.numel() for v in ours.parameters()) / 1e6
-            print(f"{kind:<10} {params:6.1f} M params  torch {mt * 1000:8.1f} ms   onnxruntime {mo * 1000:8.1f} ms   "
-                  f"(onnx2torch without our rewrites {mc * 1000:8.1f} ms)   "
-                  f"CPU time: torch {ct * 1000:8.1f} ms   onnxruntime {co * 1000:8.1f} ms   "
-                  f"outputs agree to {error:.1e} of their range")
-            benchlib.ratio(f"DWPose {kind}: torch / onnxruntime time", mt / mo, "goal < 1")
-            benchlib.ratio(f"DWPose {kind}: torch / onnxruntime CPU time", ct / co, "less sensitive to other load")
-            medians[kind, 1] = (mt, mo)
-            for n in crops:
-                medians[kind, n] = tuple(benchlib.median(times[side, n]) for side in ("torch", "onnxruntime"))
-                print(f"{kind:<10} {n} crops: torch {medians[kind, n][0] * 1000:8.1f} ms "
-                      f"({'together' if ours.batches else 'one by one'})   onnxruntime "
-                      f"{medians[kind, n][1] * 1000:8.1f} ms ({'together' if theirs.batches else 'one by one'})")
-        (dt, do) = medians["detector", 1]
-        for people in (1, 2, 4):
-            et, eo = medians["estimator", people]
-            benchlib.ratio(f"DWPose per picture with {people} person(s): torch / onnxruntime time",
-                           (dt + et) / (do + eo), "goal < 1")
+        opts.files = {k: str(v) for k, v in files.items()}
+        agree = _agreement(opts.files)
+        cmd = [sys.executable, __file__, "--reps", str(opts.reps), "--files",
+               ",".join(opts.files[k] for k in ("detector", "estimator"))]
+        print("each side in its own processes (median detector forward, peak memory added):")
+        results = benchlib.run_variants(cmd, list(SIDES), opts.rounds, _side_worker, opts, separate=not opts.smoke)
+    wall = {side: {name: benchlib.median([t for r in rs for t in r["runs"][name]]) for name in rs[0]["runs"]}
+            for side, rs in results.items()}
+    cpu = {side: {name: benchlib.median([t for r in rs for t in r["cpu"][name]]) for name in rs[0]["cpu"]}
+           for side, rs in results.items()}
+    peak = {side: benchlib.median([r["peak"] for r in rs]) for side, rs in results.items()}
+    ours, theirs, plain = wall["torch"], wall["onnxruntime"], wall["as converted"]
+    for kind in ("detector", "estimator"):
+        name = f"{kind} 1"
+        print(f"{kind:<10} torch {ours[name] * 1000:8.1f} ms   onnxruntime {theirs[name] * 1000:8.1f} ms   "
+              f"(onnx2torch without our rewrites {plain[name] * 1000:8.1f} ms)   CPU time: torch "
+              f"{cpu['torch'][name] * 1000:8.1f} ms   onnxruntime {cpu['onnxruntime'][name] * 1000:8.1f} ms   "
+              f"outputs agree to {agree[kind]:.1e} of their range")
+        benchlib.ratio(f"DWPose {kind}: torch / onnxruntime time", ours[name] / theirs[name], "goal < 1")
+        benchlib.ratio(f"DWPose {kind}: torch / onnxruntime CPU time",
+                       cpu["torch"][name] / cpu["onnxruntime"][name], "less sensitive to other load")
+    for n in CROPS[1:]:
+        print(f"estimator  {n} crops: torch {ours[f'estimator {n}'] * 1000:8.1f} ms (run_batched)   "
+              f"onnxruntime {theirs[f'estimator {n}'] * 1000:8.1f} ms (run_batched)")
+    print(f"peak memory added by loading and running both graphs: torch {peak['torch'] / 2**20:.0f} MiB, "
+          f"onnxruntime {peak['onnxruntime'] / 2**20:.0f} MiB, as converted {peak['as converted'] / 2**20:.0f} MiB")
+    for people in CROPS:
+        t, o = (side["detector 1"] + side[f"estimator {people}"] for side in (ours, theirs))
+        benchlib.ratio(f"DWPose per picture with {people} person(s): torch / onnxruntime time", t / o, "goal < 1")
 
 
 if __name__ == "__main__":

@@ -211,3 +211,29 @@ def write_rewrite_cases(path: Path, seed: int = 0) -> Path:
     op("Clip", [g, "clip_min", ""], "output")  # max skipped by an empty name, as torch.onnx writes clamp(min=)
     return _onnx_model(nodes, [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4, 16, 16])],
                        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 8, 7, 7])], inits, path)
+
+
+def write_winograd_case(path: Path, seed: int = 0, width: int = 128) -> Path:
+    """Three 3 x 3 convolutions with padding 1, as YOLOX's and CSPNeXt's: 3 -> width (then
+    Relu), width -> width (then LeakyRelu), width -> width (then SiLU as Sigmoid and Mul); on
+    a (1, 3, 40, 44) input, work enough for the Winograd path on the last two."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(seed)
+    inits, nodes = {}, []
+
+    def conv(name, x, c_in, c_out):
+        inits[name + "_w"] = rng.normal(0, (1.0 / (c_in * 9)) ** 0.5, (c_out, c_in, 3, 3))
+        inits[name + "_b"] = rng.normal(0, 0.1, c_out)
+        nodes.append(helper.make_node("Conv", [x, name + "_w", name + "_b"], [name], kernel_shape=[3, 3],
+                                      pads=[1, 1, 1, 1]))
+        return name
+
+    nodes.append(helper.make_node("Relu", [conv("c1", "input", 3, width)], ["r1"]))
+    nodes.append(helper.make_node("LeakyRelu", [conv("c2", "r1", width, width)], ["l2"], alpha=0.1))
+    c3 = conv("c3", "l2", width, width)
+    nodes.append(helper.make_node("Sigmoid", [c3], ["s3"]))
+    nodes.append(helper.make_node("Mul", [c3, "s3"], ["output"]))
+    return _onnx_model(nodes, [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 40, 44])],
+                       [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, width, 40, 44])], inits, path)

@@ -6,7 +6,8 @@
   run oneDNN with their weights reordered once (eager torch reorders them on every call
   and sends single-threaded 1 x 1 convolutions to a slower im2col + GEMM path: a fifth to
   a quarter of a DWPose forward), on channels-last activations (oneDNN's
-  native order: no reorder per call); a ReLU or LeakyReLU that is a convolution's only
+  native order: no reorder per call), and 3 x 3 ones with 128 channels or more by
+  Winograd's F(4 x 4, 3 x 3) where the input is large enough (.winograd); a ReLU or LeakyReLU that is a convolution's only
   consumer is fused into it, as is a SiLU after a depthwise one; any other SiLU runs in place
   on its convolution's output. The copy shares every
   other module and tensor with the original graph.
@@ -18,6 +19,8 @@ from collections import Counter
 
 import torch
 from torch import fx, nn
+
+from .winograd import WinogradConv2d, winograd_fits
 
 # Activations fused into a packed convolution as oneDNN post-ops: module type -> (attr, scalars).
 # SiLU is fused only after a depthwise convolution (oneDNN's swish post-op, _swish_fuses):
@@ -75,25 +78,31 @@ def cpu_inference_available() -> bool:
 
 
 class PackedConv2d(nn.Module):
-    """A float32 CPU Conv2d through oneDNN, weights reordered for the input size seen (once
-    per channels x height x width, not per batch: a reorder per change of batch would cost
-    more than any layout gain when crops come one, then four at a time), an activation
-    fused in; inference only (no autograd)."""
+    """A float32 CPU Conv2d through oneDNN, weights reordered for the input it gets, an
+    activation fused in; inference only (no autograd). One reordering for single inputs and
+    one for batches, each kept until its channels x height x width change: oneDNN may lay the
+    weights out differently for a batch of one and a batch of more (two AVX2 threads: yes,
+    and then it reorders them again inside every call, which made an RTMPose-L crop pair
+    575 ms after single crops against 248 ms with their own reordering), while batches of
+    two and of four shared one (493 against 480 ms for four); reordering at every change of
+    batch would cost 25 ms a forward where one- and four-crop runs alternate."""
 
     def __init__(self, conv: nn.Conv2d, attr: str = "none", scalars: list | None = None):
         super().__init__()
         self.conv, self.attr, self.scalars = conv, attr, scalars or []
-        self._packed, self._for_shape = None, None
+        self.packed = {}  # batch of more than one? -> (C, H, W it was reordered for, weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.conv
         x = x.contiguous(memory_format=torch.channels_last)
-        if self._for_shape != x.shape[1:]:
-            self._packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
+        batched = x.shape[0] > 1
+        for_shape, weights = self.packed.get(batched, (None, None))
+        if for_shape != x.shape[1:]:
+            weights = torch._C._nn.mkldnn_reorder_conv2d_weight(
                 c.weight.detach().to_mkldnn(), list(c.padding), list(c.stride), list(c.dilation), c.groups,
                 list(x.shape))
-            self._for_shape = x.shape[1:]
-        return torch.ops.mkldnn._convolution_pointwise(x, self._packed, c.bias, list(c.padding), list(c.stride),
+            self.packed[batched] = (x.shape[1:], weights)
+        return torch.ops.mkldnn._convolution_pointwise(x, weights, c.bias, list(c.padding), list(c.stride),
                                                       list(c.dilation), c.groups, self.attr, self.scalars, "")
 
 
@@ -112,7 +121,7 @@ def _packable(m) -> bool:
 
 
 def cpu_graph(gm: fx.GraphModule) -> fx.GraphModule:
-    """A copy of gm for float32 CPU inference: 2-D convolutions packed, a ReLU or LeakyReLU
+    """A copy of gm for float32 CPU inference: 2-D convolutions packed (or Winograd), a ReLU or LeakyReLU
     that is one's only consumer fused in (a SiLU too after a depthwise one), any other SiLU
     that is one's only consumer run in place."""
     graph = fx.Graph()
@@ -137,6 +146,7 @@ def cpu_graph(gm: fx.GraphModule) -> fx.GraphModule:
                     graph.erase_node(act)
                 elif type(module) is nn.SiLU:  # the convolution's output is its alone: overwrite it
                     root[act.target] = nn.SiLU(inplace=True)
-        root[node.target] = PackedConv2d(conv, attr, scalars)
+        packed = PackedConv2d(conv, attr, scalars)
+        root[node.target] = WinogradConv2d(conv, attr, scalars, packed) if winograd_fits(conv) else packed
     graph.lint()
     return fx.GraphModule(root, graph)
