@@ -1,13 +1,15 @@
 """DWPose's two ONNX graphs on torch (onnx2torch plus our graph rewrites, the default backend)
 against onnxruntime (the optional accelerator) running the same files with the same number
-of CPU threads, in the same process, interleaved, medians; also the graph as onnx2torch
-converts it, without our rewrites. Only the network forwards are timed: box decoding,
-keypoint decoding and drawing are the same code on both backends. A picture costs one
-detector forward and one estimator crop per person; the node gives all the crops to
-`run_batched`, which runs them together where the file allows (the torch graph checks that
-each crop gets its own answer; onnxruntime refuses a batch its file fixes at 1) and else
-one by one. So the estimator is also timed on 2 and 4 crops through `run_batched` on each
-side, and the per-picture ratios for 1, 2 and 4 people add those to the detector's time.
+of CPU threads, and the graph as onnx2torch converts it, without our rewrites. Each side
+runs in its own processes, in rounds of A B C C B A: in one process each library's idle
+worker threads spin after a call and take a core from the other. Only the network forwards
+are timed (medians): box decoding, keypoint decoding and drawing are the same code on both
+backends. A picture costs one detector forward and one estimator crop per person; the node
+gives all the crops to `run_batched`, which runs them together where the file allows (the
+torch graph checks that each crop gets its own answer; onnxruntime refuses a batch its file
+fixes at 1) and else one by one. So the estimator is also timed on 2 and 4 crops through
+`run_batched` on each side, and the per-picture ratios add those to the detector's time.
+Each side's peak resident memory for loading and running both graphs is printed too.
 
 The published files (yolox_l.onnx, dw-ll_ucoco_384.onnx) cannot be downloaded here, so the
 graphs are stand-ins exported with torch.onnx at opset 11 (as the published files are) from
@@ -20,8 +22,8 @@ keypoints, ScaleNorm, Linear, a gated attention unit, SimCC classifiers; (1, 3, 
 Layer for layer the cost is the published networks'; what an exporter adds around them
 (mmdeploy's extra nodes) is not modelled.
 
-    .venv/bin/python bench/bench_dwpose.py            # stand-ins of realistic cost, CPU
-    .venv/bin/python bench/bench_dwpose.py --smoke    # the tiny test graphs, seconds"""
+    .venv/bin/python bench/bench_dwpose.py            # stand-ins of realistic cost, CPU (about 3 min)
+    .venv/bin/python bench/bench_dwpose.py --smoke    # the tiny test graphs, each side once in this process"""
 import argparse
 import sys
 import tempfile

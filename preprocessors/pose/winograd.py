@@ -35,10 +35,12 @@ _OUTPUT = _two_d(_AT).float()  # (16, 36)
 
 # Below this much work (tiles x input channels) the 36 products are too small for the GEMM to
 # pay for the transforms. Measured against oneDNN's packed direct convolution, two AVX2
-# threads: 512 channels on 9 x 12 (9 tiles) 4.3 ms against 2.8; 128 on 20 x 26 (35 tiles)
-# 0.89 against 0.84; 256 on 18 x 24 (30 tiles) 2.4 against 2.8; 128 on 36 x 48 2.7 against 2.8;
-# 256 on 80 x 80 21-26 against 40; 512 on 20 x 20 6.8 against 12.4.
-MIN_WORK = 8192
+# threads: 512 channels on 9 x 12 (9 tiles: 4608) 4.3 ms against 2.8; 128 on 20 x 26 (35
+# tiles: 4480) 0.89 against 0.84; 256 on 18 x 24 (30 tiles: 7680) 2.4 against 2.8; 128 on
+# 36 x 48 2.7 against 2.8; 256 on 80 x 80 21-26 against 40; 512 on 20 x 20 6.8 against 12.4.
+# A whole RTMPose-L crop: 231 ms with this threshold against 242 with 8192 (one thread), 130
+# against 133 (two); 4000 or 2000 were no better on one thread and worse on two.
+MIN_WORK = 6000
 # With fewer channels the tile transforms outweigh the products (64 channels on 160 x 160:
 # 11-12.5 ms against 10).
 MIN_CHANNELS = 128
