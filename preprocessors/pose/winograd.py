@@ -90,7 +90,7 @@ class WinogradConv2d(nn.Module):
         m = torch.bmm(v, self._filters())  # (36, tiles, out)
         out_c = m.shape[2]
         y = (_OUTPUT @ m.view(_A * _A, -1)).view(_M, _M, n, th, tw, out_c).permute(2, 3, 0, 4, 1, 5)
-        out = torch.empty(n, th, _M, tw, _M, out_c)
+        out = x.new_empty(n, th, _M, tw, _M, out_c)
         if self.conv.bias is None:
             out.copy_(y)
         else:
