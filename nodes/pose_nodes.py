@@ -87,8 +87,9 @@ class DWPose(io.ComfyNode):
                     _file_input("bbox_detector", w.DWPOSE_DETECTOR, "Person detector (ONNX)"),
                     _file_input("pose_estimator", w.DWPOSE_ESTIMATOR, "Whole-body pose estimator (ONNX)"),
                     io.Combo.Input("backend", options=list(BACKENDS), default="torch", advanced=True,
-                                   tooltip="torch runs the ONNX graphs on ComfyUI's device (no extra package); "
-                                           "onnxruntime runs them with onnxruntime if it is installed."),
+                                   tooltip="torch runs the ONNX graphs on ComfyUI's device (no extra package; on the CPU "
+                                           "about a fifth faster than onnxruntime, using about 0.8 GB more "
+                                           "memory); onnxruntime runs them with onnxruntime if it is installed."),
                     _detect_input(512)],
             outputs=_outputs())
 
