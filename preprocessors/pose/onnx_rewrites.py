@@ -7,10 +7,10 @@
   and sends single-threaded 1 x 1 convolutions to a slower im2col + GEMM path: a fifth to
   a quarter of a DWPose forward), on channels-last activations (oneDNN's
   native order: no reorder per call), and 3 x 3 ones with 128 channels or more by
-  Winograd's F(4 x 4, 3 x 3) where the input is large enough (.winograd); a ReLU or LeakyReLU that is a convolution's only
-  consumer is fused into it, as is a SiLU after a depthwise one; any other SiLU runs in place
-  on its convolution's output. The copy shares every
-  other module and tensor with the original graph.
+  Winograd's F(4 x 4, 3 x 3) where the input is large enough (.winograd); a ReLU or
+  LeakyReLU that is a convolution's only consumer is fused into it, as is a SiLU after a
+  depthwise one; any other SiLU runs in place on its convolution's output. The copy shares
+  every other module and tensor with the original graph.
 
 Each rewrite matches its pattern exactly (operator, operands, single consumer) and leaves
 anything else as it is, so any graph onnx2torch produces stays correct."""
@@ -121,9 +121,9 @@ def _packable(m) -> bool:
 
 
 def cpu_graph(gm: fx.GraphModule) -> fx.GraphModule:
-    """A copy of gm for float32 CPU inference: 2-D convolutions packed (or Winograd), a ReLU or LeakyReLU
-    that is one's only consumer fused in (a SiLU too after a depthwise one), any other SiLU
-    that is one's only consumer run in place."""
+    """A copy of gm for float32 CPU inference: 2-D convolutions packed (or Winograd), a ReLU
+    or LeakyReLU that is one's only consumer fused in (a SiLU too after a depthwise one), any
+    other SiLU that is one's only consumer run in place."""
     graph = fx.Graph()
     graph.output(graph.graph_copy(gm.graph, {}))
     root = {n.target: functools.reduce(getattr, n.target.split("."), gm)

@@ -8,7 +8,7 @@ and the products are transformed back. onnxruntime's CPU convolutions are direct
 oneDNN's on AVX2; this is how the torch graph of DWPose's detector gets ahead of them (YOLOX-L
 spends most of its time in 3 x 3 convolutions of 128 to 512 channels).
 
-Every step is exact arithmetic; only rounding differs from a direct convolution: measured
+The algorithm is exact; only the rounding differs from a direct convolution's: measured
 5e-6 to 8e-6 of the output's range against float64, where oneDNN's direct convolution gives
 1e-6 to 2e-6. The transformed filters take four times the convolution's weight memory,
 built on the first call that uses them."""
